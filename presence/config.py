@@ -1,0 +1,171 @@
+"""
+The server's configuration: an INI file, checked against the known sections
+and keys, turned into one immutable L{Config}.
+
+Every mistake (unknown section or key, bad value) is reported in one line
+naming the file, section and key, so that start-up fails fast and plainly.
+Command-line options are applied on top with L{Config.replace}.
+"""
+
+from __future__ import annotations
+
+import configparser
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from presence.sip.listen import ListenError, ListenSpec
+
+
+class ConfigError(ValueError):
+    """
+    A configuration mistake, described in one line.
+    """
+
+
+def _positiveFloat(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _positiveInt(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _listenList(text: str) -> Tuple[ListenSpec, ...]:
+    try:
+        return tuple(ListenSpec.fromString(item) for item in text.split() if item)
+    except ListenError as e:
+        raise ValueError(str(e))
+
+
+def _words(text: str) -> Tuple[str, ...]:
+    return tuple(word.lower() for word in text.replace(",", " ").split())
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+# section -> key -> (attribute, converter, default)
+SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
+    "server": {
+        "listen": ("listen", _listenList, (ListenSpec("UDP", 5060), ListenSpec("TCP", 5060))),
+        "domain": ("domains", _words, ()),
+        "database": ("database", _text, "sqlite:///presence.sqlite"),
+        "advertise": ("advertise", _text, ""),
+    },
+    "sip": {
+        "t1": ("t1", _positiveFloat, 0.5),
+        "t2": ("t2", _positiveFloat, 4.0),
+        "t4": ("t4", _positiveFloat, 5.0),
+        "max_message_size": ("maxMessageSize", _positiveInt, 65535),
+        "max_headers": ("maxHeaders", _positiveInt, 100),
+        "max_line_length": ("maxLineLength", _positiveInt, 8192),
+        "max_uri_length": ("maxUriLength", _positiveInt, 1024),
+        "max_body_size": ("maxBodySize", _positiveInt, 60000),
+    },
+}
+
+
+class Config:
+    """
+    An immutable set of settings; attribute names are those of L{SCHEMA}.
+    """
+
+    def __init__(self, **values: Any) -> None:
+        defaults = {attr: default for keys in SCHEMA.values() for attr, _, default in keys.values()}
+        unknown = set(values) - set(defaults)
+        if unknown:
+            raise TypeError("unknown settings: %s" % (", ".join(sorted(unknown)),))
+        defaults.update(values)
+        self.__dict__.update(defaults)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Config is immutable; use replace()")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.__dict__ == other.__dict__
+
+    def __repr__(self) -> str:
+        return "Config(%s)" % (", ".join("%s=%r" % item for item in sorted(self.__dict__.items())),)
+
+    def replace(self, **changes: Any) -> Config:
+        """
+        A copy with C{changes} applied (command-line overrides).
+        """
+        values = dict(self.__dict__)
+        values.update(changes)
+        return Config(**values)
+
+    def limits(self) -> Any:
+        """
+        The parser limits these settings name.
+        """
+        from presence.sip.parser import Limits
+
+        return Limits(
+            maxMessageSize=self.maxMessageSize,
+            maxHeaders=self.maxHeaders,
+            maxLineLength=self.maxLineLength,
+            maxUriLength=self.maxUriLength,
+            maxBodySize=self.maxBodySize,
+        )
+
+    @classmethod
+    def fromString(cls, text: str, source: str = "<string>") -> Config:
+        """
+        Parse INI text.
+
+        @param source: the file name to name in error messages.
+        @raise ConfigError: for any mistake.
+        """
+        parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+        parser.optionxform = str  # type: ignore[assignment, method-assign]
+        try:
+            parser.read_string(text, source)
+        except configparser.Error as e:
+            raise ConfigError("%s: %s" % (source, " ".join(str(e).split())))
+        values: Dict[str, Any] = {}
+        for section in parser.sections():
+            keys = SCHEMA.get(section)
+            if keys is None:
+                raise ConfigError("%s: unknown section [%s]" % (source, section))
+            for key, raw in parser.items(section):
+                if key not in keys:
+                    raise ConfigError("%s: [%s] unknown key %r" % (source, section, key))
+                attr, convert, _ = keys[key]
+                try:
+                    values[attr] = convert(raw)
+                except ValueError as e:
+                    raise ConfigError("%s: [%s] %s = %r: %s" % (source, section, key, raw, e))
+        return cls(**values)
+
+    @classmethod
+    def fromFile(cls, path: str) -> Config:
+        """
+        Read and parse an INI file.
+
+        @raise ConfigError: when it cannot be read or has a mistake.
+        """
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError("%s: cannot read: %s" % (path, getattr(e, "strerror", None) or e))
+        return cls.fromString(text, path)
+
+
+def loadConfig(path: Optional[str], explicit: bool) -> Config:
+    """
+    The configuration from C{path}; when the path is only the default and
+    the file does not exist, the built-in defaults.
+    """
+    import os
+
+    if path is None or (not explicit and not os.path.exists(path)):
+        return Config()
+    return Config.fromFile(path)

@@ -1,0 +1,344 @@
+"""
+The SIP core: the one controller behind every transport.
+
+It stamps incoming requests with where they really came from (RFC 3261
+§18.2.1, RFC 3581), runs them through the transaction layer, answers what
+this server answers itself (OPTIONS, unsupported methods, hop-limit and
+URI-scheme errors) and hands the rest to the handler registered for the
+method.  Outgoing messages go back per §18.2.2: responses over the flow or
+to the C{received}/C{rport} address, requests to their L{Target}.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+from twisted.logger import Logger
+
+from presence.sip.headers import HeaderError, Via
+from presence.sip.message import Message, Request, Response
+from presence.sip.parser import DEFAULT_LIMITS, Limits, ParseError
+from presence.sip.target import Target, TransportError
+from presence.sip.transaction import ClientTransaction, ServerTransaction, TimerSettings, TransactionLayer
+from presence.sip.transport import FlowTable, SIPDatagramProtocol
+from presence.sip.uri import SipURI, URIError, parseURI
+
+Handler = Callable[[Request, ServerTransaction], None]
+
+# Methods RFC 3261 and its extensions define: a request for one of these that
+# we do not serve gets 405; any other method, 501.
+KNOWN_METHODS = frozenset(
+    ["INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "PRACK", "UPDATE",
+     "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER"]
+)
+
+SERVER_NAME = "presence/0.1"
+
+
+def newTag() -> str:
+    """
+    A random tag for To and From headers (RFC 3261 §19.3: 32 bits at least).
+    """
+    return os.urandom(6).hex()
+
+
+class SIPCore:
+    """
+    Routes SIP messages between transports, the transaction layer and the
+    method handlers.
+
+    @ivar flows: the live TCP and TLS connections.
+    @ivar transactions: the non-INVITE transaction layer.
+    @ivar counters: message counts by kind, for the admin console and metrics.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: object,
+        limits: Limits = DEFAULT_LIMITS,
+        timers: Optional[TimerSettings] = None,
+        advertisedHost: Optional[str] = None,
+    ) -> None:
+        self.reactor = reactor
+        self.limits = limits
+        self.flows = FlowTable()
+        self.transactions = TransactionLayer(reactor, self.send, timers)
+        self.handlers: Dict[str, Handler] = {}
+        self.acceptTypes: List[str] = []
+        self.allowEvents: List[str] = []
+        self.udp: Optional[SIPDatagramProtocol] = None
+        self.ports: Dict[str, int] = {}
+        self.advertisedHost = advertisedHost
+        self._localHosts: Dict[str, str] = {}
+        self.counters: Dict[str, int] = {
+            "requests": 0,
+            "responses": 0,
+            "retransmissions": 0,
+            "malformed": 0,
+            "sendErrors": 0,
+        }
+
+    # Registration of what this server serves.
+
+    def addHandler(self, method: str, handler: Handler) -> None:
+        """
+        Serve C{method} with C{handler(request, serverTransaction)}, which
+        must answer through C{serverTransaction.respond}.
+        """
+        self.handlers[method] = handler
+
+    def allowed(self) -> List[str]:
+        return ["OPTIONS"] + sorted(self.handlers)
+
+    # Incoming.
+
+    def badMessage(self, error: ParseError, source: Target) -> None:
+        """
+        A transport could not parse what C{source} sent: answer it when
+        possible, otherwise log and drop it.
+        """
+        self.counters["malformed"] += 1
+        response = error.errorResponse()
+        if response is None:
+            if error.reason != "Empty message":
+                self.log.info(
+                    "Dropped malformed message from {source}: {reason}",
+                    source=source,
+                    reason=error.reason,
+                )
+            return
+        self.log.info(
+            "Malformed request from {source}: {code} {reason}",
+            source=source,
+            code=error.code,
+            reason=error.reason,
+        )
+        self._stamp(response, source)
+        self._addTag(response)
+        self.sendQuietly(response, source)
+
+    def messageReceived(self, message: Message, source: Target) -> None:
+        """
+        Take a parsed message from a transport.  Never raises.
+        """
+        try:
+            if isinstance(message, Request):
+                self.counters["requests"] += 1
+                self._requestReceived(message, source)
+            else:
+                self.counters["responses"] += 1
+                self.transactions.responseReceived(message, source)  # type: ignore[arg-type]
+        except Exception:
+            self.log.failure("Error handling a message from {source}", source=source)
+
+    def _requestReceived(self, request: Request, source: Target) -> None:
+        if not self._stampRequest(request, source):
+            return
+        method = request.method
+        if method == "ACK":
+            return
+        tx = self.transactions.requestReceived(request, source)
+        if tx is None:
+            self.counters["retransmissions"] += 1
+            return
+        refusal = self._refusal(request)
+        if refusal is not None:
+            code, reason, extra = refusal
+            self.respond(tx, code, reason, extra)
+            return
+        handler = self.handlers.get(method)
+        if handler is not None:
+            handler(request, tx)
+        elif method == "OPTIONS":
+            self.respond(tx, 200, None, self.capabilities())
+        elif method == "CANCEL":
+            self.respond(tx, 481)
+        elif method in KNOWN_METHODS:
+            self.respond(tx, 405, None, [("Allow", ", ".join(self.allowed()))])
+        else:
+            self.respond(tx, 501, None, [("Allow", ", ".join(self.allowed()))])
+
+    def _stampRequest(self, request: Request, source: Target) -> bool:
+        """
+        Add C{received} and C{rport} to the top Via (RFC 3261 §18.2.1,
+        RFC 3581 §4).  A request whose Via is unusable is answered 400 here.
+        """
+        try:
+            via = Via.fromString(request.headers["via"][0])
+        except (HeaderError, KeyError, IndexError):
+            self.counters["malformed"] += 1
+            response = Response.forRequest(request, 400, "Bad Via")
+            self._addTag(response)
+            self.sendQuietly(response, source)
+            return False
+        changed = False
+        if "rport" in via.params and via.params["rport"] is None:
+            via.params["rport"] = str(source.port)
+            changed = True
+        if via.host != source.host or changed:
+            via.params["received"] = source.host
+            changed = True
+        if changed:
+            request.headers["via"][0] = str(via)
+        return True
+
+    def _refusal(self, request: Request) -> Optional[Tuple[int, Optional[str], List[Tuple[str, str]]]]:
+        """
+        Checks every request must pass whatever its method: hop limit,
+        Request-URI scheme, required extensions.
+        """
+        maxForwards = request.header("max-forwards")
+        if maxForwards == "0" and request.method != "OPTIONS":
+            return 483, None, []
+        try:
+            uri = parseURI(request.uri)
+        except URIError as e:
+            return 400, "Bad Request-URI: %s" % (e,), []
+        if not isinstance(uri, SipURI):
+            return 416, None, []
+        required = [tag for tag in request.headerValues("require") if tag]
+        if required and request.method not in ("CANCEL", "ACK"):
+            return 420, None, [("Unsupported", ", ".join(required))]
+        return None
+
+    def capabilities(self) -> List[Tuple[str, str]]:
+        """
+        What OPTIONS reports: methods, body types, event packages, and
+        extensions.
+        """
+        return [
+            ("Allow", ", ".join(self.allowed())),
+            ("Accept", ", ".join(self.acceptTypes or ["application/sdp"])),
+            ("Allow-Events", ", ".join(self.allowEvents)),
+            ("Supported", ""),
+        ]
+
+    # Outgoing.
+
+    def respond(
+        self,
+        tx: ServerTransaction,
+        code: int,
+        reason: Optional[str] = None,
+        headers: Iterable[Tuple[str, str]] = (),
+        toTag: Optional[str] = None,
+        body: bytes = b"",
+    ) -> Response:
+        """
+        Answer the request of C{tx}, adding a To tag to a non-100 response
+        when the request had none (RFC 3261 §8.2.6.2) and a Server header.
+        """
+        response = Response.forRequest(tx.request, code, reason, toTag, headers)
+        if toTag is None:
+            self._addTag(response)
+        response.setHeader("Server", SERVER_NAME)
+        if body:
+            response.body = body
+        tx.respond(response)
+        return response
+
+    def _addTag(self, response: Response) -> None:
+        to = response.headers.get("to")
+        if response.code > 100 and to and ";tag=" not in to[0].replace(" ", "").lower():
+            to[0] = to[0] + ";tag=" + newTag()
+
+    def _stamp(self, response: Response, source: Target) -> None:
+        response.setHeader("Server", SERVER_NAME)
+
+    def serialise(self, message: Message) -> bytes:
+        return message.toBytes()
+
+    def send(self, message: Message, target: Target) -> None:
+        """
+        Send C{message}: a response per RFC 3261 §18.2.2 (over its flow, or
+        to the C{received} address and C{rport} of its top Via), a request to
+        C{target}.
+
+        @raise TransportError: when it cannot be sent.
+        """
+        data = message.toBytes()
+        if target.transport == "UDP":
+            host, port = target.host, target.port
+            if isinstance(message, Response):
+                host, port = _responseAddress(message, target)
+            if self.udp is None:
+                raise TransportError("No UDP listener")
+            self.udp.write(data, host, port)
+            return
+        flow = self.flows.get(target.flow) if target.flow is not None else None
+        if flow is None:
+            raise TransportError("Flow %s to %s:%d is closed" % (target.flow, target.host, target.port))
+        flow.write(data)
+
+    def sendQuietly(self, message: Message, target: Target) -> None:
+        """
+        Send, logging instead of raising: for answers that have no
+        transaction to report a failure to.
+        """
+        try:
+            self.send(message, target)
+        except TransportError as e:
+            self.counters["sendErrors"] += 1
+            self.log.info("Could not send to {target}: {error}", target=target, error=str(e))
+
+    def sendRequest(self, request: Request, target: Target) -> ClientTransaction:
+        """
+        Start a client transaction for C{request}, adding our Via (with a new
+        branch and C{rport}) on top.
+        """
+        from presence.sip.transaction import newBranch
+
+        host = self.localHost(target)
+        port = self.ports.get(target.transport, 5060)
+        request.insertHeader(
+            "Via", "SIP/2.0/%s %s:%d;branch=%s;rport" % (target.transport, host, port, newBranch())
+        )
+        return self.transactions.sendRequest(request, target)
+
+    def localHost(self, target: Target) -> str:
+        """
+        Our address as C{target} sees it: the advertised host if one is
+        configured, else the source address the kernel would pick for it.
+        """
+        if self.advertisedHost:
+            return self.advertisedHost
+        host = self._localHosts.get(target.host)
+        if host is None:
+            family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+            probe = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                probe.connect((target.host.strip("[]"), target.port or 5060))
+                host = probe.getsockname()[0]
+            except OSError:
+                host = "127.0.0.1"
+            finally:
+                probe.close()
+            if ":" in host:
+                host = "[" + host + "]"
+            if len(self._localHosts) < 10000:
+                self._localHosts[target.host] = host
+        return host
+
+
+def _responseAddress(response: Response, target: Target) -> Tuple[str, int]:
+    """
+    Where a UDP response goes (RFC 3261 §18.2.2, RFC 3581 §4): the
+    C{received} address (else the source) and the C{rport} (else the Via
+    port, else 5060).
+    """
+    vias = response.headers.get("via")
+    if not vias:
+        return target.host, target.port
+    try:
+        via = Via.fromString(vias[0])
+    except HeaderError:
+        return target.host, target.port
+    host = via.params.get("received") or target.host
+    rport = via.params.get("rport")
+    if rport and rport.isdigit():
+        return host, int(rport)
+    return host, via.port or 5060

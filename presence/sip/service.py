@@ -1,0 +1,133 @@
+"""
+The service that owns the SIP core and its listening sockets.
+
+Only configuration is kept in the instance that twistd may pickle into a
+C{.tap} file; the core, the transaction layer and the sockets are built in
+L{SIPService.startService} and dropped when pickled.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from twisted.application import service
+from twisted.internet import ssl
+from twisted.logger import Logger
+
+from presence.config import Config
+from presence.sip.core import SIPCore
+from presence.sip.listen import ListenSpec
+from presence.sip.transaction import TimerSettings
+from presence.sip.transport import SIPDatagramProtocol, SIPStreamFactory
+
+
+class SIPService(service.Service):
+    """
+    Listens on the configured UDP, TCP and TLS addresses and runs the SIP
+    core behind them.
+
+    @ivar core: the L{SIPCore}, once started.
+    @ivar addresses: what it listens on, as C{(transport, host, port)}.
+    """
+
+    log = Logger()
+    name = "sip"
+
+    def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
+        self.config = config
+        self._reactor = reactor
+        self.core: Optional[SIPCore] = None
+        self.addresses: List[tuple] = []
+        self._ports: List[Any] = []
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_reactor=None, core=None, addresses=[], _ports=[])
+        return state
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            return reactor
+        return self._reactor
+
+    def startService(self) -> None:
+        config = self.config
+        limits = config.limits()
+        self.core = SIPCore(
+            self.reactor,
+            limits,
+            TimerSettings(T1=config.t1, T2=config.t2, T4=config.t4),
+            config.advertise or None,
+        )
+        udpPorts: Dict[str, int] = {}
+        for spec in sorted(config.listen, key=lambda s: s.transport != "UDP"):
+            self._listen(spec, limits, udpPorts)
+        service.Service.startService(self)
+        self.log.info(
+            "SIP listening on {addresses}",
+            addresses=", ".join("%s %s:%d" % a for a in self.addresses),
+        )
+
+    def _listen(self, spec: ListenSpec, limits: Any, udpPorts: Dict[str, int]) -> None:
+        core = self.core
+        assert core is not None
+        port = spec.port
+        if spec.transport == "UDP":
+            protocol = SIPDatagramProtocol(core, limits)
+            listening = self.reactor.listenUDP(port, protocol, interface=spec.interface)
+            core.udp = protocol
+        else:
+            if port == 0:
+                port = udpPorts.get(spec.interface, 0)
+            factory = SIPStreamFactory(core, spec.transport, limits)
+            backlog = int(spec.options.get("backlog", 128))
+            if spec.transport == "TCP":
+                listening = self.reactor.listenTCP(port, factory, backlog, spec.interface)
+            else:
+                listening = self.reactor.listenSSL(
+                    port, factory, _tlsContext(spec), backlog, spec.interface
+                )
+        bound = listening.getHost()
+        if spec.transport == "UDP":
+            udpPorts[spec.interface] = bound.port
+        core.ports.setdefault(spec.transport, bound.port)
+        self._ports.append(listening)
+        self.addresses.append((spec.transport, bound.host, bound.port))
+
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        from twisted.internet.defer import gatherResults, maybeDeferred
+
+        ports, self._ports = self._ports, []
+        if self.core is not None:
+            self.core.transactions.stop()
+        return gatherResults([maybeDeferred(p.stopListening) for p in ports])
+
+
+def _tlsContext(spec: ListenSpec) -> Any:
+    """
+    Server TLS options from PEM files: C{privateKey} and C{certKey}, with an
+    optional C{extraCertChain}.
+    """
+    with open(spec.options["privateKey"], "rb") as f:
+        keyPEM = f.read()
+    with open(spec.options["certKey"], "rb") as f:
+        certPEM = f.read()
+    chain = []
+    if "extraCertChain" in spec.options:
+        with open(spec.options["extraCertChain"], "rb") as f:
+            chain = [ssl.Certificate.loadPEM(pem).original for pem in _splitPEM(f.read())]
+    cert = ssl.PrivateCertificate.loadPEM(keyPEM + b"\n" + certPEM)
+    return ssl.CertificateOptions(
+        privateKey=cert.privateKey.original,
+        certificate=cert.original,
+        extraCertChain=chain or None,
+    )
+
+
+def _splitPEM(data: bytes) -> List[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    return [part + marker for part in data.split(marker) if b"-----BEGIN" in part]

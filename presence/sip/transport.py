@@ -1,0 +1,165 @@
+"""
+Twisted protocols that move SIP bytes: one for datagrams (UDP), one for
+streams (TCP and TLS).
+
+They only frame, parse and hand each message to the L{SIPCore} they were
+made for, which is shared by every transport (as Twisted Names shares one
+controller between its UDP and TCP servers).  Nothing a peer sends may raise
+out of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
+
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+
+from presence.sip.parser import PING, FramingError, Limits, ParseError, StreamFramer, parseMessage
+from presence.sip.target import Target, TransportError
+
+if TYPE_CHECKING:
+    from presence.sip.core import SIPCore
+
+
+class SIPDatagramProtocol(DatagramProtocol):
+    """
+    SIP over UDP: one message per datagram (RFC 3261 §18.3).
+    """
+
+    log = Logger()
+
+    def __init__(self, core: SIPCore, limits: Limits) -> None:
+        self.core = core
+        self.limits = limits
+
+    def datagramReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
+        source = Target("UDP", addr[0], addr[1])
+        try:
+            message = parseMessage(data, self.limits)
+        except ParseError as e:
+            self.core.badMessage(e, source)
+            return
+        except Exception:
+            self.log.failure("Unexpected error parsing a datagram from {source}", source=source)
+            return
+        self.core.messageReceived(message, source)
+
+    def write(self, data: bytes, host: str, port: int) -> None:
+        """
+        Send one datagram.
+
+        @raise TransportError: if the socket refuses it.
+        """
+        if self.transport is None:
+            raise TransportError("UDP transport not listening")
+        try:
+            self.transport.write(data, (host, port))
+        except Exception as e:
+            raise TransportError("UDP send to %s:%d failed: %s" % (host, port, e))
+
+
+class SIPStreamProtocol(Protocol):
+    """
+    SIP over one TCP or TLS connection: messages framed by Content-Length,
+    CRLF CRLF keep-alives answered with CRLF (RFC 5626 §4.4.1).
+
+    Each connection is a I{flow} registered with the core under a token, so
+    that responses and later requests (NOTIFYs) reuse it.
+    """
+
+    log = Logger()
+
+    def __init__(self, core: SIPCore, transportName: str, limits: Limits) -> None:
+        self.core = core
+        self.transportName = transportName
+        self.framer = StreamFramer(limits)
+        self.limits = limits
+        self.token: Optional[str] = None
+        self.peer: Tuple[str, int] = ("", 0)
+
+    def connectionMade(self) -> None:
+        address = self.transport.getPeer()
+        self.peer = (address.host, address.port)
+        self.token = self.core.flows.add(self)
+
+    def connectionLost(self, reason: object = None) -> None:
+        if self.token is not None:
+            self.core.flows.remove(self.token)
+
+    def source(self) -> Target:
+        return Target(self.transportName, self.peer[0], self.peer[1], self.token)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            items = self.framer.dataReceived(data)
+        except FramingError as e:
+            self.log.warn(
+                "Closing {transport} flow from {peer}: {reason}",
+                transport=self.transportName,
+                peer=self.peer,
+                reason=e.reason,
+            )
+            response = e.errorResponse(self.limits)
+            if response is not None:
+                self.transport.write(self.core.serialise(response))
+            self.transport.loseConnection()
+            return
+        for item in items:
+            if item is PING:
+                self.transport.write(b"\r\n")
+                continue
+            try:
+                message = parseMessage(item, self.limits, stream=True)  # type: ignore[arg-type]
+            except ParseError as e:
+                self.core.badMessage(e, self.source())
+                continue
+            except Exception:
+                self.log.failure("Unexpected error parsing a message from {peer}", peer=self.peer)
+                continue
+            self.core.messageReceived(message, self.source())
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class SIPStreamFactory(Factory):
+    """
+    Makes a L{SIPStreamProtocol} for each accepted TCP or TLS connection.
+    """
+
+    def __init__(self, core: SIPCore, transportName: str, limits: Limits) -> None:
+        self.core = core
+        self.transportName = transportName
+        self.limits = limits
+
+    def buildProtocol(self, addr: object) -> SIPStreamProtocol:
+        return SIPStreamProtocol(self.core, self.transportName, self.limits)
+
+
+class FlowTable:
+    """
+    The live TCP and TLS connections, by flow token.
+
+    Tokens are never reused, so a message addressed to a flow that has
+    closed fails instead of reaching whoever connected next.
+    """
+
+    def __init__(self) -> None:
+        self._flows: Dict[str, SIPStreamProtocol] = {}
+        self._counter = itertools.count(1)
+
+    def add(self, protocol: SIPStreamProtocol) -> str:
+        token = "f%x" % (next(self._counter),)
+        self._flows[token] = protocol
+        return token
+
+    def remove(self, token: str) -> None:
+        self._flows.pop(token, None)
+
+    def get(self, token: str) -> Optional[SIPStreamProtocol]:
+        return self._flows.get(token)
+
+    def __len__(self) -> int:
+        return len(self._flows)

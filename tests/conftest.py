@@ -1,0 +1,103 @@
+"""
+Shared test fixtures and helpers.
+
+Tests that need PostgreSQL or a Debian tool skip with a reason on a machine
+without it, so the README's test command passes anywhere; CI sets
+C{PRESENCE_REQUIRE_ALL=1}, which turns those skips into failures.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Optional
+
+import pytest
+
+REQUIRE_ALL = os.environ.get("PRESENCE_REQUIRE_ALL") == "1"
+POSTGRES_URL = os.environ.get(
+    "PRESENCE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def skipOrFail(reason: str) -> None:
+    """
+    Skip the current test, or fail it when CI demands every test run.
+    """
+    if REQUIRE_ALL:
+        pytest.fail("PRESENCE_REQUIRE_ALL=1 but " + reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def requireTool(name: str) -> str:
+    """
+    The path of the command C{name}, or skip (fail in CI) without it.
+    """
+    path = shutil.which(name)
+    if path is None:
+        skipOrFail("%s is not installed (Debian package: %s)" % (name, _PACKAGES.get(name, name)))
+    return path  # type: ignore[return-value]
+
+
+_PACKAGES = {"sipp": "sip-tester", "sipsak": "sipsak", "baresip": "baresip", "pypy3": "pypy3"}
+
+_postgresChecked: Optional[str] = None
+
+
+def requirePostgres() -> str:
+    """
+    The SQLAlchemy URL of the test PostgreSQL server, or skip (fail in CI)
+    when it cannot be reached.
+    """
+    global _postgresChecked
+    if _postgresChecked is None:
+        try:
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(POSTGRES_URL)
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sqlalchemy.text("SELECT 1"))
+            finally:
+                engine.dispose()
+            _postgresChecked = ""
+        except Exception as e:
+            _postgresChecked = "PostgreSQL is not reachable at %s: %s" % (
+                POSTGRES_URL,
+                str(e).splitlines()[0] if str(e) else type(e).__name__,
+            )
+    if _postgresChecked:
+        skipOrFail(_postgresChecked)
+    return POSTGRES_URL
+
+
+@pytest.fixture(autouse=True)
+def cleanReactor(request: pytest.FixtureRequest):
+    """
+    Fail a test that leaves delayed calls, listening ports or connections
+    behind on the global reactor: pytest-twisted has no such check, and
+    leftovers make later tests flaky.
+    """
+    from twisted.internet import reactor
+
+    before = set(reactor.getDelayedCalls())
+    readers = set(reactor.getReaders())
+    writers = set(reactor.getWriters())
+    yield
+    leftCalls = [c for c in reactor.getDelayedCalls() if c not in before and c.active()]
+    internal = getattr(reactor, "_internalReaders", set())
+    leftReaders = [r for r in reactor.getReaders() if r not in readers and r not in internal]
+    leftWriters = [w for w in reactor.getWriters() if w not in writers]
+    for call in leftCalls:
+        call.cancel()
+    for selectable in leftReaders + leftWriters:
+        try:
+            selectable.connectionLost(Exception("left behind by a test"))
+        except Exception:
+            pass
+    if leftCalls or leftReaders or leftWriters:
+        pytest.fail(
+            "test left the reactor dirty: delayed calls %r, readers %r, writers %r"
+            % (leftCalls, leftReaders, leftWriters),
+            pytrace=False,
+        )

@@ -1,0 +1,115 @@
+"""
+Run a real C{twistd -n presence} process for integration tests.
+
+The process is started with C{python -m twisted} and the repository on
+C{PYTHONPATH}, so the tests use the working tree's plugin whether or not the
+package is installed.  Readiness is the server's own log line naming its
+ports (listening on port 0 lets the kernel pick free ones), never a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ADDRESS = re.compile(r"(UDP|TCP|TLS) ([0-9a-fA-F.:]+):(\d+)")
+
+
+class ServerProcess:
+    """
+    A presence server in a child process.
+
+    @ivar ports: transport name to the port it listens on.
+    @ivar output: every line it logged so far.
+    """
+
+    def __init__(self, workdir: str, args: Sequence[str] = (), timeout: float = 30.0) -> None:
+        self.workdir = workdir
+        self.args = list(args)
+        self.timeout = timeout
+        self.ports: Dict[str, int] = {}
+        self.output: List[str] = []
+        self.process: Optional[subprocess.Popen] = None
+        self._pending = b""
+
+    def start(self, ready: str = "SIP listening on") -> ServerProcess:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONUNBUFFERED"] = "1"
+        command = [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", "--logfile=-", "presence"]
+        self.process = subprocess.Popen(
+            command + self.args,
+            cwd=self.workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        line = self.waitFor(ready)
+        for transport, _host, port in _ADDRESS.findall(line):
+            self.ports.setdefault(transport, int(port))
+        return self
+
+    def waitFor(self, text: str, timeout: Optional[float] = None) -> str:
+        """
+        Read the server's output until a line containing C{text}.
+
+        @raise AssertionError: when the process exits or the time runs out
+            first; the message carries what it printed.
+        """
+        assert self.process is not None and self.process.stdout is not None
+        deadline = time.monotonic() + (timeout or self.timeout)
+        fd = self.process.stdout.fileno()
+        for line in self.output:
+            if text in line:
+                return line
+        while True:
+            while b"\n" in self._pending:
+                raw, self._pending = self._pending.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace")
+                self.output.append(line)
+                if text in line:
+                    return line
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("timed out waiting for %r; output:\n%s" % (text, self.log()))
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if readable:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self.process.wait(5)
+                    raise AssertionError(
+                        "server exited (%s) before %r; output:\n%s"
+                        % (self.process.returncode, text, self.log())
+                    )
+                self._pending += chunk
+
+    def log(self) -> str:
+        return "\n".join(self.output[-200:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """
+        Signal the process and wait for it to exit; returns its exit code.
+        """
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.stdout is not None:
+            rest = self.process.stdout.read() or b""
+            self._pending += rest
+            self.output.extend(self._pending.decode("utf-8", "replace").splitlines())
+            self._pending = b""
+            self.process.stdout.close()
+        return self.process.returncode

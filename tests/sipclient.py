@@ -1,0 +1,114 @@
+"""
+A small blocking SIP client for integration tests: it builds requests with
+our own codec, sends them over UDP or TCP to a server in another process,
+and parses what comes back with the same codec.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import List, Optional, Tuple
+
+from presence.sip.message import Request, Response
+from presence.sip.parser import StreamFramer, parseMessage
+
+
+def newRequest(method: str, uri: str, localPort: int, transport: str = "UDP", **headers: str) -> Request:
+    """
+    A minimal valid request from 127.0.0.1:C{localPort}.
+    """
+    token = os.urandom(6).hex()
+    request = Request(method, uri)
+    request.addHeader("Via", "SIP/2.0/%s 127.0.0.1:%d;branch=z9hG4bK%s;rport" % (transport, localPort, token))
+    request.addHeader("Max-Forwards", "70")
+    request.addHeader("From", "<sip:tester@example.test>;tag=%s" % (token[:8],))
+    request.addHeader("To", "<%s>" % (uri,))
+    request.addHeader("Call-ID", token + "@127.0.0.1")
+    request.addHeader("CSeq", "1 %s" % (method,))
+    for name, value in headers.items():
+        request.addHeader(name.replace("_", "-"), value)
+    return request
+
+
+class UDPClient:
+    """
+    A UDP socket on 127.0.0.1 talking to one server port.
+    """
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.server = ("127.0.0.1", port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(timeout)
+        self.port = self.sock.getsockname()[1]
+
+    def sendBytes(self, data: bytes) -> None:
+        self.sock.sendto(data, self.server)
+
+    def receive(self) -> Response:
+        data, _ = self.sock.recvfrom(65535)
+        message = parseMessage(data)
+        assert isinstance(message, Response), message
+        return message
+
+    def receiveNothing(self, timeout: float = 0.3) -> Optional[bytes]:
+        """
+        The next datagram if one arrives within C{timeout}, else L{None}.
+        """
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recvfrom(65535)[0]
+        except socket.timeout:
+            return None
+        finally:
+            self.sock.settimeout(5.0)
+
+    def request(self, method: str, uri: str, **headers: str) -> Response:
+        self.sendBytes(newRequest(method, uri, self.port, "UDP", **headers).toBytes())
+        return self.receive()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class TCPClient:
+    """
+    One TCP connection to a server port.
+    """
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.port = self.sock.getsockname()[1]
+        self.framer = StreamFramer()
+        self.pending: List[object] = []
+
+    def sendBytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def receiveItem(self) -> object:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed by server")
+            self.pending.extend(self.framer.dataReceived(data))
+        return self.pending.pop(0)
+
+    def receive(self) -> Response:
+        item = self.receiveItem()
+        assert isinstance(item, bytes), item
+        message = parseMessage(item, stream=True)
+        assert isinstance(message, Response), message
+        return message
+
+    def receiveRaw(self) -> bytes:
+        return self.sock.recv(65536)
+
+    def request(self, method: str, uri: str, **headers: str) -> Response:
+        self.sendBytes(newRequest(method, uri, self.port, "TCP", **headers).toBytes())
+        return self.receive()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
