@@ -1,7 +1,7 @@
 """
 Run a real C{twistd -n presence} process for integration tests.
 
-The process is started with C{python -m twisted} and the repository on
+The process is started with twistd's C{run()} and the repository on
 C{PYTHONPATH}, so the tests use the working tree's plugin whether or not the
 package is installed.  Readiness is the server's own log line naming its
 ports (listening on port 0 lets the kernel pick free ones), never a sleep.
@@ -19,6 +19,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TWISTD = "from twisted.scripts.twistd import run; run()"
 _ADDRESS = re.compile(r"(UDP|TCP|TLS) ([0-9a-fA-F.:]+):(\d+)")
 
 
@@ -43,7 +44,7 @@ class ServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
-        command = [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", "--logfile=-", "presence"]
+        command = [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", "--logfile=-", "presence"]
         self.process = subprocess.Popen(
             command + self.args,
             cwd=self.workdir,
@@ -96,6 +97,8 @@ class ServerProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """
         Signal the process and wait for it to exit; returns its exit code.
+        twistd ends itself with the signal that stopped it, so a clean
+        SIGTERM shutdown gives C{-SIGTERM}.
         """
         if self.process is None:
             return 0
@@ -113,3 +116,11 @@ class ServerProcess:
             self._pending = b""
             self.process.stdout.close()
         return self.process.returncode
+
+    def stopCleanly(self) -> None:
+        """
+        SIGTERM, then check that the server shut down in order.
+        """
+        code = self.stop()
+        assert code in (0, -signal.SIGTERM), "exit code %s\n%s" % (code, self.log())
+        assert "Server Shut Down." in self.log(), self.log()

@@ -27,7 +27,7 @@ def newRequest(method: str, uri: str, localPort: int, transport: str = "UDP", **
     request.addHeader("Call-ID", token + "@127.0.0.1")
     request.addHeader("CSeq", "1 %s" % (method,))
     for name, value in headers.items():
-        request.addHeader(name.replace("_", "-"), value)
+        request.setHeader(name.replace("_", "-"), value)
     return request
 
 

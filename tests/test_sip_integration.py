@@ -31,7 +31,7 @@ def server(tmp_path_factory):
         ],
     ).start()
     yield process
-    assert process.stop() == 0, process.log()
+    process.stopCleanly()
 
 
 @pytest.fixture
@@ -158,6 +158,7 @@ def _withHeaders(extra: bytes, port: int, body: bytes = b"") -> bytes:
         (b"X-Bad: \xc3\x28\r\nContent-Length: 0\r\n", b"", 400),
         (b"Content-Length: 61000\r\n", b"x" * 61000, 413),
     ],
+    ids=["negative", "nonnumeric", "short", "expires", "headers", "nul", "utf8", "body"],
 )
 def test_hostileAnswered(udp, extra, body, code):
     udp.sendBytes(_withHeaders(extra, udp.port, body))

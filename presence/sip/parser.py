@@ -408,7 +408,7 @@ def _streamLength(head: bytes) -> Optional[int]:
         name, colon, value = line.partition(b":")
         if colon and name.strip().lower() in (b"content-length", b"l"):
             value = value.strip()
-            if not value.isdigit() or len(value) > 9:
+            if not value.isdigit() or len(value) > 18:
                 return None
             return int(value)
     return 0

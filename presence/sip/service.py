@@ -77,7 +77,10 @@ class SIPService(service.Service):
         port = spec.port
         if spec.transport == "UDP":
             protocol = SIPDatagramProtocol(core, limits)
-            listening = self.reactor.listenUDP(port, protocol, interface=spec.interface)
+            # Twisted reads 8 KiB datagrams by default; SIP allows 64 KiB.
+            listening = self.reactor.listenUDP(
+                port, protocol, interface=spec.interface, maxPacketSize=65535
+            )
             core.udp = protocol
         else:
             if port == 0:

@@ -29,6 +29,7 @@ class SIPDatagramProtocol(DatagramProtocol):
     """
 
     log = Logger()
+    noisy = False
 
     def __init__(self, core: SIPCore, limits: Limits) -> None:
         self.core = core
@@ -128,6 +129,8 @@ class SIPStreamFactory(Factory):
     """
     Makes a L{SIPStreamProtocol} for each accepted TCP or TLS connection.
     """
+
+    noisy = False
 
     def __init__(self, core: SIPCore, transportName: str, limits: Limits) -> None:
         self.core = core
