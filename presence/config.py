@@ -42,6 +42,22 @@ def _listenList(text: str) -> Tuple[ListenSpec, ...]:
         raise ValueError(str(e))
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ValueError("must be yes or no")
+
+
 def _words(text: str) -> Tuple[str, ...]:
     return tuple(word.lower() for word in text.replace(",", " ").split())
 
@@ -57,6 +73,17 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "domain": ("domains", _words, ()),
         "database": ("database", _text, "sqlite:///presence.sqlite"),
         "advertise": ("advertise", _text, ""),
+    },
+    "manager": {
+        "node": ("node", _text, "manager"),
+        "min_expires": ("minExpires", _positiveInt, 60),
+        "default_expires": ("defaultExpires", _positiveInt, 3600),
+        "max_expires": ("maxExpires", _positiveInt, 86400),
+        "publish_min_expires": ("publishMinExpires", _positiveInt, 60),
+        "publish_default_expires": ("publishDefaultExpires", _positiveInt, 3600),
+        "publish_max_expires": ("publishMaxExpires", _positiveInt, 86400),
+        "notify_min_interval": ("notifyMinInterval", _seconds, 1.0),
+        "keep_on_timeout": ("keepOnTimeout", _boolean, False),
     },
     "sip": {
         "t1": ("t1", _positiveFloat, 0.5),

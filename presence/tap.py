@@ -14,8 +14,10 @@ from twisted.application import service
 from twisted.python import usage
 
 from presence.config import Config, ConfigError, loadConfig
+from presence.manager.service import ManagerService
 from presence.sip.listen import ListenError, ListenSpec
 from presence.sip.service import SIPService
+from presence.store import SQLStore, StoreService
 
 DEFAULT_CONFIG = "etc/presence.ini"
 
@@ -92,12 +94,17 @@ class Options(usage.Options):
 
 def makeService(options: Any) -> service.IService:
     """
-    Build the service tree for C{options}: the SIP service for now, the
-    manager, billing and admin services as they are added.
+    Build the service tree for C{options}.  Children start in order and stop
+    in reverse: the store first up and last down, so that the manager's last
+    writes are flushed before it closes.
     """
     config: Config = options.config
     root = service.MultiService()
+    store = StoreService(SQLStore(config.database))
+    store.setName("store")
+    store.setServiceParent(root)
     SIPService(config).setServiceParent(root)
+    ManagerService(config).setServiceParent(root)
     return root
 
 

@@ -225,7 +225,9 @@ def test_retransmissionInCompletedResendsFinal(
 ) -> None:
     transaction = layer.requestReceived(makeRequest(), UDP_PEER)
     assert transaction is not None
-    final = Response.forRequest(transaction.request, 200, toTag="abc", headers=[("Expires", "3600")])
+    final = Response.forRequest(
+        transaction.request, 200, toTag="abc", headers=[("Expires", "3600")]
+    )
     transaction.respond(final)
     assert transaction.state == COMPLETED
     clock.advance(10)

@@ -299,6 +299,16 @@ class SIPCore:
         )
         return self.transactions.sendRequest(request, target)
 
+    def contactFor(self, target: Target, user: Optional[str] = None) -> str:
+        """
+        A Contact header value naming this server as C{target} reaches it.
+        """
+        host = self.localHost(target)
+        port = self.ports.get(target.transport, 5060)
+        userPart = user + "@" if user else ""
+        suffix = "" if target.transport == "UDP" else ";transport=" + target.transport.lower()
+        return "<sip:%s%s:%d%s>" % (userPart, host, port, suffix)
+
     def localHost(self, target: Target) -> str:
         """
         Our address as C{target} sees it: the advertised host if one is

@@ -8,11 +8,23 @@ the code that needs them, and turn back into text with C{str()}.
 
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Optional, Tuple
 
 from presence.sip.uri import URIError, splitHostPort
 
 MAGIC_COOKIE = "z9hG4bK"
+
+# sent-protocol with the linear white space RFC 3261 §25.1 allows around
+# each SLASH (RFC 4475 §3.1.1.1: "SIP  /   2.0 /UDP"); only tried when the
+# compact form fails, so the common case costs nothing.
+_sentProtocol = re.compile(
+    r"[ \t]*([^ \t/]+)[ \t]*/[ \t]*([^ \t/]+)[ \t]*/[ \t]*([^ \t/;]+)[ \t]+"
+).match
+
+_TOKEN_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~ \t"
+)
 
 
 class HeaderError(ValueError):
@@ -71,7 +83,7 @@ def parseParams(text: str) -> Dict[str, Optional[str]]:
             continue
         name, eq, value = part.partition("=")
         name = name.strip().lower()
-        if not name or " " in name:
+        if not name or " " in name or "\t" in name:
             raise HeaderError("Bad parameter")
         params[name] = value.strip() if eq else None
     return params
@@ -135,14 +147,24 @@ class Via:
         """
         proto, _, rest = text.strip().partition(" ")
         parts = proto.split("/")
-        if len(parts) != 3 or parts[0].strip().upper() != "SIP" or parts[1].strip() != "2.0":
+        if len(parts) != 3 or not rest or "\t" in proto:
+            match = _sentProtocol(text)
+            if match is None:
+                raise HeaderError("Bad Via")
+            parts = list(match.groups())
+            rest = text[match.end() :]
+        if parts[0].upper() != "SIP" or parts[1] != "2.0" or not parts[2]:
             raise HeaderError("Bad Via")
         sentBy, _, paramText = rest.strip().partition(";")
+        sentBy = sentBy.strip()
+        if " " in sentBy or "\t" in sentBy:
+            # "host : port" (COLON = SWS ":" SWS)
+            sentBy = "".join(sentBy.split())
         try:
-            host, port = splitHostPort(sentBy.strip())
+            host, port = splitHostPort(sentBy)
         except URIError:
             raise HeaderError("Bad Via sent-by")
-        return cls(parts[2].strip(), host, port, parseParams(paramText))
+        return cls(parts[2], host, port, parseParams(paramText))
 
     def __str__(self) -> str:
         hostport = self.host if self.port is None else "%s:%d" % (self.host, self.port)
@@ -189,27 +211,43 @@ class NameAddr:
     @classmethod
     def fromString(cls, text: str) -> NameAddr:
         """
+        A quoted display name may hold C{<}, C{>}, C{;} and escaped quotes.
+        An unquoted one that is not a sequence of tokens (C{Bell,
+        Alexander}, RFC 4475 §3.1.2.15, or raw UTF-8) is quoted, so that it
+        is never passed on in its invalid form.  An addr-spec holding C{?}
+        or C{,} is refused: RFC 3261 §20 requires angle brackets then
+        (RFC 4475 §3.1.2.13).
+
         @raise HeaderError: for a malformed value.
         """
         text = text.strip()
-        lt = text.find("<")
+        if text[:1] == '"':
+            end = _quotedEnd(text)
+            if end < 0:
+                raise HeaderError("Unterminated quoted string")
+            display: Optional[str] = text[:end]
+            lt = text.find("<", end)
+            if lt < 0 or text[end:lt].strip():
+                raise HeaderError("Bad name-addr")
+        else:
+            lt = text.find("<")
+            display = (text[:lt].strip() or None) if lt > 0 else None
+            if display is not None and not _TOKEN_CHARS.issuperset(display):
+                display = '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"'
         if lt >= 0:
             gt = text.find(">", lt)
             if gt < 0:
                 raise HeaderError("Unterminated name-addr")
-            display = text[:lt].strip() or None
-            if display is not None and display.startswith('"'):
-                if len(display) < 2 or not display.endswith('"'):
-                    raise HeaderError("Bad display name")
             uri = text[lt + 1 : gt].strip()
             rest = text[gt + 1 :].strip()
             if rest and not rest.startswith(";"):
                 raise HeaderError("Bad name-addr")
         else:
-            display = None
             uri, _, rest = text.partition(";")
             uri = uri.strip()
-        if not uri or ":" not in uri or " " in uri:
+            if "?" in uri or "," in uri:
+                raise HeaderError("URI with ? or , needs angle brackets")
+        if not uri or ":" not in uri or " " in uri or "\t" in uri:
             raise HeaderError("Bad URI in name-addr")
         return cls(uri, display, parseParams(rest))
 
@@ -223,6 +261,24 @@ class NameAddr:
         The tag parameter, or L{None}.
         """
         return self.params.get("tag")
+
+
+def _quotedEnd(text: str) -> int:
+    """
+    The index just past the quoted string that starts C{text}, honouring
+    backslash escapes, or -1 when it is not terminated.
+    """
+    i = 1
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            return i + 1
+        i += 1
+    return -1
 
 
 class CSeq:
@@ -245,7 +301,14 @@ class CSeq:
             method token.
         """
         parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
+        # Length first: int() of thousands of digits is slow, and beyond
+        # 4300 digits CPython raises ValueError rather than HeaderError.
+        if (
+            len(parts) != 2
+            or len(parts[0]) > 10
+            or not parts[0].isdigit()
+            or not parts[0].isascii()
+        ):
             raise HeaderError("Bad CSeq")
         number = int(parts[0])
         if number > cls.MAX:

@@ -13,6 +13,7 @@ allows; the order of values of one name is kept.
 
 from __future__ import annotations
 
+import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from presence.sip.headers import CSeq, HeaderError, NameAddr, Via
@@ -174,19 +175,19 @@ class Message:
         """
         Replace every value of C{name} with C{value}.
         """
-        self.headers[headerKey(name)] = [_checked(value)]
+        self.headers[_checkedKey(name)] = [_checked(value)]
 
     def addHeader(self, name: str, value: str) -> None:
         """
         Append a value to header C{name}.
         """
-        self.headers.setdefault(headerKey(name), []).append(_checked(value))
+        self.headers.setdefault(_checkedKey(name), []).append(_checked(value))
 
     def insertHeader(self, name: str, value: str) -> None:
         """
         Put a value first, as a proxy does with Via and Record-Route.
         """
-        self.headers.setdefault(headerKey(name), []).insert(0, _checked(value))
+        self.headers.setdefault(_checkedKey(name), []).insert(0, _checked(value))
 
     def removeHeader(self, name: str) -> None:
         self.headers.pop(headerKey(name), None)
@@ -255,6 +256,20 @@ def _checked(value: str) -> str:
     if "\r" in value or "\n" in value or "\x00" in value:
         raise ValueError("CR, LF or NUL in a header value")
     return value
+
+
+_tokenName = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z").match
+
+
+def _checkedKey(name: str) -> str:
+    """
+    The key for header C{name}, refusing a name that is not a token: one
+    holding C{:}, white space, CR or LF would inject a header on output.
+    """
+    key = headerKey(name)
+    if _tokenName(key) is None:
+        raise ValueError("Header name is not a token")
+    return key
 
 
 class Request(Message):
@@ -332,7 +347,10 @@ class Response(Message):
                 own[key] = list(values)
         if toTag is not None and code > 100 and "to" in own:
             to = own["to"][0]
-            if ";tag=" not in to.replace(" ", "").lower():
+            # Only header parameters count: a URI parameter or a display
+            # name spelling ";tag=" inside the brackets is not a tag.
+            params = to[to.rfind(">") + 1 :]
+            if ";tag=" not in params.replace(" ", "").replace("\t", "").lower():
                 own["to"][0] = to + ";tag=" + toTag
         response = cls(code, reason, own)
         if reason is not None:

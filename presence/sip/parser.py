@@ -75,6 +75,14 @@ class ParseError(Exception):
         The response that answers the bad request, or L{None} when it cannot
         be answered: not a request, no code, or its Via, From, To, Call-ID or
         CSeq missing or unusable.
+
+        Unusable means unsafe to copy: holding CR, LF, NUL or undecodable
+        bytes.  A value that merely breaks its grammar is copied as it came,
+        as RFC 3261 §8.2.6.2 asks, so that a request is still answered when
+        its very fault is in one of these headers: an overlarge CSeq gets its
+        400 (RFC 4475 §3.1.2.4), a C{SIP/7.0} request with a C{SIP/7.0/UDP}
+        Via its 505 (§3.1.2.16).  The transport sends the answer back to the
+        source of the request when its Via cannot be read.
         """
         request = self.partial
         if self.code is None or not isinstance(request, Request):
@@ -86,11 +94,6 @@ class ParseError(Exception):
             for value in values:
                 if "\ufffd" in value or "\x00" in value or "\r" in value or "\n" in value:
                     return None
-        try:
-            request.topVia()
-            request.cseq()
-        except HeaderError:
-            return None
         return Response.forRequest(request, self.code, self.reason)
 
 
@@ -155,33 +158,26 @@ def parseMessage(data: bytes, limits: Limits = DEFAULT_LIMITS, stream: bool = Fa
     startLine = lines[0]
     message: Message
     if startLine.startswith("SIP/2.0 "):
-        codeText = startLine[8:11]
-        if not codeText.isdigit() or not codeText.isascii() or startLine[11:12] not in ("", " "):
-            raise ParseError(None, "Bad status line")
-        message = Response(int(codeText), startLine[12:])
-        if not 100 <= message.code <= 699:
-            raise ParseError(None, "Bad status code")
+        message = _statusLine(startLine)
     else:
         parts = startLine.split(" ")
-        if len(parts) != 3 or not _isToken(parts[0]) or not parts[1]:
-            if len(parts) == 3 and parts[0] and parts[2].startswith("SIP/"):
-                message = Request(parts[0], parts[1])
-                error = error or (400, "Bad Request-Line")
-            else:
-                raise ParseError(None, "Bad start line")
-        else:
+        if len(parts) == 3 and parts[2] == "SIP/2.0" and parts[1] and _isToken(parts[0]):
             message = Request(parts[0], parts[1])
-        if parts[2] != "SIP/2.0":
-            error = error or (505, "Version Not Supported")
-        if len(parts[1]) > limits.maxUriLength:
-            error = error or (414, "Request-URI Too Long")
+            if len(parts[1]) > limits.maxUriLength:
+                error = error or (414, "Request-URI Too Long")
+        else:
+            message, lineError = _oddStartLine(startLine, limits)
+            error = error or lineError
 
     headers: Dict[str, List[str]] = message.headers
     keys = _keyCache
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         key = keys.get(name)
-        if key is None:
+        if key is None or not colon:
+            # A line without a colon is malformed even when it spells a
+            # header name seen before ("Contact" alone is not an empty
+            # Contact).
             key = _headerKey(name) if colon else None
             if key is None:
                 error = error or (400, "Malformed header line")
@@ -232,6 +228,54 @@ def parseMessage(data: bytes, limits: Limits = DEFAULT_LIMITS, stream: bool = Fa
     return message
 
 
+def _statusLine(startLine: str) -> Response:
+    """
+    The response a status line starts (C{SIP/2.0 200 OK}).
+
+    @raise ParseError: (code L{None}: responses are never answered) for a
+        status code that is not three digits from 100 to 699.
+    """
+    codeText = startLine[8:11]
+    if not codeText.isdigit() or not codeText.isascii() or startLine[11:12] not in ("", " "):
+        raise ParseError(None, "Bad status line")
+    code = int(codeText)
+    if not 100 <= code <= 699:
+        raise ParseError(None, "Bad status code")
+    return Response(code, startLine[12:])
+
+
+def _oddStartLine(startLine: str, limits: Limits) -> Tuple[Message, Optional[Tuple[int, str]]]:
+    """
+    The start lines the fast path of L{parseMessage} does not take: a
+    version in lower case (legal: RFC 3261 §7.1 makes it case-insensitive),
+    another version (505), and request lines malformed but still clear
+    enough to be answered with a 400: extra spaces (RFC 4475 §3.1.2.8-10),
+    a method that is not a token, an empty Request-URI.
+
+    @return: the message, and the error that answers it or L{None}.
+    @raise ParseError: (code L{None}) for a line that is neither.
+    """
+    if startLine[:8].upper() == "SIP/2.0 ":
+        return _statusLine(startLine), None
+    parts = startLine.split(" ")
+    error: Optional[Tuple[int, str]] = None
+    if len(parts) == 3 and parts[1] and _isToken(parts[0]):
+        method, uri, version = parts
+    else:
+        words = startLine.split()
+        if len(words) < 2 or words[-1][:4].upper() != "SIP/" or words[0][:4].upper() == "SIP/":
+            raise ParseError(None, "Bad start line")
+        method, uri, version = words[0], " ".join(words[1:-1]), words[-1]
+        error = (400, "Bad Request-Line")
+    if not _isToken(method):
+        error = error or (400, "Bad Request-Line")
+    if version.upper() != "SIP/2.0":
+        error = error or (505, "Version Not Supported")
+    if len(uri) > limits.maxUriLength:
+        error = error or (414, "Request-URI Too Long")
+    return Request(method, uri), error
+
+
 _keyCache: Dict[str, str] = {}
 
 
@@ -241,7 +285,7 @@ def _headerKey(name: str) -> Optional[str]:
     if it is not a valid name.  Keys of names seen before come from a small
     bounded cache, which saves the hot loop several string operations.
     """
-    key = name.rstrip().lower()
+    key = name.rstrip(" \t").lower()
     key = COMPACT_FORMS.get(key, key)
     if not _isToken(key):
         return None
@@ -279,6 +323,14 @@ def _checkHeaders(
             return 400, "Missing " + _REQUIRED_NAMES[key] + " Header"
     if len(headers["call-id"]) != 1 or not headers["call-id"][0]:
         return 400, "Bad Call-ID"
+    # Single-valued: a second From, To or CSeq (RFC 4475 §3.3.8) would let
+    # two elements disagree on which one counts.
+    if len(headers["from"]) != 1:
+        return 400, "Bad From"
+    if len(headers["to"]) != 1:
+        return 400, "Bad To"
+    if len(headers["cseq"]) != 1:
+        return 400, "Bad CSeq"
     try:
         cseq = CSeq.fromString(headers["cseq"][0])
     except HeaderError:
@@ -310,13 +362,24 @@ class FramingError(Exception):
 
     @ivar code: the status code to answer with before closing, if the head of
         the offending message is known (C{head}), else L{None}.
+    @ivar messages: the messages and L{PING}s that the same
+        L{StreamFramer.dataReceived} call completed before the error, in
+        order; the transport should handle them before closing, as it would
+        have had they arrived in an earlier segment.
     """
 
-    def __init__(self, code: Optional[int], reason: str, head: bytes = b"") -> None:
+    def __init__(
+        self,
+        code: Optional[int],
+        reason: str,
+        head: bytes = b"",
+        messages: Optional[List[Union[bytes, object]]] = None,
+    ) -> None:
         Exception.__init__(self, code, reason)
         self.code = code
         self.reason = reason
         self.head = head
+        self.messages: List[Union[bytes, object]] = messages if messages is not None else []
 
     def errorResponse(self, limits: Limits = DEFAULT_LIMITS) -> Optional[Response]:
         """
@@ -342,11 +405,20 @@ class StreamFramer:
     buffer never holds more than one message's head beyond the limit, and a
     declared body larger than the limit stops framing at once instead of
     waiting for (and buffering) the body.
+
+    Each byte is copied into the buffer and searched for the end of the head
+    once, however the stream is segmented: a peer dribbling a large head a
+    byte at a time costs linear, not quadratic, time.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
-        self._buffer = b""
+        # Bytes of an incomplete message (or of a possible CRLF CRLF ping).
+        self._pending = bytearray()
+        # How far _pending has been searched for CRLF CRLF, when _need is None.
+        self._scanned = 0
+        # The length of the message at the start of _pending once its head
+        # is complete.
         self._need: Optional[int] = None
 
     def dataReceived(self, data: bytes) -> List[Union[bytes, object]]:
@@ -354,48 +426,99 @@ class StreamFramer:
         Feed bytes; get back the whole messages (as bytes) and L{PING}s they
         completed, in order.
 
-        @raise FramingError: when the stream is beyond repair.
+        @raise FramingError: when the stream is beyond repair; its
+            C{messages} holds what this call completed before.
         """
-        buf = self._buffer + data if self._buffer else data
+        pending = self._pending
+        if pending:
+            pending += data
+            need = self._need
+            if need is not None:
+                if len(pending) < need:
+                    return []
+            elif pending[0] not in _CRLF:
+                if pending.find(b"\r\n\r\n", self._scanned) < 0:
+                    if len(pending) > self.limits.maxMessageSize:
+                        self._reset()
+                        raise FramingError(None, "Message head too large")
+                    self._scanned = max(0, len(pending) - 3)
+                    return []
+            buf = bytes(pending)
+            self._pending = bytearray()
+        else:
+            buf = data
         out: List[Union[bytes, object]] = []
-        limits = self.limits
-        while buf:
-            if self._need is not None:
-                if len(buf) < self._need:
-                    break
-                out.append(buf[: self._need])
-                buf = buf[self._need :]
-                self._need = None
-                continue
-            if buf[:1] in (b"\r", b"\n"):
-                if buf.startswith(b"\r\n\r\n"):
-                    out.append(PING)
-                    buf = buf[4:]
-                    continue
-                if buf in (b"\r", b"\r\n", b"\r\n\r"):
-                    break
-                buf = buf[2:] if buf.startswith(b"\r\n") else buf[1:]
-                continue
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > limits.maxMessageSize:
-                    self._buffer = b""
-                    raise FramingError(None, "Message head too large")
-                break
-            headEnd = end + 4
-            if headEnd > limits.maxMessageSize:
-                self._buffer = b""
-                raise FramingError(513, "Message Too Large", buf[:end])
-            length = _streamLength(buf[:end])
-            if length is None:
-                self._buffer = b""
-                raise FramingError(400, "Bad or Missing Content-Length", buf[:end])
-            if length > limits.maxBodySize or headEnd + length > limits.maxMessageSize:
-                self._buffer = b""
-                raise FramingError(413, "Request Entity Too Large", buf[:end])
-            self._need = headEnd + length
-        self._buffer = buf
+        try:
+            pos = self._frame(buf, out)
+        except FramingError as e:
+            self._reset()
+            e.messages = out
+            raise
+        if pos < len(buf):
+            self._pending = bytearray(buf[pos:] if pos else buf)
         return out
+
+    def _frame(self, buf: bytes, out: List[Union[bytes, object]]) -> int:
+        """
+        Append to C{out} what C{buf} completes, from its start (where a
+        message or a ping begins); return where the unconsumed rest starts,
+        leaving C{_need} and C{_scanned} set for it.
+        """
+        limits = self.limits
+        pos = 0
+        n = len(buf)
+        need = self._need
+        while pos < n:
+            if need is not None:
+                if n - pos < need:
+                    break
+                out.append(buf[pos : pos + need])
+                pos += need
+                need = None
+                continue
+            if buf[pos] in _CRLF:
+                # Keep-alive ping, or stray CRLFs between messages.
+                if buf.startswith(b"\r\n\r\n", pos):
+                    out.append(PING)
+                    pos += 4
+                    continue
+                if n - pos < 4 and buf[pos:] in (b"\r", b"\r\n", b"\r\n\r"):
+                    break
+                pos += 2 if buf.startswith(b"\r\n", pos) else 1
+                continue
+            end = buf.find(b"\r\n\r\n", pos)
+            if end < 0:
+                if n - pos > limits.maxMessageSize:
+                    raise FramingError(None, "Message head too large")
+                self._need = None
+                self._scanned = max(0, n - pos - 3)
+                return pos
+            headEnd = end + 4 - pos
+            head = buf[pos:end]
+            if headEnd > limits.maxMessageSize:
+                raise FramingError(513, "Message Too Large", head)
+            length = _streamLength(head)
+            if length is None:
+                raise FramingError(400, "Bad or Missing Content-Length", head)
+            if length > limits.maxBodySize:
+                raise FramingError(413, "Request Entity Too Large", head)
+            if headEnd + length > limits.maxMessageSize:
+                raise FramingError(513, "Message Too Large", head)
+            need = headEnd + length
+        self._need = need
+        self._scanned = 0
+        return pos
+
+    def _reset(self) -> None:
+        self._pending = bytearray()
+        self._need = None
+        self._scanned = 0
+
+
+_CRLF = (13, 10)
+
+# What a Content-Length of more than nine digits frames: more than any limit.
+_TOO_LONG = 1 << 62
 
 
 def _streamLength(head: bytes) -> Optional[int]:
@@ -403,12 +526,25 @@ def _streamLength(head: bytes) -> Optional[int]:
     Find Content-Length (or its compact form C{l}) in a message head.  A
     head without one frames an empty body: RFC 3261 §18.3 makes it mandatory
     on streams, but refusing a body-less request for its absence helps nobody.
+
+    A value of more than nine digits frames more than any limit allows (413
+    at once); one that is not a number, or several that differ (RFC 4475
+    §3.3.9), cannot frame anything (L{None}).  Continuation lines (starting
+    with white space) are not header lines, as for L{parseMessage}.
     """
+    found: Optional[bytes] = None
     for line in head.split(b"\r\n")[1:]:
         name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() in (b"content-length", b"l"):
-            value = value.strip()
-            if not value.isdigit() or len(value) > 18:
+        if colon and name.rstrip(b" \t").lower() in (b"content-length", b"l"):
+            value = value.strip(b" \t")
+            if found is None:
+                found = value
+            elif value != found:
                 return None
-            return int(value)
-    return 0
+    if found is None:
+        return 0
+    if not found.isdigit():
+        return None
+    if len(found) > 9:
+        return _TOO_LONG
+    return int(found)

@@ -16,8 +16,8 @@ callable, so tests drive every timer with L{twisted.internet.task.Clock}.
 Memory is what matters at scale: at 5,000 requests/s over UDP about 160,000
 completed server transactions are waiting out Timer J at any moment.  A
 completed transaction is therefore reduced to a small L{_Lingering} record
-(key, serialised final response, source) and the request is let go; the
-records of one timer wait in a FIFO queue served by a single delayed call
+(key, serialised final response, source; about 550 bytes in all) and the
+request is let go; the records of one timer wait in a FIFO queue served by a single delayed call
 (L{_ExpiryQueue}), not one C{callLater} each.  Client Timers E and F stay
 per-transaction delayed calls: they are cancelled by nearly every response,
 and clients are far fewer than lingering servers.
@@ -146,7 +146,8 @@ class _Lingering:
         terminated (the mark that L{ServerTransaction.state} and
         L{ClientTransaction.state} read).
     @ivar response: for a server transaction, the final response as bytes
-        (a third of the memory of the parsed object); L{None} for a client.
+        (about 380 bytes against 1.9 KB for the L{Response} object of a
+        typical 200 to SUBSCRIBE); L{None} for a client.
     @ivar source: for a server transaction, where responses go.
     @ivar deadline: when Timer J or K expires, in reactor seconds.
     """
@@ -162,6 +163,9 @@ class _Lingering:
         self.deadline = 0.0
 
     def kill(self) -> None:
+        """
+        Mark the transaction terminated and free what it held.
+        """
         self.key = None
         self.response = None
         self.source = None
@@ -565,7 +569,8 @@ class TransactionLayer:
     def responseReceived(self, response: Response, source: Target) -> bool:
         """
         Match a response from the network to a client transaction by its
-        top Via branch and CSeq method (§17.1.3) and process it.
+        top Via branch and CSeq method (§17.1.3) and process it.  C{source}
+        plays no part in matching, as the RFC says.
 
         @return: whether a transaction took it (a retransmission absorbed in
             Completed counts); L{False} leaves a stray response to the

@@ -10,14 +10,55 @@ answered precisely.
 
 from __future__ import annotations
 
+import re
 from typing import Dict, Optional, Tuple, Union
-from urllib.parse import unquote
 
 
 class URIError(ValueError):
     """
     Text that is not a URI this server understands.
     """
+
+
+# Characters no URI may hold unescaped: controls, space, DEL, and the
+# delimiters that would end it inside a header (RFC 3261 §25.1).
+_illegal = re.compile(r'[\x00-\x20\x7f<>"]').search
+
+# A host name or IPv4 address (RFC 3261 §25.1 hostname / IPv4address; "_" is
+# tolerated because real deployments use it), and the inside of an IPv6
+# reference.
+_hostname = re.compile(r"[A-Za-z0-9._-]+\Z").match
+_ipv6 = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z").match
+
+_escape = re.compile(r"%([0-9A-Fa-f]{2})")
+
+# RFC 3261 §19.1.4: characters outside the reserved set are equivalent to
+# their %HEX HEX form; reserved ones, and anything that may not appear
+# unescaped in a user part (NUL, space...), are not.
+_UNRESERVED = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()"
+)
+
+
+def _decodeUnreserved(match: re.Match) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else "%" + match.group(1).upper()
+
+
+def normaliseEscapes(text: str) -> str:
+    """
+    Put the escapes of a URI part in canonical form: an escaped unreserved
+    character is decoded (C{%75} becomes C{u}), every other escape is kept
+    with upper-case hex digits (C{%3a} becomes C{%3A}, C{%00} stays).
+
+    Decoding everything, as C{urllib.parse.unquote} does, would make
+    C{sip:a%40b@c} and C{sip:a@b@c} collide, would not be idempotent, and
+    would put NUL and spaces into AORs that are used as database keys
+    (RFC 4475 §3.1.1.4).
+    """
+    if "%" not in text:
+        return text
+    return _escape.sub(_decodeUnreserved, text)
 
 
 def _splitParams(text: str) -> Dict[str, Optional[str]]:
@@ -57,17 +98,24 @@ def splitHostPort(text: str) -> Tuple[str, Optional[int]]:
         if rest and not rest.startswith(":"):
             raise URIError("Bad host")
         portText = rest[1:] if rest else ""
+        if _ipv6(host) is None:
+            raise URIError("Bad host")
     else:
         host, _, portText = text.partition(":")
-    if not host or any(c in host for c in " \t<>\"") or host == "[]":
-        raise URIError("Bad host")
+        if _hostname(host) is None:
+            raise URIError("Bad host")
     if not portText:
         if text.endswith(":"):
             raise URIError("Bad port")
         return host, None
-    if not portText.isdigit() or not 0 < int(portText) < 65536:
+    # isdigit() accepts non-ASCII digits ("²" even makes int() raise), and a
+    # long run of digits costs int() quadratic time: check both first.
+    if not portText.isdigit() or not portText.isascii() or len(portText) > 5:
         raise URIError("Bad port")
-    return host, int(portText)
+    port = int(portText)
+    if not 0 < port < 65536:
+        raise URIError("Bad port")
+    return host, port
 
 
 class SipURI:
@@ -75,8 +123,9 @@ class SipURI:
     A C{sip:} or C{sips:} URI.
 
     Equality follows the parts that identify a resource for this server:
-    scheme, user, lower-cased host and port; parameters and headers are kept
-    and serialised but do not take part in L{aor}.
+    scheme, user (with password), lower-cased host and port; parameters and
+    headers are kept and serialised but take part neither in equality nor
+    in L{aor}.
     """
 
     __slots__ = ("scheme", "user", "password", "host", "port", "params", "headers")
@@ -104,23 +153,27 @@ class SipURI:
         """
         Parse C{sip:user:password@host:port;params?headers}.
 
+        The user part may hold C{;} and C{?} (RFC 3261 §25.1
+        user-unreserved, RFC 4475 §3.1.1.2 and §3.1.1.9) but never an
+        unescaped C{@}, so the first C{@} ends it.
+
         @raise URIError: when C{text} is not a well-formed SIP or SIPS URI.
         """
         scheme, colon, rest = text.partition(":")
         scheme = scheme.lower()
         if not colon or scheme not in ("sip", "sips"):
             raise URIError("Not a SIP URI")
-        if any(c in text for c in " \t\r\n\x00<>\""):
+        if _illegal(text) is not None:
             raise URIError("Illegal character in URI")
-        rest, _, headers = rest.partition("?")
         user = password = None
-        at = rest.rfind("@")
+        at = rest.find("@")
         if at >= 0:
             userinfo, rest = rest[:at], rest[at + 1 :]
             user, sep, pw = userinfo.partition(":")
             if not user:
                 raise URIError("Empty user part")
             password = pw if sep else None
+        rest, _, headers = rest.partition("?")
         hostport, _, paramText = rest.partition(";")
         host, port = splitHostPort(hostport)
         return cls(host, user, port, scheme, password, _splitParams(paramText), headers)
@@ -143,24 +196,30 @@ class SipURI:
     def __repr__(self) -> str:
         return "SipURI(%r)" % (str(self),)
 
+    def _identity(self) -> Tuple[str, Optional[str], Optional[str], str, Optional[int]]:
+        user = None if self.user is None else normaliseEscapes(self.user)
+        return (self.scheme, user, self.password, self.host.lower(), self.port)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SipURI):
             return NotImplemented
-        return str(self) == str(other)
+        return self._identity() == other._identity()
 
     def __hash__(self) -> int:
-        return hash(str(self))
+        return hash(self._identity())
 
     def aor(self) -> str:
         """
-        The address-of-record this URI names: C{sip:user@host}, the user
-        percent-decoded, the host lower-cased, no port, parameters or headers.
-        C{sips:} is folded into C{sip:} since both name the same resource.
+        The address-of-record this URI names: C{sip:user@host}, the user's
+        escapes normalised (L{normaliseEscapes}), the host lower-cased, no
+        port, parameters or headers.  C{sips:} is folded into C{sip:} since
+        both name the same resource.  Idempotent:
+        C{normaliseAOR(normaliseAOR(x)) == normaliseAOR(x)}.
         """
         host = self.host.lower()
         if self.user is None:
             return "sip:" + host
-        return "sip:" + unquote(self.user) + "@" + host
+        return "sip:" + normaliseEscapes(self.user) + "@" + host
 
 
 class AbsoluteURI:
@@ -176,7 +235,7 @@ class AbsoluteURI:
             c.isalnum() or c in "+-." for c in scheme
         ):
             raise URIError("Bad URI scheme")
-        if any(c in text for c in " \t\r\n\x00<>\""):
+        if _illegal(text) is not None:
             raise URIError("Illegal character in URI")
         self.scheme = scheme.lower()
         self.text = text
@@ -200,8 +259,8 @@ class AbsoluteURI:
         if self.scheme == "pres":
             rest = self.text.partition(":")[2]
             user, at, host = rest.partition("@")
-            if at:
-                return "sip:" + unquote(user) + "@" + host.split(";")[0].lower()
+            if at and user:
+                return "sip:" + normaliseEscapes(user) + "@" + host.split(";")[0].lower()
         return self.text
 
 
@@ -214,7 +273,8 @@ def parseURI(text: str) -> URI:
 
     @raise URIError: when C{text} is not a URI.
     """
-    if text[:4].lower() in ("sip:", "sips"):
+    prefix = text[:5].lower()
+    if prefix[:4] == "sip:" or prefix == "sips:":
         return SipURI.fromString(text)
     return AbsoluteURI(text)
 

@@ -1,0 +1,130 @@
+"""
+The seams of the presence server, as C{zope.interface} interfaces.
+
+Each part talks to its collaborators only through these, so a test swaps a
+real part for a small fake and checks it with
+C{zope.interface.verify.verifyObject}.  One block per interface.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+
+# --- store ------------------------------------------------------------------
+
+
+class IStore(Interface):
+    """
+    Durable storage of subscriptions and publications.
+
+    The subscription manager serves from memory and writes through to a
+    store, then rebuilds its memory from it on start.  Every method returns
+    a Deferred and never blocks the reactor.
+
+    Contract shared by every implementation:
+
+      - a write's Deferred fires only once the write is durable (committed),
+        so a 200 OK sent from its callback survives a crash;
+      - writes are applied in the order they were issued;
+      - a failed write fails only its own Deferred;
+      - reads and writes fail with
+        L{presence.store.errors.StoreNotRunning} before C{start()} has fired
+        or once C{stop()} was called;
+      - records cross the interface as the immutable values of
+        L{presence.store.records}, never as database rows;
+      - lists come back in no particular order.
+    """
+
+    def start():
+        """
+        Open the storage and bring its schema up to date.
+
+        @return: a Deferred firing with C{None} when reads and writes may be
+            issued, or failing (e.g. L{presence.store.errors.SchemaTooNew}).
+        """
+
+    def stop():
+        """
+        Refuse new work, wait for every queued write to be committed and
+        every read to finish, then release resources.
+
+        @return: a Deferred firing with C{None} once stopped.
+        """
+
+    def addSubscription(record):
+        """
+        Insert a new subscription.
+
+        @param record: a L{presence.store.records.SubscriptionRecord}.
+        @return: a Deferred firing with C{None} once committed; failing with
+            L{presence.store.errors.DuplicateRecord} if its id exists.
+        """
+
+    def updateSubscription(subscriptionId, **changes):
+        """
+        Change some fields of a subscription (e.g. C{localCSeq},
+        C{expiresAt}, C{state}); the id cannot change.
+
+        @param changes: record field names mapped to new values.
+        @return: a Deferred firing with C{None} once committed; failing with
+            L{presence.store.errors.NoSuchRecord} if there is no such
+            subscription, C{ValueError} for an unknown field.
+        """
+
+    def removeSubscription(subscriptionId):
+        """
+        Delete a subscription; deleting a missing one is not an error.
+
+        @return: a Deferred firing with C{None} once committed.
+        """
+
+    def putPublication(record):
+        """
+        Insert a publication or replace the one with the same entity-tag.
+
+        @param record: a L{presence.store.records.PublicationRecord}.
+        @return: a Deferred firing with C{None} once committed.
+        """
+
+    def removePublication(etag):
+        """
+        Delete a publication; deleting a missing one is not an error.
+
+        @return: a Deferred firing with C{None} once committed.
+        """
+
+    def removeExpired(now):
+        """
+        Delete every subscription and publication whose C{expiresAt} is at
+        or before C{now} (epoch seconds).
+
+        @return: a Deferred firing with C{(subscriptionsRemoved,
+            publicationsRemoved)} once committed.
+        """
+
+    def getSubscription(subscriptionId):
+        """
+        Read one subscription.
+
+        @return: a Deferred firing with a
+            L{presence.store.records.SubscriptionRecord} or C{None}.
+        """
+
+    def loadSubscriptions(owner=None):
+        """
+        Read all subscriptions, or only those of one manager node.
+
+        @param owner: a manager node name, or C{None} for all.
+        @return: a Deferred firing with a list of
+            L{presence.store.records.SubscriptionRecord}.
+        """
+
+    def loadPublications():
+        """
+        Read all publications.
+
+        @return: a Deferred firing with a list of
+            L{presence.store.records.PublicationRecord}.
+        """
+

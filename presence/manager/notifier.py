@@ -1,0 +1,162 @@
+"""
+Sending NOTIFYs (RFC 6665 §4.2.2, RFC 3856 §6.6) with rate control.
+
+Each subscription has at most one NOTIFY in flight, as RFC 6665 requires.
+A change that comes while one is in flight, or within the configured
+minimum interval of the last one (the spirit of RFC 6446), only marks the
+subscription dirty; when the NOTIFY completes or the interval ends, one
+NOTIFY carries the latest state.  A watcher is never sent a stale state, and
+a burst of publications costs it one NOTIFY.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.logger import Logger
+
+from presence.manager.state import CSEQ_BLOCK, Subscription
+from presence.sip.message import Request, Response
+
+if TYPE_CHECKING:
+    from presence.manager.manager import SubscriptionManager
+
+PIDF = "application/pidf+xml"
+
+
+class Notifier:
+    """
+    Builds, sends and follows up the NOTIFYs of one manager.
+    """
+
+    log = Logger()
+
+    def __init__(self, manager: SubscriptionManager) -> None:
+        self.manager = manager
+        self.clock = manager.clock
+        self.minInterval = manager.config.notifyMinInterval
+        self.keepOnTimeout = manager.config.keepOnTimeout
+        self.counters = {"sent": 0, "failed": 0, "coalesced": 0}
+
+    def notify(self, sub: Subscription) -> None:
+        """
+        Let C{sub}'s watcher know the current state, now or as soon as rate
+        control and the NOTIFY in flight allow.
+        """
+        if sub.terminated and sub.final is None:
+            return
+        if sub.inFlight:
+            if not sub.dirty:
+                self.counters["coalesced"] += 1
+            sub.dirty = True
+            return
+        if sub.final is None:
+            wait = sub.lastNotify + self.minInterval - self.clock.seconds()
+            if wait > 0:
+                if not sub.dirty:
+                    self.counters["coalesced"] += 1
+                sub.dirty = True
+                if sub.timer is None:
+                    sub.timer = self.clock.callLater(wait, self._release, sub)
+                return
+        self._send(sub)
+
+    def finish(self, sub: Subscription, reason: str) -> None:
+        """
+        Send the final NOTIFY (C{terminated;reason=...}) of an ended
+        subscription, after the one in flight if there is one.
+        """
+        sub.final = reason
+        self._cancelTimer(sub)
+        if not sub.inFlight:
+            self._send(sub)
+
+    def _release(self, sub: Subscription) -> None:
+        sub.timer = None
+        if sub.dirty and not sub.inFlight:
+            self._send(sub)
+
+    def _cancelTimer(self, sub: Subscription) -> None:
+        if sub.timer is not None:
+            sub.timer.cancel()  # type: ignore[attr-defined]
+            sub.timer = None
+
+    def stop(self, subs: Any) -> None:
+        """
+        Cancel every held-back NOTIFY (shutdown): the state is in the store.
+        """
+        for sub in subs:
+            self._cancelTimer(sub)
+
+    def _send(self, sub: Subscription) -> None:
+        manager = self.manager
+        sub.dirty = False
+        sub.cseq += 1
+        if not sub.terminated and sub.cseq >= sub.cseqCeiling - CSEQ_BLOCK // 2:
+            sub.cseqCeiling = sub.cseq + CSEQ_BLOCK
+            manager.store.updateSubscription(sub.id, localCSeq=sub.cseqCeiling).addErrback(
+                manager.storeFailed, "CSeq ceiling of " + sub.id
+            )
+        request = self.build(sub)
+        sub.inFlight = True
+        sub.lastNotify = self.clock.seconds()
+        self.counters["sent"] += 1
+        final = sub.final
+        sub.final = None
+        tx = manager.core.sendRequest(request, sub.target)
+        tx.deferred.addCallback(self._answered, sub, final)
+
+    def build(self, sub: Subscription) -> Request:
+        """
+        The NOTIFY for C{sub}'s current state (RFC 3856 §6.6).
+        """
+        manager = self.manager
+        request = Request("NOTIFY", sub.remoteTarget)
+        headers = request.headers
+        if sub.routeSet:
+            headers["route"] = list(sub.routeSet)
+        headers["max-forwards"] = ["70"]
+        headers["from"] = ["<%s>;tag=%s" % (sub.presentity, sub.localTag)]
+        headers["to"] = ["<%s>;tag=%s" % (sub.watcher, sub.remoteTag)]
+        headers["call-id"] = [sub.callId]
+        headers["cseq"] = ["%d NOTIFY" % (sub.cseq,)]
+        headers["contact"] = [manager.core.contactFor(sub.target)]
+        headers["event"] = ["presence;id=" + sub.eventId if sub.eventId else "presence"]
+        final = sub.final
+        if final is not None:
+            headers["subscription-state"] = ["terminated;reason=" + final]
+            withState = final in ("timeout", "noresource")
+        else:
+            remaining = max(0, int(sub.expiresAt - self.clock.seconds()))
+            headers["subscription-state"] = ["%s;expires=%d" % (sub.state, remaining)]
+            withState = sub.state == "active"
+        if withState:
+            headers["content-type"] = [PIDF]
+            request.body = manager.documentOf(sub.presentity)
+        return request
+
+    def _answered(self, response: Response, sub: Subscription, final: Optional[str]) -> None:
+        sub.inFlight = False
+        code = response.code
+        if 200 <= code < 300:
+            sub.timeouts = 0
+        else:
+            self.counters["failed"] += 1
+            self.log.info(
+                "NOTIFY to {watcher} for {presentity} failed: {code} {reason}",
+                watcher=sub.watcher,
+                presentity=sub.presentity,
+                code=code,
+                reason=response.reason,
+            )
+            if final is None and not sub.terminated:
+                if code == 481:
+                    self.manager.terminate(sub, None)
+                elif code in (408, 503):
+                    sub.timeouts += 1
+                    if not self.keepOnTimeout or sub.timeouts > 1:
+                        self.manager.terminate(sub, None)
+        if sub.final is not None:
+            self._send(sub)
+        elif sub.dirty and not sub.terminated:
+            self.notify(sub)

@@ -1,0 +1,109 @@
+"""
+The service that runs a subscription manager inside the service tree.
+
+It needs the SIP core (from the C{"sip"} service) and the store (from the
+C{"store"} service).  Until the store is up and the manager has reloaded
+its state, SUBSCRIBE and PUBLISH are answered 503 with Retry-After rather
+than served from an empty memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from presence.config import Config
+from presence.manager.manager import SubscriptionManager
+from presence.sip.message import Request
+from presence.sip.transaction import ServerTransaction
+
+
+class ManagerService(service.Service):
+    """
+    Starts a L{SubscriptionManager} once its siblings are ready.
+
+    @ivar manager: the running manager, or L{None}.
+    """
+
+    log = Logger()
+    name = "manager"
+
+    def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
+        self.config = config
+        self._reactor = reactor
+        self.manager: Optional[SubscriptionManager] = None
+        self._ready: Optional[Deferred] = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_reactor=None, manager=None, _ready=None)
+        return state
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            return reactor
+        return self._reactor
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        parent = self.parent
+        assert parent is not None
+        core = parent.getServiceNamed("sip").core
+        storeService = parent.getServiceNamed("store")
+        for method in ("SUBSCRIBE", "PUBLISH"):
+            core.addHandler(method, _unavailable(core))
+        self._ready = storeService.whenReady()
+        self._ready.addCallback(self._storeReady, core)
+        self._ready.addErrback(self._failed)
+
+    def _storeReady(self, store: Any, core: Any) -> Deferred:
+        manager = SubscriptionManager(core, store, self.config, self.reactor)
+        d = manager.load()
+
+        def loaded(_: Any) -> None:
+            if not self.running:
+                manager.stop()
+                return
+            self.manager = manager
+            manager.install()
+            self.log.info("Subscription manager {node} ready", node=self.config.node)
+
+        return d.addCallback(loaded)
+
+    def _failed(self, failure: Failure) -> None:
+        self.log.error(
+            "Presence manager cannot start: {error}", error=failure.getErrorMessage()
+        )
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def whenReady(self) -> Deferred:
+        """
+        Fires once the manager serves requests (for tests and admin).
+        """
+        if self.manager is not None or self._ready is None:
+            return succeed(self.manager)
+        d = Deferred()
+        self._ready.addBoth(lambda result: (d.callback(self.manager), result)[1])
+        return d
+
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        if self.manager is not None:
+            self.manager.stop()
+            self.manager = None
+        return None
+
+
+def _unavailable(core: Any) -> Any:
+    def handler(request: Request, tx: ServerTransaction) -> None:
+        core.respond(tx, 503, "Starting Up", [("Retry-After", "1")])
+
+    return handler

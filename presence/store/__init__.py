@@ -1,0 +1,38 @@
+"""
+Durable storage for the subscription manager: subscriptions and publications.
+
+L{SQLStore} runs SQLAlchemy Core on its own thread pool with group commit
+(SQLite embedded, PostgreSQL for a cluster); L{MemoryStore} keeps the same
+Deferred contract in memory for unit tests.  Both provide
+L{presence.interfaces.IStore} and exchange only the immutable records of
+L{presence.store.records}.
+"""
+
+from __future__ import annotations
+
+from presence.store.errors import (
+    DuplicateRecord,
+    NoSuchRecord,
+    SchemaTooNew,
+    StoreError,
+    StoreNotRunning,
+)
+from presence.store.memory import MemoryStore
+from presence.store.records import PublicationRecord, SubscriptionRecord
+from presence.store.schema import CURRENT_VERSION
+from presence.store.service import StoreService
+from presence.store.sql import SQLStore
+
+__all__ = [
+    "CURRENT_VERSION",
+    "DuplicateRecord",
+    "MemoryStore",
+    "NoSuchRecord",
+    "PublicationRecord",
+    "SQLStore",
+    "SchemaTooNew",
+    "StoreError",
+    "StoreNotRunning",
+    "StoreService",
+    "SubscriptionRecord",
+]

@@ -1,0 +1,170 @@
+"""
+An in-memory L{IStore} for unit tests of the subscription manager.
+
+It keeps the Deferred contract of L{presence.store.sql.SQLStore} (same
+results, same exception types, same refusal when not running) but fires
+synchronously and needs neither a reactor nor threads, so manager tests stay
+deterministic.  Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from presence.interfaces import IStore
+from presence.store.errors import DuplicateRecord, NoSuchRecord, StoreNotRunning
+from presence.store.records import (
+    PublicationRecord,
+    SubscriptionRecord,
+    checkSubscriptionChanges,
+)
+
+
+@implementer(IStore)
+class MemoryStore:
+    """
+    Subscriptions and publications in two dictionaries.
+
+    @ivar subscriptions: id -> L{SubscriptionRecord}; tests may inspect it.
+    @ivar publications: etag -> L{PublicationRecord}; tests may inspect it.
+    """
+
+    def __init__(self) -> None:
+        self.subscriptions: Dict[str, SubscriptionRecord] = {}
+        self.publications: Dict[str, PublicationRecord] = {}
+        self.running = False
+
+    def _check(self) -> Optional[Deferred]:
+        """
+        @return: a failed Deferred if the store is not running, else C{None}.
+        """
+        if not self.running:
+            return fail(StoreNotRunning("store is not running"))
+        return None
+
+    def start(self) -> Deferred:
+        """
+        Become usable.  See L{IStore.start}.
+        """
+        self.running = True
+        return succeed(None)
+
+    def stop(self) -> Deferred:
+        """
+        Refuse further work.  See L{IStore.stop}.
+        """
+        self.running = False
+        return succeed(None)
+
+    def addSubscription(self, record: SubscriptionRecord) -> Deferred:
+        """
+        See L{IStore.addSubscription}.
+        """
+        if not isinstance(record, SubscriptionRecord):
+            return fail(TypeError("expected a SubscriptionRecord, got %r" % (type(record),)))
+        refused = self._check()
+        if refused is not None:
+            return refused
+        if record.id in self.subscriptions:
+            return fail(DuplicateRecord("subscription %r exists" % (record.id,)))
+        self.subscriptions[record.id] = record
+        return succeed(None)
+
+    def updateSubscription(self, subscriptionId: str, **changes: object) -> Deferred:
+        """
+        See L{IStore.updateSubscription}.
+        """
+        try:
+            checked = checkSubscriptionChanges(changes)
+        except (TypeError, ValueError) as e:
+            return fail(e)
+        refused = self._check()
+        if refused is not None:
+            return refused
+        current = self.subscriptions.get(subscriptionId)
+        if current is None:
+            return fail(NoSuchRecord("no subscription %r" % (subscriptionId,)))
+        self.subscriptions[subscriptionId] = dataclasses.replace(current, **checked)
+        return succeed(None)
+
+    def removeSubscription(self, subscriptionId: str) -> Deferred:
+        """
+        See L{IStore.removeSubscription}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        self.subscriptions.pop(subscriptionId, None)
+        return succeed(None)
+
+    def putPublication(self, record: PublicationRecord) -> Deferred:
+        """
+        See L{IStore.putPublication}.
+        """
+        if not isinstance(record, PublicationRecord):
+            return fail(TypeError("expected a PublicationRecord, got %r" % (type(record),)))
+        refused = self._check()
+        if refused is not None:
+            return refused
+        self.publications[record.etag] = record
+        return succeed(None)
+
+    def removePublication(self, etag: str) -> Deferred:
+        """
+        See L{IStore.removePublication}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        self.publications.pop(etag, None)
+        return succeed(None)
+
+    def removeExpired(self, now: float) -> Deferred:
+        """
+        See L{IStore.removeExpired}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        subs = [k for k, r in self.subscriptions.items() if r.expiresAt <= now]
+        pubs = [k for k, r in self.publications.items() if r.expiresAt <= now]
+        for k in subs:
+            del self.subscriptions[k]
+        for k in pubs:
+            del self.publications[k]
+        result: Tuple[int, int] = (len(subs), len(pubs))
+        return succeed(result)
+
+    def getSubscription(self, subscriptionId: str) -> Deferred:
+        """
+        See L{IStore.getSubscription}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        return succeed(self.subscriptions.get(subscriptionId))
+
+    def loadSubscriptions(self, owner: Optional[str] = None) -> Deferred:
+        """
+        See L{IStore.loadSubscriptions}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        result: List[SubscriptionRecord] = [
+            r for r in self.subscriptions.values() if owner is None or r.owner == owner
+        ]
+        return succeed(result)
+
+    def loadPublications(self) -> Deferred:
+        """
+        See L{IStore.loadPublications}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        return succeed(list(self.publications.values()))

@@ -1,0 +1,248 @@
+"""
+The SQL schema (SQLAlchemy Core) and its versioned upgrade steps.
+
+Two views of the schema live here, on purpose:
+
+  - L{METADATA} describes the B{current} tables; the store builds its queries
+    from it.
+  - L{UPGRADE_STEPS} is the history: step C{N} turns a version-C{N} database
+    into version C{N+1}.  Each step defines the tables it creates with its own
+    frozen C{MetaData}, so a later change to L{METADATA} never rewrites what an
+    old step does.  Creating a database from scratch is running every step.
+
+A test reflects a freshly upgraded database and compares it with
+L{METADATA}, so the two cannot drift apart unnoticed.
+
+To add a table or a column: append a step function to L{UPGRADE_STEPS} and
+update L{METADATA}; never edit an existing step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from presence.store.errors import SchemaTooNew, StoreError
+
+#: The table holding the single row with the schema version.  Its shape never
+#: changes, so it is not part of the upgrade history.
+VERSION_METADATA = sa.MetaData()
+schemaVersionTable = sa.Table(
+    "schema_version",
+    VERSION_METADATA,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+
+# --- current schema ---------------------------------------------------------
+
+METADATA = sa.MetaData()
+
+subscriptions = sa.Table(
+    "subscriptions",
+    METADATA,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("call_id", sa.Text, nullable=False),
+    sa.Column("local_tag", sa.Text, nullable=False),
+    sa.Column("remote_tag", sa.Text, nullable=False),
+    sa.Column("watcher", sa.Text, nullable=False),
+    sa.Column("presentity", sa.Text, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("accept", sa.Text, nullable=False),
+    sa.Column("remote_target", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("transport", sa.Text, nullable=False),
+    sa.Column("peer_host", sa.Text, nullable=False),
+    sa.Column("peer_port", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("route_set", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("local_cseq", sa.BigInteger, nullable=False),
+    sa.Column("remote_cseq", sa.BigInteger, nullable=False),
+    sa.Column("flow_token", sa.Text, nullable=False),
+    sa.Index("ix_subscriptions_presentity", "presentity"),
+    sa.Index("ix_subscriptions_owner", "owner"),
+    sa.Index("ix_subscriptions_expires_at", "expires_at"),
+)
+
+publications = sa.Table(
+    "publications",
+    METADATA,
+    sa.Column("etag", sa.Text, primary_key=True),
+    sa.Column("presentity", sa.Text, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Column("modified_at", sa.Double, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Index("ix_publications_presentity", "presentity"),
+    sa.Index("ix_publications_expires_at", "expires_at"),
+)
+
+#: Record field name -> column name, in record field order.
+SUBSCRIPTION_COLUMNS = {
+    "id": "id",
+    "callId": "call_id",
+    "localTag": "local_tag",
+    "remoteTag": "remote_tag",
+    "watcher": "watcher",
+    "presentity": "presentity",
+    "event": "event",
+    "accept": "accept",
+    "remoteTarget": "remote_target",
+    "expiresAt": "expires_at",
+    "state": "state",
+    "owner": "owner",
+    "transport": "transport",
+    "peerHost": "peer_host",
+    "peerPort": "peer_port",
+    "createdAt": "created_at",
+    "routeSet": "route_set",
+    "eventId": "event_id",
+    "localCSeq": "local_cseq",
+    "remoteCSeq": "remote_cseq",
+    "flowToken": "flow_token",
+}
+
+PUBLICATION_COLUMNS = {
+    "etag": "etag",
+    "presentity": "presentity",
+    "contentType": "content_type",
+    "body": "body",
+    "expiresAt": "expires_at",
+    "modifiedAt": "modified_at",
+    "version": "version",
+}
+
+
+# --- history ----------------------------------------------------------------
+
+
+def _createCore(conn: Connection) -> None:
+    """
+    Version 0 -> 1: the subscription and publication tables.
+
+    Frozen: this is what version 1 looked like, whatever L{METADATA} says now.
+    """
+    md = sa.MetaData()
+    sa.Table(
+        "subscriptions",
+        md,
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("call_id", sa.Text, nullable=False),
+        sa.Column("local_tag", sa.Text, nullable=False),
+        sa.Column("remote_tag", sa.Text, nullable=False),
+        sa.Column("watcher", sa.Text, nullable=False),
+        sa.Column("presentity", sa.Text, nullable=False),
+        sa.Column("event", sa.Text, nullable=False),
+        sa.Column("accept", sa.Text, nullable=False),
+        sa.Column("remote_target", sa.Text, nullable=False),
+        sa.Column("expires_at", sa.Double, nullable=False),
+        sa.Column("state", sa.Text, nullable=False),
+        sa.Column("owner", sa.Text, nullable=False),
+        sa.Column("transport", sa.Text, nullable=False),
+        sa.Column("peer_host", sa.Text, nullable=False),
+        sa.Column("peer_port", sa.Integer, nullable=False),
+        sa.Column("created_at", sa.Double, nullable=False),
+        sa.Column("route_set", sa.Text, nullable=False),
+        sa.Column("event_id", sa.Text, nullable=False),
+        sa.Column("local_cseq", sa.BigInteger, nullable=False),
+        sa.Column("remote_cseq", sa.BigInteger, nullable=False),
+        sa.Column("flow_token", sa.Text, nullable=False),
+        sa.Index("ix_subscriptions_presentity", "presentity"),
+        sa.Index("ix_subscriptions_owner", "owner"),
+        sa.Index("ix_subscriptions_expires_at", "expires_at"),
+    )
+    sa.Table(
+        "publications",
+        md,
+        sa.Column("etag", sa.Text, primary_key=True),
+        sa.Column("presentity", sa.Text, nullable=False),
+        sa.Column("content_type", sa.Text, nullable=False),
+        sa.Column("body", sa.LargeBinary, nullable=False),
+        sa.Column("expires_at", sa.Double, nullable=False),
+        sa.Column("modified_at", sa.Double, nullable=False),
+        sa.Column("version", sa.BigInteger, nullable=False),
+        sa.Index("ix_publications_presentity", "presentity"),
+        sa.Index("ix_publications_expires_at", "expires_at"),
+    )
+    md.create_all(conn)
+
+
+UpgradeStep = Callable[[Connection], None]
+
+#: C{UPGRADE_STEPS[n]} upgrades a version-C{n} database to version C{n+1}.
+UPGRADE_STEPS: List[UpgradeStep] = [
+    _createCore,
+]
+
+#: The schema version this code writes and reads.
+CURRENT_VERSION = len(UPGRADE_STEPS)
+
+
+def getSchemaVersion(conn: Connection) -> int:
+    """
+    Read the schema version; 0 for a database we have never touched.
+
+    @raise StoreError: the version table does not hold exactly one row.
+    """
+    if not sa.inspect(conn).has_table(schemaVersionTable.name):
+        return 0
+    rows = conn.execute(sa.select(schemaVersionTable.c.version)).scalars().all()
+    if len(rows) != 1:
+        raise StoreError("schema_version holds %d rows, expected 1" % (len(rows),))
+    return int(rows[0])
+
+
+def upgrade(
+    conn: Connection,
+    steps: Optional[Sequence[UpgradeStep]] = None,
+    target: Optional[int] = None,
+) -> int:
+    """
+    Bring the database up to C{target}, running the missing steps in order.
+
+    Call inside a transaction (C{with conn.begin(): upgrade(conn)}): on
+    PostgreSQL and SQLite the DDL is transactional, so a failing step leaves
+    the database at its old version.  Concurrent upgraders are serialised:
+    by an advisory lock on PostgreSQL (per schema), by C{BEGIN IMMEDIATE}
+    (which L{presence.store.sql.SQLStore} uses for writes) on SQLite.
+
+    @param steps: the upgrade history; L{UPGRADE_STEPS} by default (tests
+        pass a longer list to exercise a future step).
+    @param target: the version wanted; the last one by default.
+    @return: the version of the database afterwards.
+    @raise SchemaTooNew: the database is newer than C{steps} knows.
+    @raise ValueError: C{target} is older than the database (no downgrades).
+    """
+    if steps is None:
+        steps = UPGRADE_STEPS
+    if target is None:
+        target = len(steps)
+    if not 0 <= target <= len(steps):
+        raise ValueError("target version %d out of range 0..%d" % (target, len(steps)))
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text(
+                "SELECT pg_advisory_xact_lock("
+                "hashtext('presence.schema:' || coalesce(current_schema(), '')))"
+            )
+        )
+    current = getSchemaVersion(conn)
+    if current > len(steps):
+        raise SchemaTooNew(
+            "database schema version %d is newer than this code (%d)" % (current, len(steps))
+        )
+    if target < current:
+        raise ValueError("cannot downgrade schema from %d to %d" % (current, target))
+    if not sa.inspect(conn).has_table(schemaVersionTable.name):
+        schemaVersionTable.create(conn)
+        conn.execute(sa.insert(schemaVersionTable).values(version=0))
+    for version in range(current, target):
+        steps[version](conn)
+        conn.execute(sa.update(schemaVersionTable).values(version=version + 1))
+    return max(current, target)

@@ -1,0 +1,150 @@
+"""
+A subscription manager wired to a SIP core with a fake network, a
+L{MemoryStore} and a L{Clock}: bytes in, bytes out, no sockets, no time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional, Tuple
+
+from twisted.internet.task import Clock
+
+from presence.config import Config
+from presence.manager.manager import SubscriptionManager
+from presence.sip.core import SIPCore
+from presence.sip.message import Message, Request, Response
+from presence.sip.parser import parseMessage
+from presence.sip.target import Target
+from presence.store import MemoryStore
+
+WATCHER = Target("UDP", "192.0.2.10", 5060)
+PUBLISHER = Target("UDP", "192.0.2.20", 5060)
+
+PIDF_TEMPLATE = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="%s">'
+    '<tuple id="%s"><status><basic>%s</basic></status></tuple></presence>'
+)
+
+
+def pidf(entity: str = "sip:bob@example.test", basic: str = "open", tupleId: str = "t1") -> bytes:
+    return (PIDF_TEMPLATE % (entity, tupleId, basic)).encode("utf-8")
+
+
+class FakeNetwork:
+    """
+    Stands in for the UDP listener: records what the core sends, parsed.
+    """
+
+    def __init__(self) -> None:
+        self.sent: List[Tuple[Message, str, int]] = []
+
+    def write(self, data: bytes, host: str, port: int) -> None:
+        self.sent.append((parseMessage(data), host, port))
+
+
+class Harness:
+    """
+    A manager under test.  C{receive} feeds a request as if it came from the
+    network; C{take} returns (and forgets) what the server sent.
+    """
+
+    def __init__(self, store: Optional[Any] = None, **settings: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.core = SIPCore(self.clock, advertisedHost="192.0.2.1")
+        self.core.ports = {"UDP": 5060, "TCP": 5060}
+        self.network = FakeNetwork()
+        self.core.udp = self.network  # type: ignore[assignment]
+        self.store = store if store is not None else MemoryStore()
+        if not getattr(self.store, "running", True) is True:
+            self.store.start()
+        values = dict(domains=("example.test",), notifyMinInterval=0.0)
+        values.update(settings)
+        self.config = Config(**values)
+        self.manager = SubscriptionManager(self.core, self.store, self.config, self.clock)
+        self.manager.install()
+
+    def restart(self) -> SubscriptionManager:
+        """
+        A new manager (and core) on the same store, as after a crash.
+        """
+        self.manager.stop()
+        self.core.transactions.stop()
+        self.core = SIPCore(self.clock, advertisedHost="192.0.2.1")
+        self.core.ports = {"UDP": 5060, "TCP": 5060}
+        self.core.udp = self.network  # type: ignore[assignment]
+        self.manager = SubscriptionManager(self.core, self.store, self.config, self.clock)
+        self.manager.load()
+        self.manager.install()
+        return self.manager
+
+    def receive(self, message: Message, source: Target = WATCHER) -> None:
+        self.core.messageReceived(parseMessage(message.toBytes()), source)
+
+    def take(self) -> List[Message]:
+        sent = [message for message, _, _ in self.network.sent]
+        self.network.sent = []
+        return sent
+
+    def responses(self) -> List[Response]:
+        return [m for m in self.take() if isinstance(m, Response)]
+
+    def answer(self, request: Request, code: int = 200, source: Target = WATCHER) -> None:
+        """
+        Answer a NOTIFY the server sent, as the watcher would.
+        """
+        response = Response.forRequest(request, code)
+        self.receive(response, source)
+
+    def stop(self) -> None:
+        self.manager.stop()
+        self.core.transactions.stop()
+
+
+def request(
+    method: str,
+    uri: str = "sip:bob@example.test",
+    fromURI: str = "sip:alice@example.test",
+    fromTag: Optional[str] = None,
+    toTag: Optional[str] = None,
+    callId: Optional[str] = None,
+    cseq: int = 1,
+    source: Target = WATCHER,
+    body: bytes = b"",
+    **headers: str,
+) -> Request:
+    """
+    A request from C{source}, with the headers a UA sends; extra headers by
+    keyword (underscores become dashes).
+    """
+    r = Request(method, uri)
+    r.addHeader("Via", "SIP/2.0/UDP %s:%d;branch=z9hG4bK%s;rport" % (source.host, source.port, os.urandom(6).hex()))
+    r.addHeader("Max-Forwards", "70")
+    r.addHeader("From", "<%s>;tag=%s" % (fromURI, fromTag or os.urandom(4).hex()))
+    r.addHeader("To", "<%s>%s" % (uri, ";tag=" + toTag if toTag else ""))
+    r.addHeader("Call-ID", callId or os.urandom(8).hex())
+    r.addHeader("CSeq", "%d %s" % (cseq, method))
+    r.addHeader("Contact", "<sip:%s@%s:%d>" % (fromURI.split(":")[1].split("@")[0], source.host, source.port))
+    for name, value in headers.items():
+        r.setHeader(name.replace("_", "-"), value)
+    r.body = body
+    return r
+
+
+def subscribe(uri: str = "sip:bob@example.test", **kw: Any) -> Request:
+    kw.setdefault("Event", "presence")
+    kw.setdefault("Accept", "application/pidf+xml")
+    return request("SUBSCRIBE", uri, **kw)
+
+
+def publish(uri: str = "sip:bob@example.test", body: Optional[bytes] = None, **kw: Any) -> Request:
+    kw.setdefault("Event", "presence")
+    kw.setdefault("source", PUBLISHER)
+    kw.setdefault("fromURI", uri)
+    if body is None:
+        body = pidf(uri)
+    if body:
+        kw.setdefault("Content_Type", "application/pidf+xml")
+    return request("PUBLISH", uri, body=body, **kw)
