@@ -6,9 +6,11 @@ L{MemoryStore} and a L{Clock}: bytes in, bytes out, no sockets, no time.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from presence.config import Config
 from presence.manager.manager import SubscriptionManager
@@ -16,7 +18,7 @@ from presence.sip.core import SIPCore
 from presence.sip.message import Message, Request, Response
 from presence.sip.parser import parseMessage
 from presence.sip.target import Target
-from presence.store import MemoryStore
+from presence.store import MemoryStore, StoreError
 
 WATCHER = Target("UDP", "192.0.2.10", 5060)
 PUBLISHER = Target("UDP", "192.0.2.20", 5060)
@@ -44,6 +46,76 @@ class FakeNetwork:
         self.sent.append((parseMessage(data), host, port))
 
 
+class HeldWrite:
+    """
+    One write a L{HeldStore} holds: the method, its arguments, and the
+    Deferred the manager is waiting on.
+    """
+
+    def __init__(self, method: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.deferred: Deferred = Deferred()
+
+    def __repr__(self) -> str:
+        return "<HeldWrite %s%r>" % (self.method, self.args)
+
+
+class HeldStore:
+    """
+    A L{MemoryStore} whose writes wait until the test commits or fails
+    them, to show what the manager does before a write is durable and when
+    it fails.  Reads pass straight through; so do writes while C{holding}
+    is false.  A committed write is applied to the inner store only then.
+
+    @ivar held: the writes not yet committed or failed, in issue order.
+    """
+
+    WRITES = frozenset(
+        ["addSubscription", "updateSubscription", "removeSubscription", "putPublication", "removePublication"]
+    )
+
+    def __init__(self, inner: Optional[MemoryStore] = None) -> None:
+        self.inner = inner if inner is not None else MemoryStore()
+        self.held: List[HeldWrite] = []
+        self.holding = True
+
+    def __getattr__(self, name: str) -> Any:
+        if name in HeldStore.WRITES:
+            return lambda *args, **kwargs: self._write(name, args, kwargs)
+        return getattr(self.inner, name)
+
+    def _write(self, method: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Deferred:
+        if not self.holding:
+            return getattr(self.inner, method)(*args, **kwargs)
+        write = HeldWrite(method, args, kwargs)
+        self.held.append(write)
+        return write.deferred
+
+    def methods(self) -> List[str]:
+        return [w.method for w in self.held]
+
+    def commit(self, index: int = 0) -> None:
+        """
+        Apply held write C{index} to the inner store and fire its Deferred
+        with the inner store's result.
+        """
+        write = self.held.pop(index)
+        getattr(self.inner, write.method)(*write.args, **write.kwargs).chainDeferred(write.deferred)
+
+    def commitAll(self) -> None:
+        while self.held:
+            self.commit(0)
+
+    def fail(self, index: int = 0, error: Optional[Exception] = None) -> None:
+        """
+        Fail held write C{index} without applying it.
+        """
+        write = self.held.pop(index)
+        write.deferred.errback(Failure(error or StoreError("injected failure")))
+
+
 class Harness:
     """
     A manager under test.  C{receive} feeds a request as if it came from the
@@ -66,6 +138,14 @@ class Harness:
         self.manager = SubscriptionManager(self.core, self.store, self.config, self.clock)
         self.manager.install()
 
+    def crash(self) -> None:
+        """
+        Stop the manager and its core as if the process died: nothing is
+        sent any more and no timer runs until L{restart}.
+        """
+        self.manager.stop()
+        self.core.transactions.stop()
+
     def restart(self) -> SubscriptionManager:
         """
         A new manager (and core) on the same store, as after a crash.
@@ -83,6 +163,19 @@ class Harness:
     def receive(self, message: Message, source: Target = WATCHER) -> None:
         self.core.messageReceived(parseMessage(message.toBytes()), source)
 
+    def receiveBytes(self, data: bytes, source: Target = WATCHER) -> None:
+        """
+        Feed raw bytes, as the UDP listener would (parse errors included).
+        """
+        from presence.sip.parser import ParseError
+
+        try:
+            message = parseMessage(data)
+        except ParseError as e:
+            self.core.badMessage(e, source)
+            return
+        self.core.messageReceived(message, source)
+
     def take(self) -> List[Message]:
         sent = [message for message, _, _ in self.network.sent]
         self.network.sent = []
@@ -90,6 +183,43 @@ class Harness:
 
     def responses(self) -> List[Response]:
         return [m for m in self.take() if isinstance(m, Response)]
+
+    def split(self) -> Tuple[List[Response], List[Request]]:
+        """
+        Take what was sent: the responses and the requests (NOTIFYs).
+        """
+        sent = self.take()
+        return (
+            [m for m in sent if isinstance(m, Response)],
+            [m for m in sent if isinstance(m, Request)],
+        )
+
+    def subscribed(self, **kw: Any) -> Tuple[Request, Response, Request]:
+        """
+        Subscribe (to bob by default) and answer the first NOTIFY.
+
+        @return: the SUBSCRIBE, its 200 and the first NOTIFY.
+        """
+        sub = subscribe(**kw)
+        self.receive(sub, kw.get("source", WATCHER))
+        responses, notifies = self.split()
+        assert [r.code for r in responses] == [200], responses
+        assert len(notifies) == 1, notifies
+        self.answer(notifies[0], source=kw.get("source", WATCHER))
+        return sub, responses[0], notifies[0]
+
+    def published(self, body: Optional[bytes] = None, **kw: Any) -> Tuple[str, List[Request]]:
+        """
+        PUBLISH (for bob by default) and expect 200.
+
+        @return: the entity-tag and the NOTIFYs sent (unanswered).
+        """
+        self.receive(publish(body=body, **kw), PUBLISHER)
+        responses, notifies = self.split()
+        assert [r.code for r in responses] == [200], responses
+        etag = responses[0].header("sip-etag")
+        assert etag
+        return etag, notifies
 
     def answer(self, request: Request, code: int = 200, source: Target = WATCHER) -> None:
         """
@@ -137,6 +267,23 @@ def subscribe(uri: str = "sip:bob@example.test", **kw: Any) -> Request:
     kw.setdefault("Event", "presence")
     kw.setdefault("Accept", "application/pidf+xml")
     return request("SUBSCRIBE", uri, **kw)
+
+
+def refresh(sub: Request, ok: Response, cseq: int, **kw: Any) -> Request:
+    """
+    An in-dialog SUBSCRIBE for the dialog that C{ok} (the 200 to C{sub})
+    established.
+    """
+    fromURI = sub.fromAddr().uri
+    return subscribe(
+        sub.uri,
+        fromURI=fromURI,
+        fromTag=sub.fromAddr().tag,
+        toTag=ok.toAddr().tag,
+        callId=sub.callId,
+        cseq=cseq,
+        **kw,
+    )
 
 
 def publish(uri: str = "sip:bob@example.test", body: Optional[bytes] = None, **kw: Any) -> Request:

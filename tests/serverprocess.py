@@ -41,6 +41,9 @@ class ServerProcess:
         self._pending = b""
 
     def start(self, ready: str = "SIP listening on") -> ServerProcess:
+        """
+        Start the server and wait until it logs its ports, then C{ready}.
+        """
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
@@ -52,9 +55,10 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        line = self.waitFor(ready)
+        line = self.waitFor("SIP listening on")
         for transport, _host, port in _ADDRESS.findall(line):
             self.ports.setdefault(transport, int(port))
+        self.waitFor(ready)
         return self
 
     def waitFor(self, text: str, timeout: Optional[float] = None) -> str:

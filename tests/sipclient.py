@@ -10,25 +10,45 @@ import os
 import socket
 from typing import List, Optional, Tuple
 
-from presence.sip.message import Request, Response
+from presence.sip.message import Message, Request, Response
 from presence.sip.parser import StreamFramer, parseMessage
 
 
-def newRequest(method: str, uri: str, localPort: int, transport: str = "UDP", **headers: str) -> Request:
+def newRequest(
+    method: str,
+    uri: str,
+    localPort: int,
+    transport: str = "UDP",
+    body: bytes = b"",
+    fromURI: str = "sip:tester@example.test",
+    **headers: str,
+) -> Request:
     """
-    A minimal valid request from 127.0.0.1:C{localPort}.
+    A minimal valid request from 127.0.0.1:C{localPort}; further headers by
+    keyword, underscores standing for dashes.
     """
     token = os.urandom(6).hex()
     request = Request(method, uri)
     request.addHeader("Via", "SIP/2.0/%s 127.0.0.1:%d;branch=z9hG4bK%s;rport" % (transport, localPort, token))
     request.addHeader("Max-Forwards", "70")
-    request.addHeader("From", "<sip:tester@example.test>;tag=%s" % (token[:8],))
+    request.addHeader("From", "<%s>;tag=%s" % (fromURI, token[:8]))
     request.addHeader("To", "<%s>" % (uri,))
     request.addHeader("Call-ID", token + "@127.0.0.1")
     request.addHeader("CSeq", "1 %s" % (method,))
+    request.addHeader(
+        "Contact", "<sip:%s@127.0.0.1:%d;transport=%s>" % (fromURI[4:].split("@")[0], localPort, transport.lower())
+    )
     for name, value in headers.items():
         request.setHeader(name.replace("_", "-"), value)
+    request.body = body
     return request
+
+
+def answer(request: Request, code: int = 200) -> Response:
+    """
+    The response a user agent gives to a request the server sent (NOTIFY).
+    """
+    return Response.forRequest(request, code)
 
 
 class UDPClient:
@@ -46,9 +66,12 @@ class UDPClient:
     def sendBytes(self, data: bytes) -> None:
         self.sock.sendto(data, self.server)
 
-    def receive(self) -> Response:
+    def receiveMessage(self) -> Message:
         data, _ = self.sock.recvfrom(65535)
-        message = parseMessage(data)
+        return parseMessage(data)
+
+    def receive(self) -> Response:
+        message = self.receiveMessage()
         assert isinstance(message, Response), message
         return message
 
@@ -67,6 +90,9 @@ class UDPClient:
     def request(self, method: str, uri: str, **headers: str) -> Response:
         self.sendBytes(newRequest(method, uri, self.port, "UDP", **headers).toBytes())
         return self.receive()
+
+    def send(self, message: Message) -> None:
+        self.sendBytes(message.toBytes())
 
     def close(self) -> None:
         self.sock.close()
@@ -94,10 +120,13 @@ class TCPClient:
             self.pending.extend(self.framer.dataReceived(data))
         return self.pending.pop(0)
 
-    def receive(self) -> Response:
+    def receiveMessage(self) -> Message:
         item = self.receiveItem()
         assert isinstance(item, bytes), item
-        message = parseMessage(item, stream=True)
+        return parseMessage(item, stream=True)
+
+    def receive(self) -> Response:
+        message = self.receiveMessage()
         assert isinstance(message, Response), message
         return message
 
@@ -107,6 +136,9 @@ class TCPClient:
     def request(self, method: str, uri: str, **headers: str) -> Response:
         self.sendBytes(newRequest(method, uri, self.port, "TCP", **headers).toBytes())
         return self.receive()
+
+    def send(self, message: Message) -> None:
+        self.sendBytes(message.toBytes())
 
     def close(self) -> None:
         self.sock.close()

@@ -424,11 +424,26 @@ def test_rfc2543KeyNeverMatchesCookieKey(layer: TransactionLayer) -> None:
     assert len(layer) == 2
 
 
-@pytest.mark.parametrize("method", ["ACK", "CANCEL"])
-def test_ackAndCancelAreRefused(layer: TransactionLayer, method: str) -> None:
+def test_ackIsRefused(layer: TransactionLayer) -> None:
     with pytest.raises(ValueError):
-        layer.requestReceived(makeRequest(method), UDP_PEER)
+        layer.requestReceived(makeRequest("ACK"), UDP_PEER)
     assert len(layer) == 0
+
+
+def test_cancelIsItsOwnTransaction(layer: TransactionLayer, send: Recorder) -> None:
+    """
+    A CANCEL shares the branch of the request it cancels but is a separate
+    non-INVITE transaction (RFC 3261 §9.2), with its own retransmissions.
+    """
+    original = layer.requestReceived(makeRequest("SUBSCRIBE"), UDP_PEER)
+    cancel = layer.requestReceived(makeRequest("CANCEL"), UDP_PEER)
+    assert isinstance(original, ServerTransaction)
+    assert isinstance(cancel, ServerTransaction) and cancel is not original
+    cancel.respond(Response.forRequest(cancel.request, 481))
+    assert layer.requestReceived(makeRequest("CANCEL"), UDP_PEER) is None
+    assert [m.code for m in send.messages() if isinstance(m, Response)] == [481, 481]
+    assert original.state == TRYING
+    assert len(layer) == 2
 
 
 def test_transportErrorOnResponseTerminates(layer: TransactionLayer, send: Recorder) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Hashable, Iterable, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -27,7 +27,7 @@ from presence.pidf import PidfError, parsePidf
 from presence.sip.core import SIPCore
 from presence.sip.headers import HeaderError, NameAddr, parseValueParams
 from presence.sip.message import Request
-from presence.sip.transaction import ServerTransaction
+from presence.sip.transaction import COMPLETED, TERMINATED, ServerTransaction
 from presence.sip.uri import URIError, normaliseAOR, parseURI
 from presence.store.records import PublicationRecord, SubscriptionRecord
 
@@ -73,10 +73,27 @@ class SubscriptionManager:
         """
         Register with the SIP core.
         """
-        self.core.addHandler("SUBSCRIBE", self.subscribeReceived)
-        self.core.addHandler("PUBLISH", self.publishReceived)
+        self.core.addHandler("SUBSCRIBE", self._guarded(self.subscribeReceived))
+        self.core.addHandler("PUBLISH", self._guarded(self.publishReceived))
         self.core.acceptTypes = [PIDF]
         self.core.allowEvents = ["presence"]
+
+    def _guarded(self, handler: Any) -> Any:
+        """
+        Wrap a request handler so that an unexpected error answers 500
+        instead of leaving the server transaction unanswered forever (the
+        core would only log it): nothing a peer sends may wedge a request.
+        """
+
+        def serve(request: Request, tx: ServerTransaction) -> None:
+            try:
+                handler(request, tx)
+            except Exception:
+                self.log.failure("Error serving {method}", method=request.method)
+                if tx.state not in (COMPLETED, TERMINATED):
+                    self.core.respond(tx, 500)
+
+        return serve
 
     # State shared by both handlers.
 
@@ -131,6 +148,20 @@ class SubscriptionManager:
             return None
         return aor
 
+    @staticmethod
+    def _package(request: Request) -> Optional[Tuple[str, Dict[str, Optional[str]]]]:
+        """
+        The event package and parameters of the Event header, or L{None}
+        when it is missing or does not parse (both get 489).
+        """
+        event = request.header("event")
+        if event is None:
+            return None
+        try:
+            return parseValueParams(event)
+        except HeaderError:
+            return None
+
     def _expires(self, request: Request, default: int, maximum: int) -> int:
         text = request.header("expires")
         if text is None:
@@ -142,12 +173,11 @@ class SubscriptionManager:
     def subscribeReceived(self, request: Request, tx: ServerTransaction) -> None:
         core = self.core
         config = self.config
-        event = request.header("event")
-        package, params = parseValueParams(event) if event is not None else ("", {})
-        if package != "presence":
+        parsed = self._package(request)
+        if parsed is None or parsed[0] != "presence":
             core.respond(tx, 489, None, [("Allow-Events", "presence")])
             return
-        eventId = params.get("id") or ""
+        eventId = parsed[1].get("id") or ""
         try:
             fromAddr = request.fromAddr()
             toAddr = request.toAddr()
@@ -253,53 +283,91 @@ class SubscriptionManager:
     def _refresh(
         self, sub: Subscription, request: Request, tx: ServerTransaction, expires: int, cseq: int
     ) -> None:
+        """
+        An in-dialog SUBSCRIBE: a refresh, or with C{expires} 0 an
+        un-SUBSCRIBE.  Nothing changes in memory until the store has
+        committed the change, so a failed write leaves the subscription as
+        it was (only the remote CSeq moves on: it orders requests, and a
+        retry comes with a higher one anyway).
+        """
         core = self.core
         if cseq <= sub.remoteCSeq:
             core.respond(tx, 500, "CSeq Out Of Order")
             return
-        sub.remoteCSeq = cseq
-        if expires == 0:
-            self.terminate(sub, "timeout", tx)
-            return
+        remoteTarget = sub.remoteTarget
         contacts = request.headerValues("contact")
         if contacts:
             try:
-                sub.remoteTarget = NameAddr.fromString(contacts[0]).uri
-            except HeaderError:
-                pass
-        sub.target = tx.source
-        sub.expiresAt = self.clock.seconds() + expires
+                remoteTarget = NameAddr.fromString(contacts[0]).uri
+                parseURI(remoteTarget)
+            except (HeaderError, URIError) as e:
+                core.respond(tx, 400, str(e) or "Bad Contact")
+                return
+        sub.remoteCSeq = cseq
+        if expires == 0:
+            self.store.removeSubscription(sub.id).addCallbacks(
+                self._unsubscribed, self._refreshFailed, (tx, sub), None, (tx, sub)
+            )
+            return
+        target = tx.source
+        expiresAt = self.clock.seconds() + expires
         self.store.updateSubscription(
             sub.id,
-            expiresAt=sub.expiresAt,
+            expiresAt=expiresAt,
             remoteCSeq=cseq,
-            remoteTarget=sub.remoteTarget,
-            transport=sub.target.transport,
-            peerHost=sub.target.host,
-            peerPort=sub.target.port,
-            flowToken=sub.target.flow or "",
-        ).addCallbacks(self._refreshed, self._refreshFailed, (tx, sub, expires), None, (tx, sub))
+            remoteTarget=remoteTarget,
+            transport=target.transport,
+            peerHost=target.host,
+            peerPort=target.port,
+            flowToken=target.flow or "",
+        ).addCallbacks(
+            self._refreshed,
+            self._refreshFailed,
+            (tx, sub, expires, expiresAt, remoteTarget, target),
+            None,
+            (tx, sub),
+        )
 
-    def _refreshed(self, _: Any, tx: ServerTransaction, sub: Subscription, expires: int) -> None:
+    def _refreshed(
+        self,
+        _: Any,
+        tx: ServerTransaction,
+        sub: Subscription,
+        expires: int,
+        expiresAt: float,
+        remoteTarget: str,
+        target: Any,
+    ) -> None:
         if sub.terminated:
             self.core.respond(tx, 481)
             return
+        sub.expiresAt = expiresAt
+        sub.remoteTarget = remoteTarget
+        sub.target = target
         self.expiry.set("s" + sub.id, sub.expiresAt)
         self._accepted(tx, sub, expires)
-        self.notifier.notify(sub)
+        # RFC 6665 §4.2 (RFC 3265 §3.1.6.2): a refresh is answered with a
+        # NOTIFY at once, whatever the rate control.
+        self.notifier.notify(sub, immediate=True)
+
+    def _unsubscribed(self, _: Any, tx: ServerTransaction, sub: Subscription) -> None:
+        if sub.terminated:
+            self.core.respond(tx, 481)
+            return
+        self._forget(sub)
+        self._accepted(tx, sub, 0)
+        self.notifier.finish(sub, "timeout")
 
     def _refreshFailed(self, failure: Failure, tx: ServerTransaction, sub: Subscription) -> None:
         self.storeFailed(failure, "refresh of " + sub.id)
         self.core.respond(tx, 500, "Database Unavailable", [("Retry-After", "5")])
 
-    def terminate(
-        self, sub: Subscription, reason: Optional[str], tx: Optional[ServerTransaction] = None
-    ) -> Deferred:
+    def _forget(self, sub: Subscription) -> None:
         """
-        End C{sub}: forget it, delete it from the store, then answer C{tx}
-        (an un-SUBSCRIBE) and send the final NOTIFY with C{reason}, if any.
+        Drop C{sub} from memory: no more NOTIFYs but its final one.
         """
         sub.terminated = True
+        self.notifier.cancel(sub)
         self.subscriptions.pop(sub.id, None)
         self.dialogs.pop(sub.dialogKey, None)
         self.expiry.discard("s" + sub.id)
@@ -308,9 +376,16 @@ class SubscriptionManager:
             pres.watchers.discard(sub.id)
             self._release(pres)
 
+    def terminate(self, sub: Subscription, reason: Optional[str]) -> Deferred:
+        """
+        End C{sub} on our side (expiry, a failed NOTIFY): forget it at once,
+        delete it from the store, then send the final NOTIFY with C{reason},
+        if any.  The subscription ends in memory even if the store write
+        fails; the store then drops it when it expires.
+        """
+        self._forget(sub)
+
         def removed(_: Any) -> None:
-            if tx is not None:
-                self._accepted(tx, sub, 0)
             if reason is not None:
                 self.notifier.finish(sub, reason)
 
@@ -325,8 +400,8 @@ class SubscriptionManager:
     def publishReceived(self, request: Request, tx: ServerTransaction) -> None:
         core = self.core
         config = self.config
-        event = request.header("event")
-        if event is None or parseValueParams(event)[0] != "presence":
+        parsed = self._package(request)
+        if parsed is None or parsed[0] != "presence":
             core.respond(tx, 489, None, [("Allow-Events", "presence")])
             return
         presentity = self._presentityOf(request)
@@ -365,29 +440,60 @@ class SubscriptionManager:
         if expires == 0:
             assert old is not None
             self.store.removePublication(old.etag).addCallbacks(
-                self._unpublished, self._publishFailed, (tx, old), None, (tx, old)
+                self._unpublished, self._publishFailed, (tx, old), None, (tx, old, presentity)
             )
             return
         now = self.clock.seconds()
         pres = self.presentity(presentity)
-        pres.version += 1
         if document is None:
+            # A refresh: same state, same age, same version.
             assert old is not None
-            body, document, modifiedAt = old.body, old.document, old.modifiedAt
+            body, document, modifiedAt, version = old.body, old.document, old.modifiedAt, old.version
         else:
-            modifiedAt = now
-        pub = Publication(newId(), presentity, body, document, now + expires, modifiedAt, pres.version)
+            pres.version += 1
+            modifiedAt, version = now, pres.version
+        pub = Publication(newId(), presentity, body, document, now + expires, modifiedAt, version)
+        # A new entity-tag replaces the old one (RFC 3903 §6): two writes,
+        # issued together so that group commit makes them one transaction.
         writes = [self.store.putPublication(pub.toRecord())]
         if old is not None:
             writes.append(self.store.removePublication(old.etag))
-        gatherResults(writes, consumeErrors=True).addCallbacks(
-            self._published, self._publishFailed, (tx, pub, old, expires), None, (tx, old)
+        DeferredList(writes, consumeErrors=True).addCallback(
+            self._publishWritten, tx, pub, old, expires
         )
 
+    def _publishWritten(
+        self,
+        results: List[Tuple[bool, Any]],
+        tx: ServerTransaction,
+        pub: Publication,
+        old: Optional[Publication],
+        expires: int,
+    ) -> None:
+        """
+        Both writes of a PUBLISH are done.  If either failed, undo the one
+        that committed (best effort), so that the store again holds what
+        memory holds, and answer 500.
+        """
+        failures = [result for ok, result in results if not ok]
+        if not failures:
+            self._published(tx, pub, old, expires)
+            return
+        if results[0][0]:
+            self.store.removePublication(pub.etag).addErrback(
+                self.storeFailed, "undoing publication " + pub.etag
+            )
+        if old is not None and results[1][0]:
+            self.store.putPublication(old.toRecord()).addErrback(
+                self.storeFailed, "restoring publication " + old.etag
+            )
+        self._publishFailed(failures[0], tx, old, pub.presentity)
+
     def _published(
-        self, _: Any, tx: ServerTransaction, pub: Publication, old: Optional[Publication], expires: int
+        self, tx: ServerTransaction, pub: Publication, old: Optional[Publication], expires: int
     ) -> None:
         pres = self.presentity(pub.presentity)
+        pres.version = max(pres.version, pub.version)
         if old is not None:
             pres.publications.pop(old.etag, None)
         pres.publications[pub.etag] = pub
@@ -400,8 +506,10 @@ class SubscriptionManager:
             etag=pub.etag,
             expires=expires,
         )
-        if old is None or old.body != pub.body:
-            self._changed(pres)
+        # Always recompose: even an identical body makes this publication
+        # the newest, which may change what composition takes from it.
+        # _changed notifies only if the composed bytes differ.
+        self._changed(pres)
 
     def _unpublished(self, _: Any, tx: ServerTransaction, old: Publication) -> None:
         self.core.respond(tx, 200, None, [("Expires", "0")])
@@ -409,10 +517,19 @@ class SubscriptionManager:
         pres.publications.pop(old.etag, None)
         self._changed(pres)
 
-    def _publishFailed(self, failure: Failure, tx: ServerTransaction, old: Optional[Publication]) -> None:
-        if old is not None and old.etag in self.presentity(old.presentity).publications:
-            self.publications[old.etag] = old
-            self.expiry.set("p" + old.etag, old.expiresAt)
+    def _publishFailed(
+        self, failure: Failure, tx: ServerTransaction, old: Optional[Publication], presentity: str
+    ) -> None:
+        """
+        A PUBLISH could not be written: give the claimed entity-tag back,
+        forget a presentity created for it, answer 500.
+        """
+        pres = self.presentities.get(presentity)
+        if pres is not None:
+            if old is not None and old.etag in pres.publications:
+                self.publications[old.etag] = old
+                self.expiry.set("p" + old.etag, old.expiresAt)
+            self._release(pres)
         self.storeFailed(failure, "publication")
         self.core.respond(tx, 500, "Database Unavailable", [("Retry-After", "5")])
 

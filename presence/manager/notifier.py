@@ -38,10 +38,14 @@ class Notifier:
         self.keepOnTimeout = manager.config.keepOnTimeout
         self.counters = {"sent": 0, "failed": 0, "coalesced": 0}
 
-    def notify(self, sub: Subscription) -> None:
+    def notify(self, sub: Subscription, immediate: bool = False) -> None:
         """
         Let C{sub}'s watcher know the current state, now or as soon as rate
         control and the NOTIFY in flight allow.
+
+        @param immediate: skip rate control: the NOTIFY that answers a
+            SUBSCRIBE must go at once (RFC 6665 §4.2, RFC 3265 §3.1.6.2).
+            The NOTIFY in flight, if any, is still waited for.
         """
         if sub.terminated and sub.final is None:
             return
@@ -50,7 +54,9 @@ class Notifier:
                 self.counters["coalesced"] += 1
             sub.dirty = True
             return
-        if sub.final is None:
+        if immediate:
+            self._cancelTimer(sub)
+        elif sub.final is None:
             wait = sub.lastNotify + self.minInterval - self.clock.seconds()
             if wait > 0:
                 if not sub.dirty:
@@ -73,8 +79,16 @@ class Notifier:
 
     def _release(self, sub: Subscription) -> None:
         sub.timer = None
-        if sub.dirty and not sub.inFlight:
+        if sub.dirty and not sub.inFlight and not sub.terminated:
             self._send(sub)
+
+    def cancel(self, sub: Subscription) -> None:
+        """
+        C{sub} has ended: drop any held-back NOTIFY (only its final NOTIFY,
+        through L{finish}, may still go out).
+        """
+        self._cancelTimer(sub)
+        sub.dirty = False
 
     def _cancelTimer(self, sub: Subscription) -> None:
         if sub.timer is not None:
@@ -127,7 +141,7 @@ class Notifier:
             headers["subscription-state"] = ["terminated;reason=" + final]
             withState = final in ("timeout", "noresource")
         else:
-            remaining = max(0, int(sub.expiresAt - self.clock.seconds()))
+            remaining = max(0, int(sub.expiresAt - self.clock.seconds() + 0.5))
             headers["subscription-state"] = ["%s;expires=%d" % (sub.state, remaining)]
             withState = sub.state == "active"
         if withState:
@@ -150,12 +164,18 @@ class Notifier:
                 reason=response.reason,
             )
             if final is None and not sub.terminated:
-                if code == 481:
-                    self.manager.terminate(sub, None)
-                elif code in (408, 503):
+                if code in (408, 503):
+                    # A timeout, or no way to send (synthesised 503).
                     sub.timeouts += 1
                     if not self.keepOnTimeout or sub.timeouts > 1:
                         self.manager.terminate(sub, None)
+                    else:
+                        # Kept: the watcher missed this state, send it again.
+                        sub.dirty = True
+                else:
+                    # RFC 6665 §4.2.2: an error response to a NOTIFY ends
+                    # the subscription (481 and every other failure).
+                    self.manager.terminate(sub, None)
         if sub.final is not None:
             self._send(sub)
         elif sub.dirty and not sub.terminated:

@@ -214,13 +214,15 @@ class Presentity:
 
     def compose(self) -> bytes:
         """
-        Recompose from the live publications, newest first (ties broken by
-        entity-tag, so the result never depends on dict order).
+        Recompose from the live publications, newest first.  Ties on
+        C{modifiedAt} go to the later write (higher version), then to the
+        entity-tag, so the result never depends on dict order nor on the
+        random entity-tag a re-publication gets.
 
         @return: the composed document, also kept in L{document}.
         """
         live: List[Publication] = sorted(
-            self.publications.values(), key=lambda p: (-p.modifiedAt, p.etag)
+            self.publications.values(), key=lambda p: (-p.modifiedAt, -p.version, p.etag)
         )
         self.document = composePidf(self.aor, [p.document for p in live])
         return self.document

@@ -12,6 +12,7 @@ a SIP URI parser.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional, Tuple
 from urllib.parse import unquote
 
@@ -20,6 +21,9 @@ from urllib.parse import unquote
 _PRESENTITY_SCHEMES = frozenset(("sip", "sips", "pres"))
 
 
+# Cached because every PUBLISH compares its entity with its presentity, and
+# both repeat; bounded because entities come from the network.
+@lru_cache(maxsize=4096)
 def entityKey(uri: str) -> Optional[Tuple[str, Optional[str], str]]:
     """
     Reduce a presentity URI to what identifies the presentity.

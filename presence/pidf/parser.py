@@ -22,7 +22,7 @@ goes, because parse, compose and render run for every PUBLISH.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden
 from defusedxml.ElementTree import DefusedXMLParser, ParseError
@@ -545,11 +545,17 @@ class _Builder:
         return rendered[0], rendered[1]
 
     def _renderAttributes(self, out: List[str], attributes: List[str]) -> None:
-        if len(attributes) == 2:
-            pairs = [(attributes[0], attributes[1])]
+        """
+        Render attributes sorted by expanded name, so that their order in
+        the published document does not change the bytes.
+        """
+        count = len(attributes)
+        if count == 2 or (count == 4 and attributes[0] < attributes[2]):
+            order: Iterable[int] = range(0, count, 2)
         else:
-            pairs = sorted(zip(attributes[::2], attributes[1::2]))
-        for name, value in pairs:
+            order = sorted(range(0, count, 2), key=attributes.__getitem__)
+        for index in order:
+            name = attributes[index]
             if "}" in name:
                 uri, _, local = name.rpartition("}")
                 if uri == XML_NS:
@@ -565,7 +571,9 @@ class _Builder:
                     name = prefix + local
                 else:
                     name = self._slot(uri) + local
-            out.append(" " + name + '="' + escapeTemplateAttribute(value) + '"')
+            out.append(
+                " " + name + '="' + escapeTemplateAttribute(attributes[index + 1]) + '"'
+            )
 
     def _slot(self, uri: str) -> str:
         """

@@ -141,7 +141,14 @@ class SIPCore:
         method = request.method
         if method == "ACK":
             return
-        tx = self.transactions.requestReceived(request, source)
+        try:
+            tx = self.transactions.requestReceived(request, source)
+        except HeaderError as e:
+            self.counters["malformed"] += 1
+            response = Response.forRequest(request, 400, str(e) or "Bad Request")
+            self._addTag(response)
+            self.sendQuietly(response, source)
+            return
         if tx is None:
             self.counters["retransmissions"] += 1
             return

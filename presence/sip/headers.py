@@ -268,17 +268,18 @@ def _quotedEnd(text: str) -> int:
     The index just past the quoted string that starts C{text}, honouring
     backslash escapes, or -1 when it is not terminated.
     """
-    i = 1
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == '"':
-            return i + 1
-        i += 1
-    return -1
+    start = 1
+    while True:
+        quote = text.find('"', start)
+        if quote < 0:
+            return -1
+        # The quote is escaped when an odd run of backslashes precedes it.
+        before = quote - 1
+        while text[before] == "\\":
+            before -= 1
+        if (quote - 1 - before) % 2 == 0:
+            return quote + 1
+        start = quote + 1
 
 
 class CSeq:

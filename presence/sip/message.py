@@ -181,13 +181,15 @@ class Message:
         """
         Append a value to header C{name}.
         """
-        self.headers.setdefault(_checkedKey(name), []).append(_checked(value))
+        value = _checked(value)
+        self.headers.setdefault(_checkedKey(name), []).append(value)
 
     def insertHeader(self, name: str, value: str) -> None:
         """
         Put a value first, as a proxy does with Via and Record-Route.
         """
-        self.headers.setdefault(_checkedKey(name), []).insert(0, _checked(value))
+        value = _checked(value)
+        self.headers.setdefault(_checkedKey(name), []).insert(0, value)
 
     def removeHeader(self, name: str) -> None:
         self.headers.pop(headerKey(name), None)
@@ -259,16 +261,21 @@ def _checked(value: str) -> str:
 
 
 _tokenName = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+\Z").match
+_validKeys = set(COMPACT_FORMS.values()) | set(_SPECIAL_CASE) | LIST_HEADERS
 
 
 def _checkedKey(name: str) -> str:
     """
     The key for header C{name}, refusing a name that is not a token: one
     holding C{:}, white space, CR or LF would inject a header on output.
+    Keys already checked are remembered (boundedly) to keep this cheap.
     """
     key = headerKey(name)
-    if _tokenName(key) is None:
-        raise ValueError("Header name is not a token")
+    if key not in _validKeys:
+        if _tokenName(key) is None:
+            raise ValueError("Header name is not a token")
+        if len(_validKeys) < 2048:
+            _validKeys.add(key)
     return key
 
 
@@ -350,7 +357,7 @@ class Response(Message):
             # Only header parameters count: a URI parameter or a display
             # name spelling ";tag=" inside the brackets is not a tag.
             params = to[to.rfind(">") + 1 :]
-            if ";tag=" not in params.replace(" ", "").replace("\t", "").lower():
+            if ";" not in params or ";tag=" not in params.replace(" ", "").replace("\t", "").lower():
                 own["to"][0] = to + ";tag=" + toTag
         response = cls(code, reason, own)
         if reason is not None:

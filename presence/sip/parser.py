@@ -248,7 +248,7 @@ def _oddStartLine(startLine: str, limits: Limits) -> Tuple[Message, Optional[Tup
     """
     The start lines the fast path of L{parseMessage} does not take: a
     version in lower case (legal: RFC 3261 §7.1 makes it case-insensitive),
-    another version (505), and request lines malformed but still clear
+    another SIP version (505), and request lines malformed but still clear
     enough to be answered with a 400: extra spaces (RFC 4475 §3.1.2.8-10),
     a method that is not a token, an empty Request-URI.
 
@@ -261,6 +261,9 @@ def _oddStartLine(startLine: str, limits: Limits) -> Tuple[Message, Optional[Tup
     error: Optional[Tuple[int, str]] = None
     if len(parts) == 3 and parts[1] and _isToken(parts[0]):
         method, uri, version = parts
+        if version[:4].upper() != "SIP/":
+            # HTTP and the like: not SIP, so not answered.
+            raise ParseError(None, "Bad start line")
     else:
         words = startLine.split()
         if len(words) < 2 or words[-1][:4].upper() != "SIP/" or words[0][:4].upper() == "SIP/":

@@ -512,7 +512,8 @@ class TransactionLayer:
     The non-INVITE transaction layer of one SIP node: matches incoming
     messages to transactions, runs their timers and sends through C{send}.
 
-    One layer serves every transport; ACK and CANCEL are left to the caller.
+    One layer serves every transport.  ACK is left to the caller, and so is
+    what a CANCEL means for the request it cancels.
     """
 
     log = Logger()
@@ -545,15 +546,19 @@ class TransactionLayer:
         """
         Match a request from the network to a server transaction.
 
+        A CANCEL gets a server transaction of its own, as RFC 3261 §9.2
+        says; the key includes the method, so it never matches the request
+        it cancels.  Finding that request is the caller's business.
+
         @return: a new L{ServerTransaction} for a new request, which the
             caller hands to the TU; L{None} for a retransmission, which the
             transaction has answered with its last response, if any.
-        @raise ValueError: for ACK and CANCEL, which the caller handles.
+        @raise ValueError: for ACK, which has no non-INVITE transaction.
         @raise HeaderError: when the headers matching needs are malformed;
             no response can be addressed then, so the caller drops it.
         """
-        if request.method == "ACK" or request.method == "CANCEL":
-            raise ValueError("ACK and CANCEL are not handled by the transaction layer")
+        if request.method == "ACK":
+            raise ValueError("ACK does not belong to a non-INVITE transaction")
         key = serverKey(request)
         entry = self._servers.get(key)
         if entry is None:

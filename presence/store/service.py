@@ -65,7 +65,8 @@ class StoreService(service.Service):
         Start the store; L{whenReady} tells when it is usable.
         """
         service.Service.startService(self)
-        self._resetReadiness()
+        # Keep the waiters: whenReady() may be called before startService().
+        self._outcome = _PENDING
         d = self.store.start()
 
         def done(result: Any) -> None:
