@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -38,7 +38,9 @@ class ServerProcess:
         self.ports: Dict[str, int] = {}
         self.output: List[str] = []
         self.process: Optional[subprocess.Popen] = None
-        self._pending = b""
+        self._changed = threading.Condition()
+        self._eof = False
+        self._reader: Optional[threading.Thread] = None
 
     def start(self, ready: str = "SIP listening on") -> ServerProcess:
         """
@@ -55,48 +57,55 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         line = self.waitFor("SIP listening on")
         for transport, _host, port in _ADDRESS.findall(line):
             self.ports.setdefault(transport, int(port))
         self.waitFor(ready)
         return self
 
+    def _read(self) -> None:
+        """
+        Drain the server's output on a thread, so a chatty server never
+        blocks on a full pipe.
+        """
+        assert self.process is not None and self.process.stdout is not None
+        for raw in iter(self.process.stdout.readline, b""):
+            with self._changed:
+                self.output.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
     def waitFor(self, text: str, timeout: Optional[float] = None) -> str:
         """
-        Read the server's output until a line containing C{text}.
+        Wait for a line of the server's output containing C{text}.
 
         @raise AssertionError: when the process exits or the time runs out
             first; the message carries what it printed.
         """
-        assert self.process is not None and self.process.stdout is not None
         deadline = time.monotonic() + (timeout or self.timeout)
-        fd = self.process.stdout.fileno()
-        for line in self.output:
-            if text in line:
-                return line
-        while True:
-            while b"\n" in self._pending:
-                raw, self._pending = self._pending.split(b"\n", 1)
-                line = raw.decode("utf-8", "replace")
-                self.output.append(line)
-                if text in line:
-                    return line
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError("timed out waiting for %r; output:\n%s" % (text, self.log()))
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if readable:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    self.process.wait(5)
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.output[seen:]:
+                    if text in line:
+                        return line
+                seen = len(self.output)
+                if self._eof:
                     raise AssertionError(
-                        "server exited (%s) before %r; output:\n%s"
-                        % (self.process.returncode, text, self.log())
+                        "server exited before %r; output:\n%s" % (text, self.log())
                     )
-                self._pending += chunk
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError("timed out waiting for %r; output:\n%s" % (text, self.log()))
+                self._changed.wait(remaining)
 
     def log(self) -> str:
-        return "\n".join(self.output[-200:])
+        with self._changed:
+            return "\n".join(self.output[-200:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """
@@ -113,11 +122,9 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self._reader is not None:
+            self._reader.join(10)
         if self.process.stdout is not None:
-            rest = self.process.stdout.read() or b""
-            self._pending += rest
-            self.output.extend(self._pending.decode("utf-8", "replace").splitlines())
-            self._pending = b""
             self.process.stdout.close()
         return self.process.returncode
 
