@@ -8,7 +8,8 @@ mistake is a one-line message rather than a traceback.
 
 from __future__ import annotations
 
-from typing import Any, List
+import sys
+from typing import Any, List, Optional
 
 from twisted.application import service
 from twisted.python import usage
@@ -60,10 +61,7 @@ class Options(usage.Options):
         tcp:PORT[:interface=ADDR], tls:PORT:privateKey=KEY.pem:certKey=CERT.pem.
         Default: udp:5060 and tcp:5060.
         """
-        try:
-            self["listen"].append(ListenSpec.fromString(spec))
-        except ListenError as e:
-            raise usage.UsageError("--listen: %s" % (e,))
+        self["listen"].append(spec)
 
     opt_l = opt_listen
 
@@ -71,25 +69,69 @@ class Options(usage.Options):
         """
         A SIP domain this server serves; repeatable.
         """
-        if not domain or any(c in domain for c in " @:;<>"):
-            raise usage.UsageError("--domain: %r is not a domain name" % (domain,))
-        self["domain"].append(domain.lower())
+        self["domain"].append(domain)
+
+    def fail(self, message: str) -> None:
+        """
+        Stop with one line: twistd would print the whole usage text before a
+        C{UsageError}, burying the one line that matters.
+        """
+        sys.stderr.write("twistd presence: %s\n" % (message,))
+        raise SystemExit(1)
 
     def postOptions(self) -> None:
         try:
             config = loadConfig(self["config"], self.configGiven)
         except ConfigError as e:
-            raise usage.UsageError(str(e))
+            self.fail(str(e))
         overrides: dict = {}
-        if self["listen"]:
-            overrides["listen"] = tuple(self["listen"])
+        try:
+            if self["listen"]:
+                overrides["listen"] = tuple(ListenSpec.fromString(spec) for spec in self["listen"])
+        except ListenError as e:
+            self.fail("--listen: %s" % (e,))
+        for domain in self["domain"]:
+            if not domain or any(c in domain for c in " @:;<>"):
+                self.fail("--domain: %r is not a domain name" % (domain,))
         if self["domain"]:
-            overrides["domains"] = tuple(self["domain"])
+            overrides["domains"] = tuple(d.lower() for d in self["domain"])
         if self["database"]:
             overrides["database"] = self["database"]
         if self["advertise"]:
             overrides["advertise"] = self["advertise"]
         self.config = config.replace(**overrides)
+        problem = databaseProblem(self.config.database)
+        if problem is not None:
+            where = "--database" if self["database"] else "%s: [server] database" % (self["config"],)
+            self.fail("%s = %r: %s" % (where, self.config.database, problem))
+
+
+def databaseProblem(url: str) -> Optional[str]:
+    """
+    Why the database at C{url} cannot be used, in one line, or L{None}.
+
+    Checked before the reactor runs, so a server that could never work
+    stops at once with a plain message instead of a traceback later.
+    """
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(url)
+    except Exception as e:
+        return "bad database URL: %s" % (_firstLine(e),)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as e:
+        return "cannot reach the database: %s" % (_firstLine(getattr(e, "orig", None) or e),)
+    finally:
+        engine.dispose()
+    return None
+
+
+def _firstLine(error: object) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def makeService(options: Any) -> service.IService:

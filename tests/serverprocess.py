@@ -31,9 +31,20 @@ class ServerProcess:
     @ivar output: every line it logged so far.
     """
 
-    def __init__(self, workdir: str, args: Sequence[str] = (), timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        workdir: str,
+        args: Sequence[str] = (),
+        timeout: float = 30.0,
+        twistdArgs: Optional[Sequence[str]] = None,
+    ) -> None:
+        """
+        @param args: options of the presence plugin.
+        @param twistdArgs: given instead of C{presence ARGS}, e.g. to run a
+            .tap file with C{["-f", "presence.tap"]}.
+        """
         self.workdir = workdir
-        self.args = list(args)
+        self.args = ["presence"] + list(args) if twistdArgs is None else list(twistdArgs)
         self.timeout = timeout
         self.ports: Dict[str, int] = {}
         self.output: List[str] = []
@@ -49,7 +60,7 @@ class ServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
-        command = [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", "--logfile=-", "presence"]
+        command = [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", "--logfile=-"]
         self.process = subprocess.Popen(
             command + self.args,
             cwd=self.workdir,

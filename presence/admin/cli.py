@@ -1,0 +1,215 @@
+"""
+C{presence-admin}: the operator's command line, built from
+C{usage.Options} sub-commands, each naming its implementation.
+
+It works on the same database as the server (C{--database URL}, or the
+C{--config FILE} the server reads) and on the server's configuration.
+Mistakes end with one line on standard error and a non-zero exit status;
+nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, List, Optional
+
+import sqlalchemy as sa
+from twisted.python import usage
+
+from presence.config import Config, ConfigError, loadConfig
+from presence.tap import DEFAULT_CONFIG
+from presence.tap import Options as ServerOptions
+
+
+class AdminError(Exception):
+    """
+    A failure to report in one line, with exit status 1.
+    """
+
+
+class MktapOptions(ServerOptions):
+    """
+    The options of C{twistd presence}, plus where to write the .tap file.
+    """
+
+    synopsis = "[twistd presence options] [-o presence.tap]"
+    longdesc = (
+        "Write the service tree the given twistd presence options make into a "
+        ".tap file; run it with: twistd -n -f presence.tap"
+    )
+
+    optParameters = ServerOptions.optParameters + [
+        ["output", "o", "presence.tap", "Where to write the .tap file."],
+    ]
+
+    def fail(self, message: str) -> None:
+        raise usage.UsageError(message)
+
+
+class InitdbOptions(usage.Options):
+    synopsis = ""
+    longdesc = "Create the database schema, or report its version if it exists."
+
+
+class UpgradedbOptions(usage.Options):
+    synopsis = ""
+    longdesc = "Upgrade the database schema to the version this code uses."
+
+
+class CheckconfigOptions(usage.Options):
+    synopsis = ""
+    longdesc = "Validate the configuration file and reach its database."
+
+
+class Options(usage.Options):
+    """
+    C{presence-admin [--config FILE] [--database URL] COMMAND ...}
+    """
+
+    synopsis = "[--config FILE] [--database URL] COMMAND [options]"
+    optParameters = [
+        ["config", "c", None, "INI configuration file (default %s if it exists)." % (DEFAULT_CONFIG,)],
+        ["database", "d", None, "Database URL; overrides the configuration."],
+    ]
+    subCommands = [
+        ["mktap", None, MktapOptions, "Write a .tap file for twistd -f."],
+        ["initdb", None, InitdbOptions, "Create the database schema."],
+        ["upgradedb", None, UpgradedbOptions, "Upgrade the database schema."],
+        ["checkconfig", None, CheckconfigOptions, "Validate the configuration."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("a command is required")
+
+    def loadConfig(self) -> Config:
+        try:
+            config = loadConfig(self["config"] or DEFAULT_CONFIG, self["config"] is not None)
+        except ConfigError as e:
+            raise AdminError(str(e))
+        if self["database"]:
+            config = config.replace(database=self["database"])
+        return config
+
+
+def _engine(config: Config) -> Any:
+    try:
+        return sa.create_engine(config.database)
+    except Exception as e:
+        raise AdminError("bad database URL %r: %s" % (config.database, _oneLine(e)))
+
+
+def _oneLine(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def withDatabase(config: Config, work: Callable[[Any], Any]) -> Any:
+    """
+    Run C{work(connection)} in one transaction: all of it, or nothing.
+    """
+    engine = _engine(config)
+    try:
+        with engine.begin() as conn:
+            return work(conn)
+    except sa.exc.OperationalError as e:
+        raise AdminError("cannot reach database %s: %s" % (_redact(config.database), _oneLine(e)))
+    finally:
+        engine.dispose()
+
+
+def _redact(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable URL)"
+
+
+def initdb(options: Options, out: Any) -> None:
+    from presence.store import schema
+
+    def work(conn: Any) -> int:
+        before = schema.getSchemaVersion(conn)
+        if before:
+            return -before
+        return schema.upgrade(conn)
+
+    version = withDatabase(options.loadConfig(), work)
+    if version < 0:
+        out.write("Database already initialised, schema version %d\n" % (-version,))
+    else:
+        out.write("Database initialised, schema version %d\n" % (version,))
+
+
+def upgradedb(options: Options, out: Any) -> None:
+    from presence.store import schema
+
+    def work(conn: Any) -> Any:
+        before = schema.getSchemaVersion(conn)
+        return before, schema.upgrade(conn)
+
+    try:
+        before, after = withDatabase(options.loadConfig(), work)
+    except schema.SchemaTooNew as e:  # type: ignore[attr-defined]
+        raise AdminError(str(e))
+    out.write("Database schema upgraded from version %d to %d\n" % (before, after))
+
+
+def checkconfig(options: Options, out: Any) -> None:
+    config = options.loadConfig()
+    withDatabase(config, lambda conn: conn.execute(sa.text("SELECT 1")))
+    listen = " ".join(str(spec) for spec in config.listen)
+    out.write(
+        "Configuration OK: listen %s; domains %s; database %s\n"
+        % (listen, " ".join(config.domains) or "(any)", _redact(config.database))
+    )
+
+
+def mktap(options: Options, out: Any) -> None:
+    from twisted.application import service
+    from twisted.persisted import sob
+
+    from presence.tap import makeService
+
+    sub = options.subOptions
+    application = service.Application("presence")
+    makeService(sub).setServiceParent(service.IServiceCollection(application))
+    persistable = sob.IPersistable(application)
+    persistable.setStyle("pickle")
+    try:
+        persistable.save(filename=sub["output"])
+    except OSError as e:
+        raise AdminError("cannot write %s: %s" % (sub["output"], e.strerror or e))
+    out.write("Wrote %s; run it with: twistd -n -f %s\n" % (sub["output"], sub["output"]))
+
+
+COMMANDS = {
+    "mktap": mktap,
+    "initdb": initdb,
+    "upgradedb": upgradedb,
+    "checkconfig": checkconfig,
+}
+
+
+def run(argv: List[str], out: Any = None, err: Any = None) -> int:
+    """
+    Run one command; return the exit status.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    options = Options()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        err.write("presence-admin: %s\n" % (e,))
+        return 2
+    try:
+        COMMANDS[options.subCommand](options, out)  # type: ignore[index]
+    except AdminError as e:
+        err.write("presence-admin: %s\n" % (e,))
+        return 1
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    sys.exit(run(sys.argv[1:] if argv is None else argv))

@@ -1,0 +1,135 @@
+"""
+Operating the server: the sample configuration, .tap files (and the
+shutdown .tap twistd writes on SIGTERM), one-line failures for bad settings,
+and the presence-admin commands that do not touch accounts.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from presence.admin.cli import run
+from tests.serverprocess import REPO, ServerProcess
+from tests.sipclient import UDPClient
+
+READY = "Subscription manager"
+LOOPBACK = ["--listen", "udp:0:interface=127.0.0.1", "--listen", "tcp:0:interface=127.0.0.1"]
+
+
+def _twistd(workdir: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "--nodaemon", "--pidfile=", "--logfile=-"] + list(args),
+        cwd=workdir, env=env, capture_output=True, timeout=60,
+    )
+
+
+def _admin(*args: str):
+    out, err = io.StringIO(), io.StringIO()
+    code = run(list(args), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_sampleConfigRuns(tmp_path):
+    """
+    etc/presence.ini runs as it is (listeners moved to free ports).
+    """
+    sample = os.path.join(REPO, "etc", "presence.ini")
+    server = ServerProcess(str(tmp_path), ["--config", sample] + LOOPBACK).start(READY)
+    try:
+        client = UDPClient(server.ports["UDP"])
+        assert client.request("OPTIONS", "sip:127.0.0.1").code == 200
+        client.close()
+        assert os.path.exists(tmp_path / "presence.sqlite")
+    finally:
+        server.stopCleanly()
+
+
+@pytest.mark.parametrize(
+    "ini, message",
+    [
+        ("[server]\ncolour = blue\n", "[server] unknown key 'colour'"),
+        ("[nosuch]\nx = 1\n", "unknown section [nosuch]"),
+        ("[server]\nlisten = udp:70000\n", "[server] listen = 'udp:70000': bad port"),
+        ("[manager]\nmin_expires = soon\n", "[manager] min_expires = 'soon'"),
+        ("[server]\ndatabase = postgresql+psycopg://nobody@127.0.0.1:1/none\n",
+         "[server] database = 'postgresql+psycopg://nobody@127.0.0.1:1/none': cannot reach the database"),
+    ],
+    ids=["key", "section", "port", "value", "database"],
+)
+def test_badConfigOneLine(tmp_path, ini, message):
+    config = tmp_path / "bad.ini"
+    config.write_text(ini)
+    result = _twistd(str(tmp_path), "presence", "--config", str(config))
+    assert result.returncode == 1
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("twistd presence: %s: " % (config,))
+    assert message in lines[0]
+    assert b"Traceback" not in result.stdout + result.stderr
+
+
+def test_badOptionOneLine(tmp_path):
+    result = _twistd(str(tmp_path), "presence", "--listen", "sctp:5060")
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == (
+        "twistd presence: --listen: unknown transport 'sctp' in 'sctp:5060' (use udp:, tcp: or tls:)"
+    )
+
+
+def test_tapFileAndShutdownTap(tmp_path):
+    """
+    presence-admin mktap writes a .tap that twistd -f runs; SIGTERM leaves a
+    presence-shutdown.tap that starts the same configuration again.
+    """
+    tap = tmp_path / "presence.tap"
+    code, out, err = _admin(
+        "mktap", "--domain", "example.test", "--database",
+        "sqlite:///%s" % (tmp_path / "presence.sqlite",), "-o", str(tap), *LOOPBACK,
+    )
+    assert code == 0, err
+    assert tap.exists()
+    for name in ("presence.tap", "presence-shutdown.tap"):
+        server = ServerProcess(str(tmp_path), [], twistdArgs=["-f", name]).start(READY)
+        try:
+            client = UDPClient(server.ports["UDP"])
+            response = client.request("SUBSCRIBE", "sip:bob@elsewhere.test", Event="presence")
+            assert response.code == 404  # the domain from the tap is served, no other
+            client.close()
+        finally:
+            server.stopCleanly()
+        assert (tmp_path / "presence-shutdown.tap").exists()
+
+
+def test_adminDatabaseCommands(tmp_path):
+    url = "sqlite:///%s" % (tmp_path / "admin.sqlite",)
+    assert _admin("--database", url, "initdb")[:2] == (0, "Database initialised, schema version 1\n")
+    code, out, _ = _admin("--database", url, "initdb")
+    assert code == 0 and "already initialised" in out
+    code, out, _ = _admin("--database", url, "upgradedb")
+    assert code == 0 and "from version 1 to 1" in out
+    code, out, err = _admin("--database", "postgresql+psycopg://nobody@127.0.0.1:1/none", "initdb")
+    assert code == 1 and err.startswith("presence-admin: cannot reach database") and err.count("\n") == 1
+
+
+def test_adminCheckconfig(tmp_path):
+    sample = os.path.join(REPO, "etc", "presence.ini")
+    code, out, err = _admin("--config", sample, "--database", "sqlite:///%s" % (tmp_path / "c.sqlite",), "checkconfig")
+    assert code == 0, err
+    assert out.startswith("Configuration OK: listen udp:5060 tcp:5060; domains example.test")
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[sip]\nt1 = -1\n")
+    code, out, err = _admin("--config", str(bad), "checkconfig")
+    assert code == 1 and "[sip] t1 = '-1': must be a positive number" in err
+
+
+def test_adminUsage():
+    code, _, err = _admin()
+    assert code == 2 and "a command is required" in err
