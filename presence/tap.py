@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from presence.config import Config, ConfigError, loadConfig
 from presence.manager.service import ManagerService
+from presence.root import PresenceService
 from presence.sip.listen import ListenError, ListenSpec
 from presence.sip.service import SIPService
 from presence.store import SQLStore, StoreService
@@ -141,12 +142,24 @@ def makeService(options: Any) -> service.IService:
     writes are flushed before it closes.
     """
     config: Config = options.config
-    root = service.MultiService()
+    root = PresenceService()
     store = StoreService(SQLStore(config.database))
     store.setName("store")
     store.setServiceParent(root)
     SIPService(config).setServiceParent(root)
     ManagerService(config).setServiceParent(root)
+    # The operator's windows, off by default; imported only when enabled.
+    if config.manholeEnabled:
+        from presence.admin.manhole import ManholeService, manholeProblem
+
+        problem = manholeProblem(config)
+        if problem is not None:
+            options.fail(problem)
+        ManholeService(config).setServiceParent(root)
+    if config.metricsEnabled:
+        from presence.admin.metrics import MetricsService
+
+        MetricsService(config).setServiceParent(root)
     return root
 
 

@@ -173,3 +173,41 @@ def test_kill9LosesNothingAcknowledged(tmp_path, database):
     finally:
         client.close()
         server.stop()
+
+
+def test_sigtermDrainsAndKeepsSubscriptions(tmp_path):
+    """
+    SIGTERM under load: the process exits within a few seconds, answers
+    what it took, stores what it answered, and terminates no subscription.
+    """
+    database = "sqlite:///%s" % (tmp_path / "presence.sqlite",)
+    server = _start(str(tmp_path), database)
+    client = LoadClient(server.ports["UDP"])
+    notifies: List[str] = []
+    try:
+        client.sendBatch(300)
+        client.drain(0.2)
+        client.sendBatch(200)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        while select.select([client.sock], [], [], 1.0)[0]:
+            message = parseMessage(client.sock.recv(65535))
+            if isinstance(message, Request):
+                notifies.append(message.header("subscription-state") or "")
+            elif message.code == 200:  # type: ignore[union-attr]
+                request = client.pending.get(message.callId)  # type: ignore[arg-type]
+                if request is not None and request.method == "SUBSCRIBE":
+                    client.subscribed[request.callId] = (request, message)  # type: ignore[index,assignment]
+                elif request is not None:
+                    client.etags.add(message.header("sip-etag"))  # type: ignore[arg-type]
+        server.process.wait(10)  # type: ignore[union-attr]
+        assert time.monotonic() - started < 5
+        server.stopCleanly()
+        calls, etags = _stored(database)
+        assert set(client.subscribed) <= calls
+        assert client.etags <= etags
+        assert len(calls) >= len(client.subscribed) >= 150
+        assert not [state for state in notifies if state.startswith("terminated")]
+    finally:
+        client.close()
+        server.stop()

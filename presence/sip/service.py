@@ -38,11 +38,12 @@ class SIPService(service.Service):
         self._reactor = reactor
         self.core: Optional[SIPCore] = None
         self.addresses: List[tuple] = []
-        self._ports: List[Any] = []
+        self._datagramPorts: List[Any] = []
+        self._streamPorts: List[Any] = []
 
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_reactor=None, core=None, addresses=[], _ports=[])
+        state.update(_reactor=None, core=None, addresses=[], _datagramPorts=[], _streamPorts=[])
         return state
 
     @property
@@ -97,16 +98,36 @@ class SIPService(service.Service):
         if spec.transport == "UDP":
             udpPorts[spec.interface] = bound.port
         core.ports.setdefault(spec.transport, bound.port)
-        self._ports.append(listening)
+        if spec.transport == "UDP":
+            self._datagramPorts.append(listening)
+        else:
+            self._streamPorts.append(listening)
         self.addresses.append((spec.transport, bound.host, bound.port))
+
+    def pause(self) -> None:
+        """
+        Stop taking requests but keep the sockets open, so that answers to
+        requests already taken can still go out (an orderly shutdown).
+        """
+        for listening in self._datagramPorts:
+            listening.stopReading()
+        streams, self._streamPorts = self._streamPorts, []
+        for listening in streams:
+            listening.stopListening()
+        if self.core is not None:
+            for flow in self.core.flows.all():
+                flow.transport.pauseProducing()
 
     def stopService(self) -> Any:
         service.Service.stopService(self)
         from twisted.internet.defer import gatherResults, maybeDeferred
 
-        ports, self._ports = self._ports, []
+        ports = self._datagramPorts + self._streamPorts
+        self._datagramPorts, self._streamPorts = [], []
         if self.core is not None:
             self.core.transactions.stop()
+            for flow in self.core.flows.all():
+                flow.transport.loseConnection()
         return gatherResults([maybeDeferred(p.stopListening) for p in ports])
 
 

@@ -11,7 +11,7 @@ out of them.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
@@ -163,6 +163,9 @@ class FlowTable:
 
     def get(self, token: str) -> Optional[SIPStreamProtocol]:
         return self._flows.get(token)
+
+    def all(self) -> List[SIPStreamProtocol]:
+        return list(self._flows.values())
 
     def __len__(self) -> int:
         return len(self._flows)
