@@ -991,6 +991,29 @@ def test_identicalPublishNoNotify(make):
         assert notifies == []
 
 
+def test_sameInstantPublicationsAreStable(make):
+    """
+    Two publications made at the same instant: refreshing either, or
+    re-publishing the newest unchanged, never reorders the composed
+    document (ties do not depend on the random entity-tags).
+    """
+    h = make()
+    h.subscribed()
+    a, (notify,) = h.published(body=presenceDoc((("a", "open"),)))
+    h.answer(notify)
+    b, (notify,) = h.published(body=presenceDoc((("b", "closed"),)))
+    h.answer(notify)
+    document = h.manager.presentities[BOB].document
+    for _ in range(20):
+        a, notifies = h.published(body=b"", SIP_If_Match=a)
+        assert notifies == []
+        b, notifies = h.published(body=b"", SIP_If_Match=b)
+        assert notifies == []
+        b, notifies = modify(h, b, presenceDoc((("b", "closed"),)))
+        assert notifies == []
+    assert h.manager.presentities[BOB].document == document == composed(h, BOB)
+
+
 def composed(h: Harness, aor: str) -> bytes:
     """
     What the composed document of C{aor} must be: its stored publications
@@ -1117,6 +1140,29 @@ def test_unsubscribeWriteFails(make):
     (ok2,), (final,) = h.split()
     assert ok2.code == 200
     assert h.store.subscriptions == {}
+
+
+def test_unsubscribeRacingExpiry(make):
+    """
+    The subscription expires while its un-SUBSCRIBE is being written: one
+    final NOTIFY, and the un-SUBSCRIBE finds no subscription left.
+    """
+    store = HeldStore()
+    store.holding = False
+    h = make(store=store)
+    sub, ok, _ = h.subscribed(Expires="60")
+    store.holding = True
+    h.clock.advance(59)
+    h.receive(refresh(sub, ok, 2, Expires="0"))
+    h.clock.advance(1)
+    assert store.methods() == ["removeSubscription", "removeSubscription"]
+    store.commitAll()
+    responses, notifies = h.split()
+    assert [r.code for r in responses] == [481]
+    (final,) = notifies
+    assert final.header("subscription-state") == "terminated;reason=timeout"
+    assert store.subscriptions == {}
+    assert h.manager.subscriptions == {} and h.manager.dialogs == {}
 
 
 def test_publishAnsweredAfterCommit(make):
