@@ -193,23 +193,25 @@ def formatTable(report: Dict[str, object]) -> str:
             report["seconds"],
         ),
         "",
-        "%-24s %12s %12s %9s %10s" % ("case", "best ops/s", "median", "us/op", "target"),
-        "-" * 71,
+        "%-24s %12s %12s %8s %10s  %s" % ("case", "best ops/s", "median", "us/op", "target", ""),
+        "-" * 76,
     ]
     for result in report["results"]:  # type: ignore[attr-defined]
         target = result["target"]
         if target is None:
-            targetText = ""
+            targetText, verdict = "", ""
         else:
-            targetText = "%s %s" % ("ok" if result["meetsTarget"] else "MISS", _thousands(target))
+            targetText = _thousands(target)
+            verdict = "ok" if result["meetsTarget"] else "MISSED"
         lines.append(
-            "%-24s %12s %12s %9.2f %10s"
+            "%-24s %12s %12s %8.2f %10s  %s"
             % (
                 result["name"],
                 _thousands(result["best"]),
                 _thousands(result["median"]),
                 result["usPerOp"],
                 targetText,
+                verdict,
             )
         )
     return "\n".join(lines)

@@ -66,6 +66,22 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _endpoint(text: str) -> str:
+    """
+    A Twisted server endpoint description (C{tcp:PORT:interface=ADDR},
+    C{unix:PATH}, ...), checked for syntax only: nothing listens yet.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    text = text.strip()
+    try:
+        # The reactor is only stored by the endpoint, never used here.
+        serverFromString(None, text)
+    except Exception as e:
+        raise ValueError("not a server endpoint: %s" % (" ".join(str(e).split()) or type(e).__name__,))
+    return text
+
+
 # section -> key -> (attribute, converter, default)
 SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
     "server": {
@@ -95,7 +111,35 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "max_uri_length": ("maxUriLength", _positiveInt, 1024),
         "max_body_size": ("maxBodySize", _positiveInt, 60000),
     },
+    # The SSH manhole (presence.admin.manhole): off unless enabled, loopback
+    # only unless listen says otherwise, key authentication only.
+    "manhole": {
+        "enabled": ("manholeEnabled", _boolean, False),
+        "listen": ("manholeListen", _endpoint, "tcp:2222:interface=127.0.0.1"),
+        "authorized_keys": ("manholeAuthorizedKeys", _text, ""),
+        "host_key": ("manholeHostKey", _text, "manhole_host_key"),
+    },
+    # The Prometheus metrics endpoint (presence.admin.metrics).
+    "metrics": {
+        "enabled": ("metricsEnabled", _boolean, False),
+        "listen": ("metricsListen", _endpoint, "tcp:9090:interface=127.0.0.1"),
+    },
 }
+
+
+def _crossCheck(values: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+    """
+    Mistakes no single key shows.
+
+    @return: the section and the one-line complaint, or L{None}.
+    """
+    if values.get("manholeEnabled") and not values.get("manholeAuthorizedKeys"):
+        return (
+            "manhole",
+            "enabled = yes needs authorized_keys = FILE (the SSH public keys "
+            "allowed to log in; the manhole has no password login)",
+        )
+    return None
 
 
 class Config:
@@ -169,6 +213,9 @@ class Config:
                     values[attr] = convert(raw)
                 except ValueError as e:
                     raise ConfigError("%s: [%s] %s = %r: %s" % (source, section, key, raw, e))
+        problem = _crossCheck(values)
+        if problem is not None:
+            raise ConfigError("%s: [%s] %s" % (source, problem[0], problem[1]))
         return cls(**values)
 
     @classmethod

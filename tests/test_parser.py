@@ -33,7 +33,7 @@ import time
 from typing import List, Optional, Tuple, Union
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.samples import NOTIFY, PIDF, SUBSCRIBE
@@ -444,6 +444,39 @@ class TestHeaderSyntax:
         assert message.header("cseq") == "63104 OPTIONS"
         assert message.header("subject") == "first line second line"
 
+    def test_foldedFirstHeader(self) -> None:
+        message = parseMessage(
+            withHeaders("Via").replace(
+                b"SIP/2.0\r\n", b"SIP/2.0\r\nVia:\r\n\tSIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n", 1
+            )
+        )
+        assert message.header("via") == "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1"
+
+    def test_startLineNotFolded(self) -> None:
+        """
+        A continuation line right after the start line continues nothing.
+        """
+        error = parseError(
+            withHeaders().replace(b"SIP/2.0\r\n", b"SIP/2.0\r\n  SIP/2.0\r\n", 1)
+        )
+        assert (error.code, error.reason) == (400, "Malformed header line")
+        assert isinstance(error.partial, Request)
+        assert error.partial.uri == "sip:bob@example.test"
+
+    def test_foldingAfterMalformedLine(self) -> None:
+        """
+        Unfolding restarts the header loop; errors found before the fold
+        are found again, not lost or doubled.
+        """
+        data = withHeaders("Subject: a", "X: b").replace(b"X: b", b"bad line\r\n folded")
+        error = parseError(data)
+        assert (error.code, error.reason) == (400, "Malformed header line")
+        assert error.partial is not None
+        assert error.partial.header("subject") == "a"
+        assert error.partial.headerValues("via") == [
+            "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK74bf9;rport"
+        ]
+
     def test_utf8DisplayNames(self) -> None:
         message = parseMessage(
             withHeaders('From: "Zoë Ærøskøbing 小明" <sip:zoe@example.test>;tag=1')
@@ -734,32 +767,42 @@ class TestRFC4475Valid:
         assert message.fromAddr().tag == "323"
 
     def test_longreq(self) -> None:
+        """
+        §3.1.1.7: long values, long names, 34 Vias under every spelling.
+        """
         long = "long" * 20
         display = "I have a user name of " + "extreme" * 10 + " proportion"
-        vias = "".join(
-            "%s: SIP/2.0/TCP sip%d.example.com\n" % (name, 33 - i)
-            for i, name in enumerate(
-                ["Via", "v", "V", "Via", "ViA", "VIa", "VIA", "via", "viA", "vIa", "vIA", "V ", "v ",
+        tag = "1298" * 40 + "424"
+        caller = "amazinglylongcallername" * 5
+        names = ["Via", "v", "V", "Via", "ViA", "VIa", "VIA", "via", "viA", "vIa", "vIA", "V ", "v ",
                  "V  ", "v  ", "Via ", "Via  "] + ["Via"] * 16
-            )
+        vias = "".join(
+            "%s: SIP/2.0/TCP sip%d.example.com\n" % (name, 33 - i) for i, name in enumerate(names)
+        )
+        to = (
+            '"%s"<sip:user@example.com:6000;unknownparam1=very%svalue;'
+            "longparam%s=shortvalue;very%sParameterNameWithNoValue>" % (display, long, "name" * 25, long)
+        )
+        sender = "sip:%s@example.net;tag=%s;unknownheaderparam%s=unknowheaderparam%s;%s" % (
+            caller, tag, "name" * 20, "value" * 15, "unknownValuelessparam" + "paramname" * 10
+        )
+        unknown = "Unknown-%s-Name: unknown-%s-value; unknown-%s-parameter-name = %s" % (
+            "Long" * 20, long, long, "unknown-%s-parameter-value" % (long,)
         )
         body = sdp("192.0.2.1", "192.0.2.1")
         data = crlf(
             "INVITE sip:user@example.com SIP/2.0\n"
-            'To: "%s"<sip:user@example.com:6000;unknownparam1=very%svalue;'
-            "longparam%s=shortvalue;very%sParameterNameWithNoValue>\n" % (display, long, "name" * 25, long)
-            + "F: sip:%s@example.net;tag=%s;unknownheaderparam%s=unknowheaderparam%s;"
-            "unknownValuelessparam%s\n" % ("amazinglylongcallername" * 5, "1298" * 40 + "424", "name" * 20,
-                                           "value" * 15, "paramname" * 10)
-            + "Call-ID: longreq.one%slongcallid\n" % ("really" * 20,)
-            + "CSeq: 3882340 INVITE\n"
-            "Unknown-%s-Name: unknown-%s-value; unknown-%s-parameter-name = unknown-%s-parameter-value\n"
-            % ("Long" * 20, long, long, long)
+            "To: " + to + "\n"
+            "F: " + sender + "\n"
+            "Call-ID: longreq.one" + "really" * 20 + "longcallid\n"
+            "CSeq: 3882340 INVITE\n"
+            + unknown + "\n"
             + vias
-            + "Via: SIP/2.0/TCP host.example.com;received=192.0.2.5;branch=very%sbranchvalue\n" % ("long" * 50,)
-            + "Max-Forwards: 70\n"
-            "Contact: <sip:%s@host5.example.net>\n" % ("amazinglylongcallername" * 5,)
-            + "Content-Type: application/sdp\n"
+            + "Via: SIP/2.0/TCP host.example.com;received=192.0.2.5;branch=very"
+            + "long" * 50 + "branchvalue\n"
+            "Max-Forwards: 70\n"
+            "Contact: <sip:" + caller + "@host5.example.net>\n"
+            "Content-Type: application/sdp\n"
             "l: 150\n\n"
         ) + body
         message = parseMessage(data)
@@ -768,7 +811,7 @@ class TestRFC4475Valid:
         assert isinstance(to, SipURI)
         assert to.port == 6000
         assert len(to.params) == 3
-        assert message.fromAddr().tag == "1298" * 40 + "424"
+        assert message.fromAddr().tag == tag
         hosts = [via.host for via in message.vias()]
         assert hosts == ["sip%d.example.com" % (i,) for i in range(33, 0, -1)] + ["host.example.com"]
         assert message.vias()[-1].params["received"] == "192.0.2.5"

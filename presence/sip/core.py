@@ -52,6 +52,14 @@ class SIPCore:
     @ivar flows: the live TCP and TLS connections.
     @ivar transactions: the non-INVITE transaction layer.
     @ivar counters: message counts by kind, for the admin console and metrics.
+    @ivar requestsByMethod: requests received (retransmissions and ACKs
+        included), by method; unknown methods count as C{"other"}.
+    @ivar responsesSent: responses given through L{respond}, by C{(request
+        method, status class)}, e.g. C{("SUBSCRIBE", 2)}.  The 400s sent
+        for unusable messages before a transaction exists are counted in
+        C{counters["malformed"]} only.
+    @ivar responsesReceived: responses received (to our NOTIFYs), by status
+        class.
     """
 
     log = Logger()
@@ -81,6 +89,12 @@ class SIPCore:
             "malformed": 0,
             "sendErrors": 0,
         }
+        # For the metrics endpoint: a dict increment per message.  Methods
+        # outside KNOWN_METHODS share the key "other", so what a peer sends
+        # cannot grow these dicts (nor the metrics' label sets).
+        self.requestsByMethod: Dict[str, int] = {}
+        self.responsesSent: Dict[Tuple[str, int], int] = {}
+        self.responsesReceived: Dict[int, int] = {}
 
     # Registration of what this server serves.
 
@@ -128,9 +142,15 @@ class SIPCore:
         try:
             if isinstance(message, Request):
                 self.counters["requests"] += 1
+                method = message.method if message.method in KNOWN_METHODS else "other"
+                byMethod = self.requestsByMethod
+                byMethod[method] = byMethod.get(method, 0) + 1
                 self._requestReceived(message, source)
             else:
                 self.counters["responses"] += 1
+                byClass = self.responsesReceived
+                kind = message.code // 100  # type: ignore[attr-defined]
+                byClass[kind] = byClass.get(kind, 0) + 1
                 self.transactions.responseReceived(message, source)  # type: ignore[arg-type]
         except Exception:
             self.log.failure("Error handling a message from {source}", source=source)
@@ -239,6 +259,9 @@ class SIPCore:
         Answer the request of C{tx}, adding a To tag to a non-100 response
         when the request had none (RFC 3261 §8.2.6.2) and a Server header.
         """
+        method = tx.request.method
+        key = (method if method in KNOWN_METHODS else "other", code // 100)
+        self.responsesSent[key] = self.responsesSent.get(key, 0) + 1
         response = Response.forRequest(tx.request, code, reason, toTag, headers)
         if toTag is None:
             self._addTag(response)
@@ -343,9 +366,13 @@ class SIPCore:
 
 def _responseAddress(response: Response, target: Target) -> Tuple[str, int]:
     """
-    Where a UDP response goes (RFC 3261 §18.2.2, RFC 3581 §4): the
-    C{received} address (else the source) and the C{rport} (else the Via
-    port, else 5060).
+    Where a UDP response goes (RFC 3261 §18.2.2, RFC 3581 §4): the address
+    the request came from, and its source port when the client asked for
+    C{rport}, else the Via port (else 5060).
+
+    A C{received} parameter is never trusted: the request's real source is
+    known, and believing a client's C{received} would let it aim our
+    responses at a third party.
     """
     vias = response.headers.get("via")
     if not vias:
@@ -354,8 +381,7 @@ def _responseAddress(response: Response, target: Target) -> Tuple[str, int]:
         via = Via.fromString(vias[0])
     except HeaderError:
         return target.host, target.port
-    host = via.params.get("received") or target.host
-    rport = via.params.get("rport")
-    if rport and rport.isdigit():
-        return host, int(rport)
-    return host, via.port or 5060
+    if "rport" in via.params:
+        rport = via.params["rport"]
+        return target.host, int(rport) if rport and rport.isdigit() else target.port
+    return target.host, via.port or 5060

@@ -222,9 +222,12 @@ class NameAddr:
         """
         text = text.strip()
         if text[:1] == '"':
-            end = _quotedEnd(text)
-            if end < 0:
-                raise HeaderError("Unterminated quoted string")
+            end = text.find('"', 1) + 1
+            if end <= 0 or text[end - 2] == "\\":
+                # Not terminated, or an escaped quote to step over.
+                end = _quotedEnd(text)
+                if end < 0:
+                    raise HeaderError("Unterminated quoted string")
             display: Optional[str] = text[:end]
             lt = text.find("<", end)
             if lt < 0 or text[end:lt].strip():

@@ -96,6 +96,8 @@ class SIPStreamProtocol(Protocol):
         try:
             items = self.framer.dataReceived(data)
         except FramingError as e:
+            for item in e.messages:
+                self._deliver(item)
             self.log.warn(
                 "Closing {transport} flow from {peer}: {reason}",
                 transport=self.transportName,
@@ -108,18 +110,24 @@ class SIPStreamProtocol(Protocol):
             self.transport.loseConnection()
             return
         for item in items:
-            if item is PING:
-                self.transport.write(b"\r\n")
-                continue
-            try:
-                message = parseMessage(item, self.limits, stream=True)  # type: ignore[arg-type]
-            except ParseError as e:
-                self.core.badMessage(e, self.source())
-                continue
-            except Exception:
-                self.log.failure("Unexpected error parsing a message from {peer}", peer=self.peer)
-                continue
-            self.core.messageReceived(message, self.source())
+            self._deliver(item)
+
+    def _deliver(self, item: object) -> None:
+        """
+        Answer a keep-alive, or parse a framed message and hand it on.
+        """
+        if item is PING:
+            self.transport.write(b"\r\n")
+            return
+        try:
+            message = parseMessage(item, self.limits, stream=True)  # type: ignore[arg-type]
+        except ParseError as e:
+            self.core.badMessage(e, self.source())
+            return
+        except Exception:
+            self.log.failure("Unexpected error parsing a message from {peer}", peer=self.peer)
+            return
+        self.core.messageReceived(message, self.source())
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)

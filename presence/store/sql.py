@@ -122,6 +122,88 @@ def _publicationFromRow(row: Sequence[Any]) -> PublicationRecord:
     return PublicationRecord(*values)
 
 
+def isMemorySQLite(url: str) -> bool:
+    """
+    Whether C{url} names an in-memory SQLite database, which lives in a
+    single connection and so must be used from a single thread.
+    """
+    parsed = sa.engine.make_url(url)
+    return parsed.get_backend_name() == "sqlite" and (
+        parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+    )
+
+
+def createEngine(
+    url: str,
+    poolSize: int = 3,
+    sqliteSynchronous: str = "NORMAL",
+    busyTimeout: float = 10.0,
+) -> Engine:
+    """
+    Build an engine configured as the store uses it; tools that touch the
+    database outside the store (C{presence-admin initdb}) should use it too.
+
+    On SQLite, event listeners give every pooled connection WAL mode,
+    C{synchronous}, a busy timeout, and real transactions: the sqlite3
+    module's legacy mode does not BEGIN before DDL or SAVEPOINT, which would
+    make upgrade steps and the writer's savepoints non-transactional.  A
+    connection with the execution option C{presenceWrite=True} begins with
+    C{BEGIN IMMEDIATE}, so a writer waits for another process's lock up
+    front (up to C{busyTimeout}) instead of failing half-way through.
+
+    @param poolSize: connections kept (writer plus readers).
+    @param sqliteSynchronous: C{NORMAL}, C{FULL} or C{EXTRA}; see the module
+        docstring for what each survives.
+    @param busyTimeout: SQLite: seconds to wait for a lock.
+    """
+    synchronous = sqliteSynchronous.upper()
+    if synchronous not in _SYNCHRONOUS_MODES:
+        raise ValueError("sqliteSynchronous must be one of %s" % (", ".join(_SYNCHRONOUS_MODES),))
+    memory = isMemorySQLite(url)
+    options: Dict[str, Any] = {}
+    if memory:
+        options["poolclass"] = sa.pool.StaticPool
+        options["connect_args"] = {"check_same_thread": False}
+    else:
+        options["pool_size"] = poolSize
+        options["max_overflow"] = 0
+        if sa.engine.make_url(url).get_backend_name() != "sqlite":
+            # A write batch must not fail because the server restarted
+            # since the last one: test a pooled connection before use.
+            options["pool_pre_ping"] = True
+    engine = sa.create_engine(url, **options)
+    if engine.dialect.name == "sqlite":
+        _configureSQLite(engine, not memory, synchronous, int(busyTimeout * 1000))
+    return engine
+
+
+def _configureSQLite(engine: Engine, fileBacked: bool, synchronous: str, busyMs: int) -> None:
+    """
+    Install the connect and begin listeners described in L{createEngine}.
+    """
+
+    def onConnect(dbapiConnection: Any, connectionRecord: Any) -> None:
+        dbapiConnection.isolation_level = None
+        cursor = dbapiConnection.cursor()
+        try:
+            if fileBacked:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=%s" % (synchronous,))
+            cursor.execute("PRAGMA busy_timeout=%d" % (busyMs,))
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    def onBegin(conn: Connection) -> None:
+        if conn.get_execution_options().get("presenceWrite"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    sa.event.listen(engine, "connect", onConnect)
+    sa.event.listen(engine, "begin", onBegin)
+
+
 class _BatchResult:
     """
     What the writer thread reports about one batch; plain data only.
@@ -256,67 +338,16 @@ class SQLStore:
 
     # --- lifecycle ---------------------------------------------------------
 
-    def _isSQLite(self) -> bool:
-        return sa.engine.make_url(self.url).get_backend_name() == "sqlite"
-
-    def _isMemorySQLite(self) -> bool:
-        url = sa.engine.make_url(self.url)
-        return url.get_backend_name() == "sqlite" and (
-            url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
-        )
-
     def _createEngine(self) -> Engine:
         """
-        Build the engine, with SQLite's pragmas and transaction handling set
-        in event listeners so that every pooled connection gets them.
+        Build the engine for this store's configuration.
         """
-        options: Dict[str, Any] = {}
-        if self._isMemorySQLite():
-            options["poolclass"] = sa.pool.StaticPool
-            options["connect_args"] = {"check_same_thread": False}
-        else:
-            options["pool_size"] = self.readThreads + 1
-            options["max_overflow"] = 0
-            if not self._isSQLite():
-                # A write batch must not fail because the server restarted
-                # since the last one: test the pooled connection first.
-                options["pool_pre_ping"] = True
-        engine = sa.create_engine(self.url, **options)
-        if engine.dialect.name == "sqlite":
-            self._configureSQLite(engine, not self._isMemorySQLite())
-        return engine
-
-    def _configureSQLite(self, engine: Engine, fileBacked: bool) -> None:
-        """
-        Take over BEGIN from the sqlite3 module (whose legacy mode does not
-        begin a transaction before DDL or SAVEPOINT) and set the pragmas.
-        Writers begin with C{BEGIN IMMEDIATE} so another process holding the
-        database makes us wait C{busyTimeout} up front instead of failing
-        half-way through a batch.
-        """
-        synchronous = self.sqliteSynchronous
-        busyMs = int(self.busyTimeout * 1000)
-
-        def onConnect(dbapiConnection: Any, connectionRecord: Any) -> None:
-            dbapiConnection.isolation_level = None
-            cursor = dbapiConnection.cursor()
-            try:
-                if fileBacked:
-                    cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=%s" % (synchronous,))
-                cursor.execute("PRAGMA busy_timeout=%d" % (busyMs,))
-                cursor.execute("PRAGMA foreign_keys=ON")
-            finally:
-                cursor.close()
-
-        def onBegin(conn: Connection) -> None:
-            if conn.get_execution_options().get("presenceWrite"):
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            else:
-                conn.exec_driver_sql("BEGIN")
-
-        sa.event.listen(engine, "connect", onConnect)
-        sa.event.listen(engine, "begin", onBegin)
+        return createEngine(
+            self.url,
+            poolSize=self.readThreads + 1,
+            sqliteSynchronous=self.sqliteSynchronous,
+            busyTimeout=self.busyTimeout,
+        )
 
     def _buildUpsert(self, dialectName: str) -> Any:
         """
@@ -355,7 +386,7 @@ class SQLStore:
         self._engine = engine
         self._upsert = self._buildUpsert(engine.dialect.name)
         self._writePool = ThreadPool(1, 1, name="presence-store-writer")
-        if self._isMemorySQLite():
+        if isMemorySQLite(self.url):
             self._readPool = self._writePool
         else:
             self._readPool = ThreadPool(1, self.readThreads, name="presence-store-reader")
@@ -367,12 +398,12 @@ class SQLStore:
         def started(version: int) -> None:
             self._starting = False
             self._running = True
-            self._fireStartWaiters()
             self.schemaVersion = version
             self._shutdownTrigger = self._reactor.addSystemEventTrigger(
                 "before", "shutdown", self._stopForShutdown
             )
             self.log.info("store {store!r} started, schema version {version}", store=self, version=version)
+            self._fireStartWaiters()
 
         def failed(reason: Failure) -> Deferred:
             self._starting = False

@@ -1,0 +1,353 @@
+"""
+A Prometheus metrics endpoint: C{GET /metrics} in the text exposition
+format (version 0.0.4), served by twisted.web.
+
+Why not C{prometheus_client}: it is not installed, and what we export are
+numbers the server already keeps (counters on the SIP core, the manager,
+the notifier and the store).  Rendering them at scrape time costs nothing
+between scrapes and needs no registry mirroring them; the format is a few
+lines of text.  The price is that we write the escaping ourselves (below,
+tested) and have no C{process_*} metrics.
+
+Off unless C{[metrics] enabled = yes}; listens on loopback unless
+C{listen} says otherwise.  No metric is labelled with an address of
+record: label sets stay small and bounded whatever peers send, and a
+scrape shows no user's name.
+
+Only the configuration is pickled into a C{.tap} file; the web site and the
+port are built in L{MetricsService.startService}.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from twisted.application import service
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from presence.admin.console import LiveObjects
+from presence.admin.listening import Listener, describe, isLoopback
+from presence.config import Config
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+Labels = Sequence[Tuple[str, str]]
+Sample = Tuple[Labels, float]
+
+
+def formatValue(value: float) -> str:
+    """
+    A sample value as Prometheus reads it (Go's C{ParseFloat}).
+    """
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def escapeLabelValue(text: str) -> str:
+    """
+    Escape a label value: backslash, double quote and line feed.
+    """
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escapeHelp(text: str) -> str:
+    """
+    Escape a HELP text: backslash and line feed.
+    """
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+class Exposition:
+    """
+    Text exposition being written: each family's HELP and TYPE once, then
+    its samples together, as the format requires.
+    """
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def family(self, name: str, kind: str, help: str, samples: Sequence[Sample]) -> None:
+        """
+        Add a metric family; one without samples is left out.
+
+        @param kind: C{counter} or C{gauge}.
+        """
+        if not samples:
+            return
+        self.lines.append("# HELP %s %s" % (name, escapeHelp(help)))
+        self.lines.append("# TYPE %s %s" % (name, kind))
+        for labels, value in samples:
+            if labels:
+                text = ",".join('%s="%s"' % (key, escapeLabelValue(val)) for key, val in labels)
+                self.lines.append("%s{%s} %s" % (name, text, formatValue(value)))
+            else:
+                self.lines.append("%s %s" % (name, formatValue(value)))
+
+    def single(self, name: str, kind: str, help: str, value: Optional[float]) -> None:
+        """
+        Add a family of one unlabelled sample, unless C{value} is L{None}.
+        """
+        if value is not None:
+            self.family(name, kind, help, [((), value)])
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n" if self.lines else ""
+
+
+def _sipMetrics(out: Exposition, core: Any) -> None:
+    out.family(
+        "presence_sip_requests_received_total",
+        "counter",
+        "SIP requests received, by method (retransmissions and ACKs included; "
+        "methods RFC 3261 and its extensions do not define count as other).",
+        [((("method", method),), count) for method, count in sorted(core.requestsByMethod.items())],
+    )
+    out.family(
+        "presence_sip_responses_sent_total",
+        "counter",
+        "SIP responses this server gave, by request method and status class. "
+        "Answers to unusable messages are counted in presence_sip_malformed_total only.",
+        [
+            ((("method", method), ("class", "%dxx" % (kind,))), count)
+            for (method, kind), count in sorted(core.responsesSent.items())
+        ],
+    )
+    out.family(
+        "presence_sip_responses_received_total",
+        "counter",
+        "SIP responses received (to our NOTIFYs), by status class.",
+        [((("class", "%dxx" % (kind,)),), count) for kind, count in sorted(core.responsesReceived.items())],
+    )
+    counters = core.counters
+    out.single(
+        "presence_sip_malformed_total", "counter",
+        "Messages that could not be parsed or used (answered 400 when possible).",
+        counters.get("malformed"),
+    )
+    out.single(
+        "presence_sip_retransmissions_total", "counter",
+        "Request retransmissions absorbed by the transaction layer.",
+        counters.get("retransmissions"),
+    )
+    out.single(
+        "presence_sip_send_errors_total", "counter",
+        "Answers that could not be sent (closed flow, no listener).",
+        counters.get("sendErrors"),
+    )
+    out.single(
+        "presence_sip_transactions", "gauge",
+        "Live SIP transactions, server and client, completed ones included.",
+        len(core.transactions),
+    )
+    out.single("presence_sip_flows", "gauge", "Open TCP and TLS connections.", len(core.flows))
+
+
+def _managerMetrics(out: Exposition, manager: Any) -> None:
+    out.single("presence_subscriptions", "gauge", "Live subscriptions.", len(manager.subscriptions))
+    out.single("presence_publications", "gauge", "Live publications.", len(manager.publications))
+    out.single(
+        "presence_presentities", "gauge",
+        "Presentities with live publications or watchers.", len(manager.presentities),
+    )
+    notifies = manager.notifier.counters
+    out.single("presence_notify_sent_total", "counter", "NOTIFYs sent.", notifies.get("sent"))
+    out.single(
+        "presence_notify_failed_total", "counter",
+        "NOTIFYs that failed (error response, timeout or transport error).",
+        notifies.get("failed"),
+    )
+    out.single(
+        "presence_notify_coalesced_total", "counter",
+        "State changes folded into a later NOTIFY by rate control or a NOTIFY in flight.",
+        notifies.get("coalesced"),
+    )
+    out.single(
+        "presence_manager_store_errors_total", "counter",
+        "Store writes of the subscription manager that failed.",
+        manager.counters.get("storeErrors"),
+    )
+
+
+# (metric, type, help, store attribute)
+_STORE_METRICS = (
+    ("presence_store_batches_total", "counter", "Write batches run by the store.", "batchCount"),
+    (
+        "presence_store_commits_total", "counter",
+        "Transactions committed by the store's writer (group commit: one per batch).",
+        "commitCount",
+    ),
+    (
+        "presence_store_replays_total", "counter",
+        "Batches that failed and were replayed one operation at a time.",
+        "replayCount",
+    ),
+    (
+        "presence_store_writes_total", "counter",
+        "Write operations completed; rate(writes) / rate(batches) is the mean batch size.",
+        "writeCount",
+    ),
+    ("presence_store_last_batch_size", "gauge", "Operations in the last write batch.", "lastBatchSize"),
+    (
+        "presence_store_last_commit_latency_seconds", "gauge",
+        "Seconds the last write batch spent in the database, begin to commit.",
+        "lastCommitLatency",
+    ),
+)
+
+
+def _storeMetrics(out: Exposition, store: Any) -> None:
+    for name, kind, help, attribute in _STORE_METRICS:
+        out.single(name, kind, help, getattr(store, attribute, None))
+
+
+def collect(live: LiveObjects) -> str:
+    """
+    The metrics of the running parts of the server, as exposition text.
+    Parts that are not running (a manager still loading, a process without
+    a store) are simply absent; C{presence_manager_ready} tells the first.
+    """
+    out = Exposition()
+    core = live.core
+    if core is not None:
+        _sipMetrics(out, core)
+    if live.service("manager") is not None:
+        manager = live.manager
+        out.single(
+            "presence_manager_ready", "gauge",
+            "1 once the subscription manager serves, 0 while it loads.",
+            int(manager is not None),
+        )
+        if manager is not None:
+            _managerMetrics(out, manager)
+    store = live.store
+    if store is not None:
+        _storeMetrics(out, store)
+    return out.text()
+
+
+class MetricsResource(resource.Resource):
+    """
+    C{/metrics}: renders the exposition at each scrape.
+    """
+
+    isLeaf = True
+
+    def __init__(self, collect: Callable[[], str]) -> None:
+        resource.Resource.__init__(self)
+        self.collect = collect
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        return self.collect().encode("utf-8")
+
+
+class MetricsRoot(resource.Resource):
+    """
+    The site's root: C{/metrics}, and a plain 404 for anything else.
+    """
+
+    def __init__(self, collect: Callable[[], str]) -> None:
+        resource.Resource.__init__(self)
+        self.putChild(b"metrics", MetricsResource(collect))
+
+    def getChild(self, path: bytes, request: Any) -> resource.IResource:
+        return NotFound()
+
+
+class NotFound(resource.Resource):
+    """
+    A plain-text 404 pointing at C{/metrics}.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"Not found: the metrics are at /metrics\n"
+
+
+class QuietSite(server.Site):
+    """
+    A site that writes no access log: a scrape every few seconds would
+    drown the server's log.
+    """
+
+    noisy = False
+    displayTracebacks = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class MetricsService(service.Service):
+    """
+    The metrics endpoint in the service tree (name C{"metrics"}).  It finds
+    the parts it reports on through its parent.
+
+    @ivar address: the address it listens on, once started.
+    """
+
+    log = Logger()
+    name = "metrics"
+
+    def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
+        self.config = config
+        self._reactor = reactor
+        self._listener: Optional[Listener] = None
+        self.address: Any = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """
+        Keep configuration only: the site and the port are rebuilt at start.
+        """
+        state = service.Service.__getstate__(self)
+        state.update(_reactor=None, _listener=None, address=None)
+        return state
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            return reactor
+        return self._reactor
+
+    def startService(self) -> None:
+        """
+        Listen.
+
+        @raise twisted.internet.error.CannotListenError: when the address
+            is taken.
+        """
+        assert self.parent is not None, "the metrics endpoint needs the service tree as its parent"
+        live = LiveObjects(self.parent)
+        site = QuietSite(MetricsRoot(lambda: collect(live)))
+        listener = Listener(self.reactor, self.config.metricsListen, site)
+        self.address = listener.listen()
+        self._listener = listener
+        service.Service.startService(self)
+        where = describe(self.address)
+        self.log.info("Metrics listening on {address} (GET /metrics)", address=where)
+        if not isLoopback(self.address):
+            self.log.warn("The metrics endpoint listens on {address}, not on loopback only", address=where)
+
+    def stopService(self) -> Any:
+        """
+        Stop listening and close open scrape connections.
+        """
+        service.Service.stopService(self)
+        listener, self._listener = self._listener, None
+        self.address = None
+        if listener is None:
+            return None
+        return listener.stop()
