@@ -58,6 +58,13 @@ def _boolean(text: str) -> bool:
     raise ValueError("must be yes or no")
 
 
+def _logLevel(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("debug", "info", "warn", "error"):
+        raise ValueError("must be debug, info, warn or error")
+    return value
+
+
 def _words(text: str) -> Tuple[str, ...]:
     return tuple(word.lower() for word in text.replace(",", " ").split())
 
@@ -82,6 +89,47 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _nonNegativeFloat(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _digestAlgorithms(text: str) -> Tuple[str, ...]:
+    """
+    Digest algorithms to offer, strongest first: SHA-256 and/or MD5.
+    """
+    known = {"sha-256": "SHA-256", "md5": "MD5"}
+    names = [word.upper() if word.lower() not in known else known[word.lower()] for word in text.replace(",", " ").split()]
+    for name in names:
+        if name not in known.values():
+            raise ValueError("unknown digest algorithm %r (use SHA-256 and/or MD5)" % (name,))
+    if not names:
+        raise ValueError("at least one algorithm is needed")
+    return tuple(dict.fromkeys(names))
+
+
+def _dispatcherManagers(text: str) -> Tuple[Any, ...]:
+    """
+    C{name=udp:HOST:PORT name2=tcp:HOST:PORT ...}: the managers a
+    dispatcher knows (L{presence.dispatcher.managers.ManagerSpec}).
+    """
+    from presence.dispatcher.managers import parseManagers
+
+    return parseManagers(text)
+
+
+def _dispatcherPolicy(text: str) -> str:
+    """
+    How a dispatcher picks a manager for a new request.
+    """
+    value = text.strip().lower().replace("-", "_")
+    if value not in ("round_robin", "least_loaded", "hash"):
+        raise ValueError("must be round_robin, least_loaded or hash")
+    return value
+
+
 # section -> key -> (attribute, converter, default)
 SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
     "server": {
@@ -101,6 +149,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "notify_min_interval": ("notifyMinInterval", _seconds, 1.0),
         "keep_on_timeout": ("keepOnTimeout", _boolean, False),
     },
+    "log": {
+        "requests": ("logRequests", _boolean, False),
+        "json_file": ("logJsonFile", _text, ""),
+        "level": ("logLevel", _logLevel, "info"),
+    },
     "sip": {
         "t1": ("t1", _positiveFloat, 0.5),
         "t2": ("t2", _positiveFloat, 4.0),
@@ -119,12 +172,36 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "authorized_keys": ("manholeAuthorizedKeys", _text, ""),
         "host_key": ("manholeHostKey", _text, "manhole_host_key"),
     },
+    # Accounts and authorization (presence.billing): digest authentication
+    # of SUBSCRIBE and PUBLISH, and the cache of billing's answers.
+    "billing": {
+        "no_auth_domains": ("billingNoAuthDomains", _words, ()),
+        "cache_ttl": ("billingCacheTtl", _nonNegativeFloat, 30.0),
+        "poll_interval": ("billingPollInterval", _positiveFloat, 2.0),
+        "secret_file": ("billingSecretFile", _text, ""),
+        "nonce_lifetime": ("billingNonceLifetime", _positiveFloat, 300.0),
+        "algorithms": ("billingAlgorithms", _digestAlgorithms, ("SHA-256", "MD5")),
+        "max_auth_failures": ("billingMaxAuthFailures", _positiveInt, 10),
+        "auth_failure_window": ("billingAuthFailureWindow", _positiveFloat, 60.0),
+    },
     # The Prometheus metrics endpoint (presence.admin.metrics).
     "metrics": {
         "enabled": ("metricsEnabled", _boolean, False),
         "listen": ("metricsListen", _endpoint, "tcp:9090:interface=127.0.0.1"),
     },
+    # The dispatching node (presence.dispatcher, --role=dispatcher): the
+    # managers it forwards to, how it picks one, how it checks they live,
+    # and the key that signs its Record-Routes.
+    "dispatcher": {
+        "managers": ("dispatcherManagers", _dispatcherManagers, ()),
+        "policy": ("dispatcherPolicy", _dispatcherPolicy, "hash"),
+        "ping_interval": ("dispatcherPingInterval", _positiveFloat, 0.5),
+        "dead_after": ("dispatcherDeadAfter", _positiveFloat, 1.5),
+        "secret": ("dispatcherSecret", _text, ""),
+        "secret_file": ("dispatcherSecretFile", _text, ""),
+    },
 }
+
 
 
 def _crossCheck(values: Dict[str, Any]) -> Optional[Tuple[str, str]]:

@@ -128,3 +128,60 @@ class IStore(Interface):
             L{presence.store.records.PublicationRecord}.
         """
 
+
+
+# --- billing ----------------------------------------------------------------
+
+
+class IAuthorizer(Interface):
+    """
+    Billing as a subscription manager sees it: accounts for digest
+    authentication, and who may watch whom.
+
+    Small on purpose, so that a remote implementation (a Perspective Broker
+    client of a C{twistd presence --role=billing} node shared by a cluster
+    of managers) provides it as well as the embedded one reading the store
+    (L{presence.billing.authorizer.EmbeddedAuthorizer}).  Contract shared by
+    every implementation:
+
+      - every method returning a result returns a Deferred and never blocks
+        the reactor; answers may come from a cache, which lives a short
+        time and is invalidated when an account or a policy changes;
+      - values cross the interface as plain immutable data
+        (L{presence.billing.records.AccountInfo}, decision strings), never
+        database rows, so they can be copied over PB as they are;
+      - a failure (database or billing node unreachable) fails the
+        Deferred; the caller answers 500 and decides nothing.
+    """
+
+    def account(aor):
+        """
+        Look up an account by its canonical AOR (C{sip:user@domain}).
+
+        @return: a Deferred firing with an
+            L{presence.billing.records.AccountInfo} (digest HA1 values,
+            status, whether presence is enabled, customer), or L{None} when
+            there is no such account.
+        """
+
+    def watchDecision(watcher, presentity):
+        """
+        May C{watcher} see C{presentity}?  Both are canonical AORs.  See
+        L{presence.billing.policy.decide} for the resolution order.
+
+        @return: a Deferred firing with C{"allow"} (active subscription),
+            C{"ask"} (pending until the owner allows it) or C{"block"}.
+        """
+
+    def addChangeListener(listener):
+        """
+        Call C{listener(aors)} after accounts or policies changed and their
+        cached answers were dropped: C{aors} is the frozenset of AORs whose
+        account or watch rules changed, or L{None} when anything may have
+        changed (the listener should then re-check everything it holds).
+        """
+
+    def removeChangeListener(listener):
+        """
+        Stop calling C{listener}; removing an unknown listener is a no-op.
+        """

@@ -14,14 +14,21 @@ from typing import Any, List, Optional
 from twisted.application import service
 from twisted.python import usage
 
+from presence.billing.service import BillingService, billingProblem
 from presence.config import Config, ConfigError, loadConfig
 from presence.manager.service import ManagerService
+from presence.logs import JSONLogService
 from presence.root import PresenceService
 from presence.sip.listen import ListenError, ListenSpec
 from presence.sip.service import SIPService
 from presence.store import SQLStore, StoreService
 
 DEFAULT_CONFIG = "etc/presence.ini"
+
+# What one process runs: everything (the embedded default), the
+# dispatching node alone (SIP and the dispatcher: no store, no manager),
+# a subscription manager (store, SIP, billing and manager), or billing.
+ROLES = ("all", "dispatcher", "manager", "billing")
 
 
 class Options(usage.Options):
@@ -39,6 +46,7 @@ class Options(usage.Options):
         ["config", "c", DEFAULT_CONFIG, "INI configuration file."],
         ["database", "d", None, "Database URL (default sqlite:///presence.sqlite)."],
         ["advertise", None, None, "Host or address to put in our Via and Contact headers."],
+        ["role", None, "all", "What this process runs: all, dispatcher, manager or billing."],
     ]
 
     def __init__(self) -> None:
@@ -101,6 +109,18 @@ class Options(usage.Options):
         if self["advertise"]:
             overrides["advertise"] = self["advertise"]
         self.config = config.replace(**overrides)
+        if self["role"] not in ROLES:
+            self.fail("--role: %r is not one of %s" % (self["role"], ", ".join(ROLES)))
+        if self["role"] == "billing":
+            self.fail("--role=billing: a separate billing node is not available yet")
+        if self["role"] == "dispatcher":
+            from presence.dispatcher.service import dispatcherProblem
+
+            problem = dispatcherProblem(self.config)
+            if problem is not None:
+                self.fail("%s: %s" % (self["config"], problem))
+            # A dispatcher has no database to check.
+            return
         problem = databaseProblem(self.config.database)
         if problem is not None:
             where = "--database" if self["database"] else "%s: [server] database" % (self["config"],)
@@ -143,12 +163,35 @@ def makeService(options: Any) -> service.IService:
     """
     config: Config = options.config
     root = PresenceService()
-    store = StoreService(SQLStore(config.database))
+    if config.logJsonFile:
+        JSONLogService(config).setServiceParent(root)
+    if options.get("role") == "dispatcher":
+        from presence.dispatcher.service import DispatcherService
+
+        SIPService(config).setServiceParent(root)
+        DispatcherService(config).setServiceParent(root)
+        _addAdmin(root, config, options)
+        return root
+    # Stopped by the tree, after the manager has issued the writes of the
+    # requests it took (some wait for billing): not by its own trigger.
+    store = StoreService(SQLStore(config.database, stopOnShutdown=False))
     store.setName("store")
     store.setServiceParent(root)
     SIPService(config).setServiceParent(root)
+    # Billing before the manager: the manager waits for its authorizer.
+    problem = billingProblem(config)
+    if problem is not None:
+        options.fail(problem)
+    BillingService(config).setServiceParent(root)
     ManagerService(config).setServiceParent(root)
-    # The operator's windows, off by default; imported only when enabled.
+    _addAdmin(root, config, options)
+    return root
+
+
+def _addAdmin(root: service.MultiService, config: Config, options: Any) -> None:
+    """
+    The operator's windows, off by default; imported only when enabled.
+    """
     if config.manholeEnabled:
         from presence.admin.manhole import ManholeService, manholeProblem
 
@@ -160,7 +203,6 @@ def makeService(options: Any) -> service.IService:
         from presence.admin.metrics import MetricsService
 
         MetricsService(config).setServiceParent(root)
-    return root
 
 
 def servicesOf(root: service.IServiceCollection) -> List[service.IService]:

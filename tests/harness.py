@@ -1,6 +1,14 @@
 """
 A subscription manager wired to a SIP core with a fake network, a
 L{MemoryStore} and a L{Clock}: bytes in, bytes out, no sockets, no time.
+
+Billing is real: an L{EmbeddedAuthorizer} on an in-memory SQLite database
+with the current schema, read synchronously (L{ConnectionReader}), so
+lookups answer at once.  By default authentication is off for
+example.test (C{billingNoAuthDomains}) and nobody has an account, so every
+AOR of example.test belongs to the customer "example.test" and may watch
+every other: the manager behaves as it did before billing.  Tests of
+billing pass C{billingNoAuthDomains=()} and provision with L{Harness.billing}.
 """
 
 from __future__ import annotations
@@ -12,13 +20,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from presence.billing.authorizer import ConnectionReader, EmbeddedAuthorizer
 from presence.config import Config
 from presence.manager.manager import SubscriptionManager
 from presence.sip.core import SIPCore
+from presence.sip.digest import DigestAuthenticator
 from presence.sip.message import Message, Request, Response
 from presence.sip.parser import parseMessage
 from presence.sip.target import Target
 from presence.store import MemoryStore, StoreError
+from presence.store import schema
+from presence.store.sql import createEngine
 
 WATCHER = Target("UDP", "192.0.2.10", 5060)
 PUBLISHER = Target("UDP", "192.0.2.20", 5060)
@@ -132,11 +144,34 @@ class Harness:
         self.store = store if store is not None else MemoryStore()
         if not getattr(self.store, "running", True) is True:
             self.store.start()
-        values = dict(domains=("example.test",), notifyMinInterval=0.0)
+        values = dict(
+            domains=("example.test",), notifyMinInterval=0.0, billingNoAuthDomains=("example.test",)
+        )
         values.update(settings)
         self.config = Config(**values)
-        self.manager = SubscriptionManager(self.core, self.store, self.config, self.clock)
+        self.billingEngine = createEngine("sqlite://")
+        self.billing(schema.upgrade)
+        self.authorizer = EmbeddedAuthorizer(
+            ConnectionReader(self.billingEngine), self.clock, self.config.billingCacheTtl, pollInterval=0
+        )
+        self.digest = DigestAuthenticator(
+            os.urandom(32), self.clock, self.config.billingNonceLifetime, self.config.billingAlgorithms
+        )
+        self.manager = self._newManager()
         self.manager.install()
+
+    def _newManager(self) -> SubscriptionManager:
+        return SubscriptionManager(
+            self.core, self.store, self.config, self.clock, self.authorizer, self.digest
+        )
+
+    def billing(self, work: Any) -> Any:
+        """
+        Run C{work(conn)} in one transaction on the billing database, as
+        C{presence-admin} does (e.g. C{db.addAccount}).
+        """
+        with self.billingEngine.begin() as conn:
+            return work(conn)
 
     def crash(self) -> None:
         """
@@ -155,7 +190,7 @@ class Harness:
         self.core = SIPCore(self.clock, advertisedHost="192.0.2.1")
         self.core.ports = {"UDP": 5060, "TCP": 5060}
         self.core.udp = self.network  # type: ignore[assignment]
-        self.manager = SubscriptionManager(self.core, self.store, self.config, self.clock)
+        self.manager = self._newManager()
         self.manager.load()
         self.manager.install()
         return self.manager
@@ -231,6 +266,8 @@ class Harness:
     def stop(self) -> None:
         self.manager.stop()
         self.core.transactions.stop()
+        self.authorizer.stop()
+        self.billingEngine.dispose()
 
 
 def request(

@@ -50,9 +50,14 @@ def database(request, tmp_path) -> Iterator[str]:
 
 
 def _start(workdir: str, database: str, port: int = 0) -> ServerProcess:
+    # This load client does not authenticate: example.test is trusted.
+    config = os.path.join(workdir, "presence.ini")
+    with open(config, "w") as f:
+        f.write("[billing]\nno_auth_domains = example.test\n")
     return ServerProcess(
         workdir,
         [
+            "--config", config,
             "--listen", "udp:%d:interface=127.0.0.1" % (port,),
             "--listen", "tcp:%d:interface=127.0.0.1" % (port,),
             "--domain", "example.test",

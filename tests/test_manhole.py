@@ -70,6 +70,7 @@ def manholeConfig(workdir: str, extra: str = "") -> str:
         f.write(
             "[server]\ndatabase = sqlite:///%s\n"
             "[manager]\nnotify_min_interval = 0\n"
+            "[billing]\nno_auth_domains = example.test\n"
             "[manhole]\nenabled = yes\nlisten = tcp:0:interface=127.0.0.1\n"
             "authorized_keys = %s\n%s"
             % (os.path.join(workdir, "presence.sqlite"), keysPath, extra)
@@ -442,7 +443,8 @@ def test_sessionShowsAndEndsSubscriptions(tmp_path):
         assert 590 <= pres["publications"][0]["expires"] <= 600
         assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", pres["publications"][0]["modified"])
         assert [w["id"] for w in pres["watchers"]] == [subs[0]["id"]]
-        assert "LIVE True True True 4" in output
+        # store, sip, billing, manager, manhole
+        assert "LIVE True True True 5" in output
 
         client = runScript(tree.manholePort, tree.key, [
             "import json",

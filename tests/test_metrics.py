@@ -264,6 +264,7 @@ def test_scrapeAfterTraffic(tmp_path):
     with open(config, "w") as f:
         f.write(
             "[manager]\nnotify_min_interval = 0\n"
+            "[billing]\nno_auth_domains = example.test\n"
             "[metrics]\nenabled = yes\nlisten = tcp:0:interface=127.0.0.1\n"
         )
     server = ServerProcess(

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from presence.admin.cli import run
+from presence.store.schema import CURRENT_VERSION
 from tests.serverprocess import REPO, ServerProcess
 from tests.sipclient import UDPClient
 
@@ -110,11 +111,11 @@ def test_tapFileAndShutdownTap(tmp_path):
 
 def test_adminDatabaseCommands(tmp_path):
     url = "sqlite:///%s" % (tmp_path / "admin.sqlite",)
-    assert _admin("--database", url, "initdb")[:2] == (0, "Database initialised, schema version 1\n")
+    assert _admin("--database", url, "initdb")[:2] == (0, "Database initialised, schema version %d\n" % (CURRENT_VERSION,))
     code, out, _ = _admin("--database", url, "initdb")
     assert code == 0 and "already initialised" in out
     code, out, _ = _admin("--database", url, "upgradedb")
-    assert code == 0 and "from version 1 to 1" in out
+    assert code == 0 and "from version %d to %d" % (CURRENT_VERSION, CURRENT_VERSION) in out
     code, out, err = _admin("--database", "postgresql+psycopg://nobody@127.0.0.1:1/none", "initdb")
     assert code == 1 and err.startswith("presence-admin: cannot reach database") and err.count("\n") == 1
 
@@ -133,3 +134,29 @@ def test_adminCheckconfig(tmp_path):
 def test_adminUsage():
     code, _, err = _admin()
     assert code == 2 and "a command is required" in err
+
+
+def test_jsonLogAndRequestEvents(tmp_path):
+    """
+    [log] json_file writes one JSON event per line; with [log] requests on,
+    every answered request is an event with its method, AOR, code and time.
+    """
+    import json
+
+    config = tmp_path / "log.ini"
+    logFile = tmp_path / "presence.json"
+    config.write_text("[log]\nrequests = yes\njson_file = %s\nlevel = debug\n" % (logFile,))
+    server = ServerProcess(str(tmp_path), ["--config", str(config)] + LOOPBACK).start(READY)
+    try:
+        client = UDPClient(server.ports["UDP"])
+        assert client.request("OPTIONS", "sip:127.0.0.1").code == 200
+        client.close()
+    finally:
+        server.stopCleanly()
+    events = [json.loads(line) for line in logFile.read_text().splitlines()]
+    outcomes = [e for e in events if e.get("method") == "OPTIONS"]
+    assert len(outcomes) == 1
+    event = outcomes[0]
+    assert event["code"] == 200 and event["aor"] == "sip:127.0.0.1"
+    assert event["log_level"]["name"] == "debug" and event["elapsed"] >= 0
+    assert any("SIP listening on" in (e.get("log_format") or "") for e in events)

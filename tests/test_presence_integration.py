@@ -31,7 +31,9 @@ def server(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("presence"))
     config = os.path.join(workdir, "presence.ini")
     with open(config, "w") as f:
-        f.write("[manager]\nnotify_min_interval = 0.2\n")
+        # These user agents do not authenticate: example.test is trusted
+        # here (authentication is tested in test_billing_integration.py).
+        f.write("[manager]\nnotify_min_interval = 0.2\n[billing]\nno_auth_domains = example.test\n")
     process = ServerProcess(
         workdir,
         [

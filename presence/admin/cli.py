@@ -16,6 +16,7 @@ from typing import Any, Callable, List, Optional
 import sqlalchemy as sa
 from twisted.python import usage
 
+from presence.admin import provisioning
 from presence.config import Config, ConfigError, loadConfig
 from presence.tap import DEFAULT_CONFIG
 from presence.tap import Options as ServerOptions
@@ -76,6 +77,9 @@ class Options(usage.Options):
         ["initdb", None, InitdbOptions, "Create the database schema."],
         ["upgradedb", None, UpgradedbOptions, "Upgrade the database schema."],
         ["checkconfig", None, CheckconfigOptions, "Validate the configuration."],
+        ["account", None, provisioning.AccountOptions, "Accounts: add, remove, passwd, block, unblock, modify, show, list."],
+        ["policy", None, provisioning.PolicyOptions, "Who may watch a presentity: allow, block, ask, clear, show."],
+        ["watchers", None, provisioning.WatchersOptions, "Who watches an AOR, in which state."],
     ]
 
     def postOptions(self) -> None:
@@ -93,8 +97,12 @@ class Options(usage.Options):
 
 
 def _engine(config: Config) -> Any:
+    from presence.store.sql import createEngine
+
     try:
-        return sa.create_engine(config.database)
+        # Configured as the server's (SQLite: WAL, busy timeout, real
+        # transactions), so a command and a running server share the file.
+        return createEngine(config.database, poolSize=1)
     except Exception as e:
         raise AdminError("bad database URL %r: %s" % (config.database, _oneLine(e)))
 
@@ -110,8 +118,13 @@ def withDatabase(config: Config, work: Callable[[Any], Any]) -> Any:
     """
     engine = _engine(config)
     try:
-        with engine.begin() as conn:
-            return work(conn)
+        with engine.connect() as conn:
+            # SQLite: take the write lock up front (BEGIN IMMEDIATE), so a
+            # command waits for the server's writer instead of failing
+            # half-way.
+            conn.execution_options(presenceWrite=True)
+            with conn.begin():
+                return work(conn)
     except sa.exc.OperationalError as e:
         raise AdminError("cannot reach database %s: %s" % (_redact(config.database), _oneLine(e)))
     finally:
@@ -156,7 +169,12 @@ def upgradedb(options: Options, out: Any) -> None:
 
 
 def checkconfig(options: Options, out: Any) -> None:
+    from presence.billing.service import billingProblem
+
     config = options.loadConfig()
+    problem = billingProblem(config)
+    if problem is not None:
+        raise AdminError(problem)
     withDatabase(config, lambda conn: conn.execute(sa.text("SELECT 1")))
     listen = " ".join(str(spec) for spec in config.listen)
     out.write(
@@ -188,16 +206,23 @@ COMMANDS = {
     "initdb": initdb,
     "upgradedb": upgradedb,
     "checkconfig": checkconfig,
+    "account": provisioning.account,
+    "policy": provisioning.policy,
+    "watchers": provisioning.watchers,
 }
 
 
-def run(argv: List[str], out: Any = None, err: Any = None) -> int:
+def run(argv: List[str], out: Any = None, err: Any = None, stdin: Any = None) -> int:
     """
     Run one command; return the exit status.
+
+    @param stdin: where C{--password-file -} reads (standard input by
+        default).
     """
     out = out or sys.stdout
     err = err or sys.stderr
     options = Options()
+    options.stdin = stdin if stdin is not None else sys.stdin
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:

@@ -177,6 +177,83 @@ def _managerMetrics(out: Exposition, manager: Any) -> None:
     )
 
 
+def _billingMetrics(out: Exposition, manager: Any) -> None:
+    """
+    Authentication at the manager's door and the authorizer's cache.
+    """
+    gate = getattr(manager, "gate", None)
+    if gate is not None:
+        counters = gate.counters
+        out.single(
+            "presence_auth_challenges_total", "counter",
+            "401 challenges sent to requests without credentials.", counters.get("challenges"),
+        )
+        out.single(
+            "presence_auth_failures_total", "counter",
+            "Requests with wrong, unknown, malformed or replayed digest credentials (answered 401).",
+            counters.get("failures"),
+        )
+        out.single(
+            "presence_auth_stale_total", "counter",
+            "Right credentials on an expired nonce (answered 401 stale=true).", counters.get("stale"),
+        )
+        out.single(
+            "presence_auth_rate_limited_total", "counter",
+            "Requests refused 403 because their source failed authentication too often.",
+            counters.get("rateLimited"),
+        )
+        out.single(
+            "presence_auth_forbidden_total", "counter",
+            "Authenticated requests refused 403 for the account's standing (blocked, presence disabled).",
+            counters.get("forbidden"),
+        )
+        out.single(
+            "presence_auth_admitted_total", "counter",
+            "Requests admitted (authenticated, or from a domain without authentication).",
+            counters.get("admitted"),
+        )
+        out.single(
+            "presence_auth_tracked_sources", "gauge",
+            "Source addresses with recent authentication failures (bounded).", len(gate.limiter),
+        )
+    authorizer = getattr(manager, "authorizer", None)
+    counters = getattr(authorizer, "counters", None)
+    if counters is not None:
+        out.single(
+            "presence_authorization_cache_hits_total", "counter",
+            "Billing lookups (accounts and watch decisions) answered from the cache.",
+            counters.get("hits"),
+        )
+        out.single(
+            "presence_authorization_cache_misses_total", "counter",
+            "Billing lookups that had to read the database.", counters.get("misses"),
+        )
+        out.single(
+            "presence_authorization_cache_entries", "gauge",
+            "Billing answers cached now.", getattr(authorizer, "cacheSize", None),
+        )
+        out.single(
+            "presence_authorization_invalidated_total", "counter",
+            "Cached billing answers dropped because an account or policy changed.",
+            counters.get("invalidated"),
+        )
+        out.single(
+            "presence_authorization_poll_errors_total", "counter",
+            "Polls of the billing change log that failed.", counters.get("pollErrors"),
+        )
+    managerCounters = getattr(manager, "counters", {})
+    out.single(
+        "presence_subscriptions_rejected_total", "counter",
+        "Subscriptions refused or ended because the watcher may not see the presentity.",
+        managerCounters.get("rejected"),
+    )
+    out.single(
+        "presence_billing_errors_total", "counter",
+        "Requests answered 500 because billing could not be reached.",
+        managerCounters.get("billingErrors"),
+    )
+
+
 # (metric, type, help, store attribute)
 _STORE_METRICS = (
     ("presence_store_batches_total", "counter", "Write batches run by the store.", "batchCount"),
@@ -228,6 +305,7 @@ def collect(live: LiveObjects) -> str:
         )
         if manager is not None:
             _managerMetrics(out, manager)
+            _billingMetrics(out, manager)
     store = live.store
     if store is not None:
         _storeMetrics(out, store)

@@ -8,23 +8,33 @@ promise that survives a crash.  Group commit in the store makes that cheap
 under load.  State changes are applied in memory when their write commits;
 until then, an entity-tag or dialog being changed is claimed so that a
 racing request sees a consistent state.
+
+Billing comes first: a SUBSCRIBE or PUBLISH (in-dialog refreshes too) is
+authenticated by the L{AuthGate} (digest, account standing) before it
+touches any state, and a new subscription is recorded only once the
+authorizer has decided the watcher may see the presentity (active) or must
+wait for the owner's consent (pending).  When billing changes, the
+subscriptions concerned are decided again.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Hashable, Iterable, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Hashable, Iterable, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from presence.billing.gate import AuthGate, FailureLimiter, Refused
+from presence.billing.records import ALLOW, BLOCK
 from presence.config import Config
 from presence.manager.expiry import ExpiryWheel
 from presence.manager.notifier import PIDF, Notifier
 from presence.manager.state import DialogKey, Presentity, Publication, Subscription
 from presence.pidf import PidfError, parsePidf
 from presence.sip.core import SIPCore
+from presence.sip.digest import DigestAuthenticator
 from presence.sip.headers import HeaderError, NameAddr, parseValueParams
 from presence.sip.message import Request
 from presence.sip.transaction import COMPLETED, TERMINATED, ServerTransaction
@@ -50,11 +60,30 @@ class SubscriptionManager:
     @ivar publications: entity-tag to live publication.
     @ivar presentities: AOR to L{Presentity}, for those with publications
         or watchers.
+    @ivar authorizer: the L{presence.interfaces.IAuthorizer}, or L{None}
+        when the manager runs without billing (every request allowed).
+    @ivar gate: the L{AuthGate} in front of both handlers, or L{None}
+        without billing.
     """
 
     log = Logger()
 
-    def __init__(self, core: SIPCore, store: Any, config: Config, clock: Any) -> None:
+    def __init__(
+        self,
+        core: SIPCore,
+        store: Any,
+        config: Config,
+        clock: Any,
+        authorizer: Any = None,
+        digest: Optional[DigestAuthenticator] = None,
+    ) -> None:
+        """
+        @param authorizer: billing, an L{presence.interfaces.IAuthorizer};
+            without one nothing is authenticated nor authorized (tools and
+            tests of other parts only).
+        @param digest: issues and checks digest nonces; every manager of a
+            cluster must share its secret.  A random secret by default.
+        """
         self.core = core
         self.store = store
         self.config = config
@@ -67,7 +96,25 @@ class SubscriptionManager:
         self.presentities: Dict[str, Presentity] = {}
         self.expiry = ExpiryWheel(clock, self._expired)
         self.notifier = Notifier(self)
-        self.counters = {"storeErrors": 0}
+        self.counters = {"storeErrors": 0, "billingErrors": 0, "rejected": 0}
+        self.authorizer = authorizer
+        self.gate: Optional[AuthGate] = None
+        self._billingEpoch = 0
+        # Requests taken but waiting for billing, and who waits for none.
+        self._awaitingBilling = 0
+        self._idleWaiters: List[Deferred] = []
+        if authorizer is None:
+            self.log.warn(
+                "Subscription manager {node} runs without billing: nothing is authenticated",
+                node=self.node,
+            )
+        else:
+            if digest is None:
+                digest = DigestAuthenticator(
+                    os.urandom(32), clock, config.billingNonceLifetime, config.billingAlgorithms
+                )
+            limiter = FailureLimiter(clock, config.billingMaxAuthFailures, config.billingAuthFailureWindow)
+            self.gate = AuthGate(authorizer, digest, clock, config.billingNoAuthDomains, limiter)
 
     def install(self) -> None:
         """
@@ -77,6 +124,8 @@ class SubscriptionManager:
         self.core.addHandler("PUBLISH", self._guarded(self.publishReceived))
         self.core.acceptTypes = [PIDF]
         self.core.allowEvents = ["presence"]
+        if self.authorizer is not None:
+            self.authorizer.addChangeListener(self.billingChanged)
 
     def _guarded(self, handler: Any) -> Any:
         """
@@ -94,6 +143,91 @@ class SubscriptionManager:
                     self.core.respond(tx, 500)
 
         return serve
+
+    def _continue(self, tx: ServerTransaction, step: Any, *args: Any) -> None:
+        """
+        Run the next step of a request whose handling went asynchronous,
+        with the same guarantee as L{_guarded}: an error answers 500.
+        """
+        try:
+            step(*args)
+        except Exception:
+            self.log.failure("Error serving {method}", method=tx.request.method)
+            if tx.state not in (COMPLETED, TERMINATED):
+                self.core.respond(tx, 500)
+
+    def _admit(self, request: Request, tx: ServerTransaction, aor: str, step: Any, *args: Any) -> None:
+        """
+        Authenticate the sender of C{request} as C{aor} (its From), then
+        call C{step(aor, *args)}; or answer the gate's refusal.  Without
+        billing, C{step(None, *args)} at once.
+        """
+        gate = self.gate
+        if gate is None:
+            step(None, *args)
+            return
+        d = gate.admit(request, tx.source.host, aor)
+        d.addCallback(self._admitted, tx, step, args)
+        d.addErrback(self._billingFailed, tx)
+        self._hold(d)
+
+    def _hold(self, d: Deferred) -> None:
+        """
+        Count a request as taken until C{d} (its billing step, which ends
+        by issuing its next step) has fired: an orderly shutdown waits for
+        these before the store stops taking writes (L{whenIdle}).
+        """
+        if d.called:
+            return
+        self._awaitingBilling += 1
+
+        def done(result: Any) -> Any:
+            self._awaitingBilling -= 1
+            if not self._awaitingBilling:
+                waiters, self._idleWaiters = self._idleWaiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+            return result
+
+        d.addBoth(done)
+
+    def whenIdle(self, timeout: float = 10.0) -> Deferred:
+        """
+        Fire once no request waits for billing (each has then issued its
+        store write, or been answered), or after C{timeout} seconds.
+        """
+        if not self._awaitingBilling:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._idleWaiters.append(d)
+
+        def expired() -> None:
+            if d in self._idleWaiters:
+                self._idleWaiters.remove(d)
+                self.log.warn(
+                    "Stopping with {count} requests still waiting for billing",
+                    count=self._awaitingBilling,
+                )
+                d.callback(None)
+
+        timer = self.clock.callLater(timeout, expired)
+        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return d
+
+    def _admitted(self, verdict: Any, tx: ServerTransaction, step: Any, args: Tuple[Any, ...]) -> None:
+        if isinstance(verdict, Refused):
+            self.core.respond(tx, verdict.code, verdict.reason, verdict.headers)
+            return
+        self._continue(tx, step, verdict.aor, *args)
+
+    def _billingFailed(self, failure: Failure, tx: ServerTransaction) -> None:
+        """
+        Billing could not answer: decide nothing, ask the UA to retry.
+        """
+        self.counters["billingErrors"] += 1
+        self.log.failure("Billing failed for {method}", failure, method=tx.request.method)
+        if tx.state not in (COMPLETED, TERMINATED):
+            self.core.respond(tx, 500, "Billing Unavailable", [("Retry-After", "5")])
 
     # State shared by both handlers.
 
@@ -126,7 +260,10 @@ class SubscriptionManager:
         if pres.compose() != before:
             subs = self.subscriptions
             for sid in list(pres.watchers):
-                self.notifier.notify(subs[sid])
+                sub = subs[sid]
+                # A pending watcher is told nothing until it is allowed.
+                if sub.state == "active":
+                    self.notifier.notify(sub)
         self._release(pres)
 
     def storeFailed(self, failure: Failure, what: str) -> None:
@@ -195,11 +332,16 @@ class SubscriptionManager:
             return
         localTag = toAddr.tag
         if localTag:
-            sub = self.dialogs.get((request.callId or "", localTag, remoteTag, eventId))
-            if sub is None or sub.terminated:
-                core.respond(tx, 481)
-            else:
-                self._refresh(sub, request, tx, expires, cseq)
+            key = (request.callId or "", localTag, remoteTag, eventId)
+            if self.gate is None:
+                self._inDialog(None, request, tx, key, expires, cseq)
+                return
+            try:
+                sender = normaliseAOR(fromAddr.uri)
+            except URIError as e:
+                core.respond(tx, 400, str(e) or "Bad From")
+                return
+            self._admit(request, tx, sender, self._inDialog, request, tx, key, expires, cseq)
             return
         accepts = [value.split(";")[0].strip().lower() for value in request.headerValues("accept")]
         if accepts and not _ACCEPTABLE.intersection(accepts):
@@ -220,6 +362,81 @@ class SubscriptionManager:
         except (HeaderError, URIError) as e:
             core.respond(tx, 400, str(e) or "Bad Contact")
             return
+        self._admit(
+            request, tx, watcher, self._authorizeWatch,
+            request, tx, watcher, presentity, remoteTarget, remoteTag, eventId, expires, cseq,
+        )
+
+    def _inDialog(
+        self,
+        sender: Optional[str],
+        request: Request,
+        tx: ServerTransaction,
+        key: DialogKey,
+        expires: int,
+        cseq: int,
+    ) -> None:
+        """
+        An authenticated in-dialog SUBSCRIBE: only the subscription's own
+        watcher may refresh or end it.
+        """
+        sub = self.dialogs.get(key)
+        if sub is None or sub.terminated:
+            self.core.respond(tx, 481)
+        elif sender is not None and sender != sub.watcher:
+            self.core.respond(tx, 403, "Not The Watcher")
+        else:
+            self._refresh(sub, request, tx, expires, cseq)
+
+    def _authorizeWatch(
+        self,
+        sender: Optional[str],
+        request: Request,
+        tx: ServerTransaction,
+        watcher: str,
+        presentity: str,
+        remoteTarget: str,
+        remoteTag: str,
+        eventId: str,
+        expires: int,
+        cseq: int,
+    ) -> None:
+        """
+        The watcher is authenticated: ask billing whether it may see the
+        presentity, then make the subscription.
+        """
+        args = (request, tx, watcher, presentity, remoteTarget, remoteTag, eventId, expires, cseq)
+        if self.authorizer is None:
+            self._newSubscription(ALLOW, self._billingEpoch, *args)
+            return
+        epoch = self._billingEpoch
+        d = self.authorizer.watchDecision(watcher, presentity)
+        d.addCallback(lambda decision: self._continue(tx, self._newSubscription, decision, epoch, *args))
+        d.addErrback(self._billingFailed, tx)
+        self._hold(d)
+
+    def _newSubscription(
+        self,
+        decision: str,
+        epoch: int,
+        request: Request,
+        tx: ServerTransaction,
+        watcher: str,
+        presentity: str,
+        remoteTarget: str,
+        remoteTag: str,
+        eventId: str,
+        expires: int,
+        cseq: int,
+    ) -> None:
+        """
+        Record a subscription billing allowed (active) or asked the owner
+        about (pending: NOTIFYs carry no state until allowed).
+        """
+        if decision == BLOCK:
+            self.counters["rejected"] += 1
+            self.core.respond(tx, 403, "Not Authorized To Watch")
+            return
         now = self.clock.seconds()
         sub = Subscription(
             id=newId(),
@@ -235,6 +452,7 @@ class SubscriptionManager:
             expiresAt=now + expires,
             createdAt=now,
             remoteCSeq=cseq,
+            state="active" if decision == ALLOW else "pending",
         )
         if expires == 0:
             # A fetch (RFC 6665 §4.4.3): the state once, no subscription.
@@ -243,9 +461,18 @@ class SubscriptionManager:
             self.notifier.finish(sub, "timeout")
             return
         self._claimDialog(sub)
-        self.store.addSubscription(sub.toRecord(self.node)).addCallbacks(
-            self._subscribed, self._subscribeFailed, (tx, sub, expires), None, (tx, sub)
-        )
+        d = self.store.addSubscription(sub.toRecord(self.node))
+        d.addCallbacks(self._subscribed, self._subscribeFailed, (tx, sub, expires), None, (tx, sub))
+        if self.authorizer is not None:
+            d.addCallback(self._decidedBefore, sub, epoch)
+
+    def _decidedBefore(self, _: Any, sub: Subscription, epoch: int) -> None:
+        """
+        Billing changed while this subscription was being decided or
+        recorded: its decision may predate the change, decide again.
+        """
+        if epoch != self._billingEpoch and self.subscriptions.get(sub.id) is sub:
+            self._reevaluate([sub])
 
     def _claimDialog(self, sub: Subscription) -> None:
         self.dialogs[sub.dialogKey] = sub
@@ -408,6 +635,27 @@ class SubscriptionManager:
         if presentity is None:
             core.respond(tx, 404)
             return
+        if self.gate is None:
+            self._publishAdmitted(None, request, tx, presentity)
+            return
+        try:
+            publisher = normaliseAOR(request.fromAddr().uri)
+        except (HeaderError, URIError) as e:
+            core.respond(tx, 400, str(e) or "Bad From")
+            return
+        self._admit(request, tx, publisher, self._publishAdmitted, request, tx, presentity)
+
+    def _publishAdmitted(
+        self, publisher: Optional[str], request: Request, tx: ServerTransaction, presentity: str
+    ) -> None:
+        """
+        An authenticated PUBLISH: a user publishes only its own state.
+        """
+        core = self.core
+        config = self.config
+        if publisher is not None and publisher != presentity:
+            core.respond(tx, 403, "Not Your Presentity")
+            return
         expires = self._expires(request, config.publishDefaultExpires, config.publishMaxExpires)
         ifMatch = request.header("sip-if-match")
         body = request.body
@@ -533,6 +781,67 @@ class SubscriptionManager:
         self.storeFailed(failure, "publication")
         self.core.respond(tx, 500, "Database Unavailable", [("Retry-After", "5")])
 
+    # Billing changes.
+
+    def billingChanged(self, aors: Optional[FrozenSet[str]]) -> None:
+        """
+        Accounts or watch rules of C{aors} changed (L{None}: anything may
+        have): decide again every subscription where one is the watcher or
+        the presentity.  Provisioning is rare, so a scan is fine.
+        """
+        self._billingEpoch += 1
+        subs = [
+            sub
+            for sub in self.subscriptions.values()
+            if aors is None or sub.watcher in aors or sub.presentity in aors
+        ]
+        self._reevaluate(subs)
+
+    def _reevaluate(self, subs: Iterable[Subscription]) -> None:
+        authorizer = self.authorizer
+        if authorizer is None:
+            return
+        for sub in subs:
+            authorizer.watchDecision(sub.watcher, sub.presentity).addCallbacks(
+                self._redecided, self._redecideFailed, (sub,), None, (sub,)
+            )
+
+    def _redecided(self, decision: str, sub: Subscription) -> None:
+        """
+        Apply a new decision: blocked ends the subscription
+        (C{terminated;reason=rejected}); pending to active sends the state,
+        active to pending withdraws it.  Memory changes at once (a watcher
+        must stop seeing a state as soon as it may not), the store follows.
+        """
+        if sub.terminated or self.subscriptions.get(sub.id) is not sub:
+            return
+        if decision == BLOCK:
+            self.counters["rejected"] += 1
+            self.log.info(
+                "Billing: {watcher} may no longer watch {presentity}",
+                watcher=sub.watcher,
+                presentity=sub.presentity,
+            )
+            self.terminate(sub, "rejected")
+            return
+        state = "active" if decision == ALLOW else "pending"
+        if state == sub.state:
+            return
+        sub.state = state
+        self.store.updateSubscription(sub.id, state=state).addErrback(
+            self.storeFailed, "state of " + sub.id
+        )
+        self.notifier.notify(sub, immediate=True)
+
+    def _redecideFailed(self, failure: Failure, sub: Subscription) -> None:
+        self.counters["billingErrors"] += 1
+        self.log.failure(
+            "Billing: cannot decide again for {watcher} -> {presentity}",
+            failure,
+            watcher=sub.watcher,
+            presentity=sub.presentity,
+        )
+
     # Expiry.
 
     def _expired(self, keys: List[Hashable]) -> None:
@@ -617,3 +926,5 @@ class SubscriptionManager:
         """
         self.expiry.stop()
         self.notifier.stop(self.subscriptions.values())
+        if self.authorizer is not None:
+            self.authorizer.removeChangeListener(self.billingChanged)

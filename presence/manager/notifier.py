@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from presence.manager.state import CSEQ_BLOCK, Subscription
 from presence.sip.message import Request, Response
+from presence.sip.target import Target
 
 if TYPE_CHECKING:
     from presence.manager.manager import SubscriptionManager
@@ -111,14 +112,42 @@ class Notifier:
             manager.store.updateSubscription(sub.id, localCSeq=sub.cseqCeiling).addErrback(
                 manager.storeFailed, "CSeq ceiling of " + sub.id
             )
+        target = self.targetOf(sub)
         request = self.build(sub)
         sub.inFlight = True
         sub.lastNotify = self.clock.seconds()
         self.counters["sent"] += 1
         final = sub.final
         sub.final = None
-        tx = manager.core.sendRequest(request, sub.target)
+        tx = manager.core.sendRequest(request, target)
         tx.deferred.addCallback(self._answered, sub, final)
+
+    def targetOf(self, sub: Subscription) -> Target:
+        """
+        Where C{sub}'s NOTIFY is sent: the flow its SUBSCRIBE (or latest
+        refresh) came in on.  Through a dispatcher that is the dispatcher,
+        and the route set takes the NOTIFY on from there to the watcher.
+
+        A connection from such a proxy may have been replaced (it
+        reconnected) or, for a subscription reloaded from the store, be a
+        token of an earlier run, which this run may have given to another
+        connection.  When the subscription has a route set, any open
+        connection from the same proxy host will do: the Route, not the
+        connection, says where the NOTIFY goes next.  Without a route set
+        the flow reaches the watcher itself and nothing else can stand in.
+        """
+        target = sub.target
+        if target.flow is None or not sub.routeSet:
+            return target
+        flows = self.manager.core.flows
+        flow = flows.get(target.flow)
+        if flow is not None and flow.peer == (target.host, target.port):
+            return target
+        for flow in flows.all():
+            if flow.peer[0] == target.host and flow.transportName == target.transport:
+                sub.target = flow.source()
+                return sub.target
+        return target
 
     def build(self, sub: Subscription) -> Request:
         """
@@ -139,7 +168,9 @@ class Notifier:
         final = sub.final
         if final is not None:
             headers["subscription-state"] = ["terminated;reason=" + final]
-            withState = final in ("timeout", "noresource")
+            # A pending watcher never sees the state, not even in the last
+            # NOTIFY (RFC 6665 §4.2.2, RFC 3856 §6.6 privacy).
+            withState = final in ("timeout", "noresource") and sub.state == "active"
         else:
             remaining = max(0, int(sub.expiresAt - self.clock.seconds() + 0.5))
             headers["subscription-state"] = ["%s;expires=%d" % (sub.state, remaining)]

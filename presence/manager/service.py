@@ -1,10 +1,11 @@
 """
 The service that runs a subscription manager inside the service tree.
 
-It needs the SIP core (from the C{"sip"} service) and the store (from the
-C{"store"} service).  Until the store is up and the manager has reloaded
-its state, SUBSCRIBE and PUBLISH are answered 503 with Retry-After rather
-than served from an empty memory.
+It needs the SIP core (from the C{"sip"} service), the store (from the
+C{"store"} service) and billing (from the C{"billing"} service: the
+authorizer and the digest authenticator).  Until the store is up, billing
+serves and the manager has reloaded its state, SUBSCRIBE and PUBLISH are
+answered 503 with Retry-After rather than served from an empty memory.
 """
 
 from __future__ import annotations
@@ -60,11 +61,30 @@ class ManagerService(service.Service):
         for method in ("SUBSCRIBE", "PUBLISH"):
             core.addHandler(method, _unavailable(core))
         self._ready = storeService.whenReady()
+        self._ready.addCallback(self._billingReady, parent)
         self._ready.addCallback(self._storeReady, core)
         self._ready.addErrback(self._failed)
 
-    def _storeReady(self, store: Any, core: Any) -> Deferred:
-        manager = SubscriptionManager(core, store, self.config, self.reactor)
+    def _billingReady(self, store: Any, parent: Any) -> Any:
+        """
+        Wait for the billing service, if the tree has one.
+
+        @return: C{(store, billing service or None)}.
+        """
+        try:
+            billing = parent.getServiceNamed("billing")
+        except KeyError:
+            return (store, None)
+        return billing.whenReady().addCallback(lambda ready: (store, ready))
+
+    def _storeReady(self, ready: Any, core: Any) -> Deferred:
+        store, billing = ready
+        if billing is None:
+            manager = SubscriptionManager(core, store, self.config, self.reactor)
+        else:
+            manager = SubscriptionManager(
+                core, store, self.config, self.reactor, billing.authorizer, billing.digest
+            )
         d = manager.load()
 
         def loaded(_: Any) -> None:
@@ -95,11 +115,20 @@ class ManagerService(service.Service):
         return d
 
     def stopService(self) -> Any:
+        """
+        Stop the manager once the requests it took have left billing (each
+        then has its store write queued, which the store flushes before it
+        stops), so an orderly shutdown answers them rather than failing
+        them.
+        """
         service.Service.stopService(self)
-        if self.manager is not None:
-            self.manager.stop()
-            self.manager = None
-        return None
+        manager = self.manager
+        if manager is None:
+            return None
+        self.manager = None
+        d = manager.whenIdle()
+        d.addCallback(lambda _: manager.stop())
+        return d
 
 
 def _unavailable(core: Any) -> Any:

@@ -81,6 +81,7 @@ class SIPCore:
         self.udp: Optional[SIPDatagramProtocol] = None
         self.ports: Dict[str, int] = {}
         self.advertisedHost = advertisedHost
+        self.logRequests = False
         self._localHosts: Dict[str, str] = {}
         self.counters: Dict[str, int] = {
             "requests": 0,
@@ -269,7 +270,26 @@ class SIPCore:
         if body:
             response.body = body
         tx.respond(response)
+        if code >= 200 and (self.logRequests or code >= 500 or code == 403):
+            self._logOutcome(tx, code)
         return response
+
+    def _logOutcome(self, tx: ServerTransaction, code: int) -> None:
+        """
+        One event per answered request, with fields: at debug level when
+        request logging is on, and as a warning for refused (403) and failed
+        (5xx) work.
+        """
+        request = tx.request
+        emit = self.log.warn if code >= 500 or code == 403 else self.log.debug
+        emit(
+            "{method} {aor} from {source} -> {code} in {elapsed:.1f} ms",
+            method=request.method,
+            aor=request.uri,
+            source="%s:%s:%d" % (tx.source.transport, tx.source.host, tx.source.port),
+            code=code,
+            elapsed=(self.reactor.seconds() - tx.started) * 1000.0,  # type: ignore[attr-defined]
+        )
 
     def _addTag(self, response: Response) -> None:
         to = response.headers.get("to")

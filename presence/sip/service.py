@@ -63,6 +63,7 @@ class SIPService(service.Service):
             TimerSettings(T1=config.t1, T2=config.t2, T4=config.t4),
             config.advertise or None,
         )
+        self.core.logRequests = config.logRequests
         udpPorts: Dict[str, int] = {}
         for spec in sorted(config.listen, key=lambda s: s.transport != "UDP"):
             self._listen(spec, limits, udpPorts)

@@ -259,12 +259,14 @@ class ServerTransaction:
         "_last",
         "_record",
         "onTransportError",
+        "started",
     )
 
     def __init__(self, layer: TransactionLayer, request: Request, source: Target, key: str) -> None:
         self._layer = layer
         self.request = request
         self.source = source
+        self.started = layer._reactor.seconds()
         self._key = key
         self._state = TRYING
         self._last: Optional[Response] = None

@@ -83,6 +83,50 @@ publications = sa.Table(
     sa.Index("ix_publications_expires_at", "expires_at"),
 )
 
+#: Billing (L{presence.billing}): one row per provisioned account.  Digest
+#: credentials are kept only as HA1 values, one per algorithm, bound to
+#: C{realm}; C{status} is C{"active"} or C{"blocked"}.
+accounts = sa.Table(
+    "accounts",
+    METADATA,
+    sa.Column("aor", sa.Text, primary_key=True),
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("realm", sa.Text, nullable=False),
+    sa.Column("ha1_md5", sa.Text, nullable=False),
+    sa.Column("ha1_sha256", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("presence_enabled", sa.Boolean, nullable=False),
+    sa.Column("customer", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Index("ix_accounts_customer", "customer"),
+)
+
+#: Who may watch whom: per presentity, a watcher pattern (an AOR,
+#: C{"@domain"} or C{"*"}) and an action (C{allow}, C{block}, C{ask}).
+watch_policies = sa.Table(
+    "watch_policies",
+    METADATA,
+    sa.Column("presentity", sa.Text, primary_key=True),
+    sa.Column("pattern", sa.Text, primary_key=True),
+    sa.Column("action", sa.Text, nullable=False),
+)
+
+#: Every provisioning change appends the AORs it touched here, in the same
+#: transaction, so running managers poll what changed (monotonic C{id}).
+billing_changes = sa.Table(
+    "billing_changes",
+    METADATA,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("aor", sa.Text, nullable=False),
+    sa.Column("changed_at", sa.Double, nullable=False),
+    sa.Index("ix_billing_changes_changed_at", "changed_at"),
+)
+
 #: Record field name -> column name, in record field order.
 SUBSCRIPTION_COLUMNS = {
     "id": "id",
@@ -173,11 +217,56 @@ def _createCore(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _createBilling(conn: Connection) -> None:
+    """
+    Version 1 -> 2: accounts, watch policies and the change log of billing.
+
+    Frozen: this is what version 2 added, whatever L{METADATA} says now.
+    """
+    md = sa.MetaData()
+    sa.Table(
+        "accounts",
+        md,
+        sa.Column("aor", sa.Text, primary_key=True),
+        sa.Column("username", sa.Text, nullable=False),
+        sa.Column("realm", sa.Text, nullable=False),
+        sa.Column("ha1_md5", sa.Text, nullable=False),
+        sa.Column("ha1_sha256", sa.Text, nullable=False),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("presence_enabled", sa.Boolean, nullable=False),
+        sa.Column("customer", sa.Text, nullable=False),
+        sa.Column("created_at", sa.Double, nullable=False),
+        sa.Index("ix_accounts_customer", "customer"),
+    )
+    sa.Table(
+        "watch_policies",
+        md,
+        sa.Column("presentity", sa.Text, primary_key=True),
+        sa.Column("pattern", sa.Text, primary_key=True),
+        sa.Column("action", sa.Text, nullable=False),
+    )
+    sa.Table(
+        "billing_changes",
+        md,
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("aor", sa.Text, nullable=False),
+        sa.Column("changed_at", sa.Double, nullable=False),
+        sa.Index("ix_billing_changes_changed_at", "changed_at"),
+    )
+    md.create_all(conn)
+
+
 UpgradeStep = Callable[[Connection], None]
 
 #: C{UPGRADE_STEPS[n]} upgrades a version-C{n} database to version C{n+1}.
 UPGRADE_STEPS: List[UpgradeStep] = [
     _createCore,
+    _createBilling,
 ]
 
 #: The schema version this code writes and reads.

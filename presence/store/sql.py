@@ -261,6 +261,7 @@ class SQLStore:
         maxBatchSize: int = 1000,
         sqliteSynchronous: str = "NORMAL",
         busyTimeout: float = 10.0,
+        stopOnShutdown: bool = True,
     ) -> None:
         """
         @param url: a SQLAlchemy URL: C{sqlite:///path/to/file} or
@@ -278,6 +279,11 @@ class SQLStore:
             docstring.
         @param busyTimeout: SQLite: seconds to wait for another process's
             lock before failing.
+        @param stopOnShutdown: stop by itself when the reactor shuts down.
+            A service tree that stops it in order (L{presence.root}: after
+            the services that still have writes to issue) turns this off,
+            or the store would refuse those writes as soon as shutdown
+            begins.
         """
         if sqliteSynchronous.upper() not in _SYNCHRONOUS_MODES:
             raise ValueError("sqliteSynchronous must be one of %s" % (", ".join(_SYNCHRONOUS_MODES),))
@@ -288,10 +294,11 @@ class SQLStore:
         self.maxBatchSize = maxBatchSize
         self.sqliteSynchronous = sqliteSynchronous.upper()
         self.busyTimeout = busyTimeout
+        self.stopOnShutdown = stopOnShutdown
         self._reactor = reactor
         self._resetRuntime()
 
-    _CONFIG = ("url", "readThreads", "maxBatchSize", "sqliteSynchronous", "busyTimeout")
+    _CONFIG = ("url", "readThreads", "maxBatchSize", "sqliteSynchronous", "busyTimeout", "stopOnShutdown")
 
     def _resetRuntime(self) -> None:
         """
@@ -323,7 +330,7 @@ class SQLStore:
         Keep only configuration: engines, pools and reactors are rebuilt by
         L{start} after unpickling.
         """
-        return {name: getattr(self, name) for name in self._CONFIG}
+        return {name: getattr(self, name, True) for name in self._CONFIG}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         """
@@ -399,9 +406,10 @@ class SQLStore:
             self._starting = False
             self._running = True
             self.schemaVersion = version
-            self._shutdownTrigger = self._reactor.addSystemEventTrigger(
-                "before", "shutdown", self._stopForShutdown
-            )
+            if getattr(self, "stopOnShutdown", True):
+                self._shutdownTrigger = self._reactor.addSystemEventTrigger(
+                    "before", "shutdown", self._stopForShutdown
+                )
             self.log.info("store {store!r} started, schema version {version}", store=self, version=version)
             self._fireStartWaiters()
 
@@ -789,6 +797,18 @@ class SQLStore:
 
         d.addBoth(done)
         return d
+
+    def runRead(self, fn: Callable[[Connection], Any]) -> Deferred:
+        """
+        Run C{fn(conn)} on the reader pool, for other parts reading their own
+        tables in this database (billing's accounts and policies): a
+        connection in a read transaction, never the reactor thread, and the
+        same refusal when the store is not running.  C{fn} must return plain
+        data, never rows or results.
+
+        @return: a Deferred firing with what C{fn} returned.
+        """
+        return self._read(fn)
 
     def _readInThread(self, fn: Callable[[Connection], Any]) -> Any:
         """
