@@ -168,7 +168,7 @@ def makeService(options: Any) -> service.IService:
     if options.get("role") == "dispatcher":
         from presence.dispatcher.service import DispatcherService
 
-        SIPService(config).setServiceParent(root)
+        SIPService(config, withDatabase=False).setServiceParent(root)
         DispatcherService(config).setServiceParent(root)
         _addAdmin(root, config, options)
         return root

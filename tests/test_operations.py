@@ -160,3 +160,28 @@ def test_jsonLogAndRequestEvents(tmp_path):
     assert event["code"] == 200 and event["aor"] == "sip:127.0.0.1"
     assert event["log_level"]["name"] == "debug" and event["elapsed"] >= 0
     assert any("SIP listening on" in (e.get("log_format") or "") for e in events)
+
+
+def test_noOptionsRunsEmbeddedDefault(tmp_path):
+    """
+    twistd -n presence with no options at all: SIP on UDP and TCP 5060, an
+    SQLite file in the working directory, one start-up line saying so.
+    """
+    import socket
+
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("0.0.0.0", 5060))
+            except OSError:
+                pytest.skip("port 5060 is in use on this machine")
+    server = ServerProcess(str(tmp_path), [], twistdArgs=["presence"]).start(READY)
+    try:
+        line = server.waitFor("SIP listening on")
+        assert "UDP 0.0.0.0:5060, TCP 0.0.0.0:5060; database sqlite:///presence.sqlite" in line
+        client = UDPClient(5060)
+        assert client.request("OPTIONS", "sip:127.0.0.1").code == 200
+        client.close()
+        assert (tmp_path / "presence.sqlite").exists()
+    finally:
+        server.stopCleanly()

@@ -33,8 +33,13 @@ class SIPService(service.Service):
     log = Logger()
     name = "sip"
 
-    def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
+    def __init__(self, config: Config, reactor: Optional[Any] = None, withDatabase: bool = True) -> None:
+        """
+        @param withDatabase: name the database in the start-up line (a
+            dispatcher has none).
+        """
         self.config = config
+        self.withDatabase = withDatabase
         self._reactor = reactor
         self.core: Optional[SIPCore] = None
         self.addresses: List[tuple] = []
@@ -68,9 +73,13 @@ class SIPService(service.Service):
         for spec in sorted(config.listen, key=lambda s: s.transport != "UDP"):
             self._listen(spec, limits, udpPorts)
         service.Service.startService(self)
+        database = ""
+        if self.withDatabase:
+            database = "; database " + _redacted(config.database)
         self.log.info(
-            "SIP listening on {addresses}",
+            "SIP listening on {addresses}{database}",
             addresses=", ".join("%s %s:%d" % a for a in self.addresses),
+            database=database,
         )
 
     def _listen(self, spec: ListenSpec, limits: Any, udpPorts: Dict[str, int]) -> None:
@@ -130,6 +139,18 @@ class SIPService(service.Service):
             for flow in self.core.flows.all():
                 flow.transport.loseConnection()
         return gatherResults([maybeDeferred(p.stopListening) for p in ports])
+
+
+def _redacted(url: str) -> str:
+    """
+    A database URL fit for a log line: no password.
+    """
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable URL)"
 
 
 def _tlsContext(spec: ListenSpec) -> Any:
