@@ -498,7 +498,7 @@ class SippRun:
         if recvTimeoutMs is not None:
             command += ["-recv_timeout", str(recvTimeoutMs)]
         if rtt:
-            command += ["-trace_rtt", "-rtt_freq", "200"]
+            command += ["-trace_rtt", "-rtt_freq", "1"]
         if counts:
             command += ["-trace_counts"]
         self.command = command + list(extra)

@@ -314,6 +314,8 @@ class Bench:
         load = loadAverage()
         notified0 = _lastCount(watchers, "4_NOTIFY_Recv")
         meter = CPUMeter(server.pid).start()
+        assert watchers.process is not None
+        watcherMeter = CPUMeter(watchers.process.pid).start()
         publisher.start()
         profiler = self._profile(server, stepTag, duration)
         try:
@@ -322,6 +324,7 @@ class Bench:
             # Let the last NOTIFYs arrive and sipp write its next counts row.
             time.sleep(2.2)
             cpu = meter.stop()
+            watcherCpu = watcherMeter.stop()["cpuPercent"]
             notified = _lastCount(watchers, "4_NOTIFY_Recv") - notified0
             summary = publisher.summary()
             self._profileDone(profiler, stepTag, summary)
@@ -339,6 +342,7 @@ class Bench:
             notifiesPerSecond=round(notified / max(elapsed, 1e-3), 1),
             notifiesOffered=offered,
             notifyFailuresLogged=failures,
+            watcherSippCpuPercent=watcherCpu,
             serverRssKiB=memoryOf(server.pid).get("VmRSS"),
         )
         result["passed"] = bool(result["passed"] and failures <= 0.01 * max(notified, 1))
@@ -368,9 +372,9 @@ class Bench:
         if "callsPerBatch" in r:
             extra = " calls/commit=%s" % (r["callsPerBatch"],)
         if r["workload"] == "watchers":
-            extra = " publish/s=%s NOTIFY/s=%s (%d of %d offered, %d failed)" % (
+            extra = " publish/s=%s NOTIFY/s=%s (%d of %d offered, %d failed) watcher-sipp=%s%%" % (
                 r["publishPerSecond"], r["notifiesPerSecond"], r["notifiesDelivered"],
-                r["notifiesOffered"], r["notifyFailuresLogged"],
+                r["notifiesOffered"], r["notifyFailuresLogged"], r["watcherSippCpuPercent"],
             )
         log(
             "%-14s %-10s rate=%-6g achieved=%-7s failed=%s/%s (%s%%) p50=%sms p99=%sms "

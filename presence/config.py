@@ -35,6 +35,13 @@ def _positiveInt(text: str) -> int:
     return value
 
 
+def _nonNegativeInt(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
 def _listenList(text: str) -> Tuple[ListenSpec, ...]:
     try:
         return tuple(ListenSpec.fromString(item) for item in text.split() if item)
@@ -89,6 +96,25 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _clientEndpoint(text: str) -> str:
+    """
+    A Twisted client endpoint description (C{tcp:HOST:PORT},
+    C{tls:HOST:PORT[:trustRoots=DIR]}, C{unix:PATH}), or empty for none;
+    checked for syntax only: nothing connects yet.
+    """
+    from twisted.internet.endpoints import clientFromString
+
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        # The reactor is only stored by the endpoint, never used here.
+        clientFromString(None, text)
+    except Exception as e:
+        raise ValueError("not a client endpoint: %s" % (" ".join(str(e).split()) or type(e).__name__,))
+    return text
+
+
 def _nonNegativeFloat(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -130,6 +156,34 @@ def _dispatcherPolicy(text: str) -> str:
     return value
 
 
+def _clusterPeers(text: str) -> Tuple[Any, ...]:
+    """
+    C{name=tcp:HOST:PORT name2=tls:HOST:PORT:... ...}: the managers of a
+    cluster (L{presence.cluster.peers.PeerSpec}).
+    """
+    from presence.cluster.peers import parsePeers
+
+    return parsePeers(text)
+
+
+def _clusterQuorum(text: str) -> int:
+    """
+    Managers (this one included) that must be reachable to adopt a peer;
+    0 for a strict majority of the cluster.
+    """
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 (a majority) or a number of managers")
+    return value
+
+
+def _optionalServerEndpoint(text: str) -> str:
+    """
+    A server endpoint description, or empty for none.
+    """
+    return _endpoint(text) if text.strip() else ""
+
+
 # section -> key -> (attribute, converter, default)
 SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
     "server": {
@@ -148,6 +202,17 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "publish_max_expires": ("publishMaxExpires", _positiveInt, 86400),
         "notify_min_interval": ("notifyMinInterval", _seconds, 1.0),
         "keep_on_timeout": ("keepOnTimeout", _boolean, False),
+    },
+    # The registrar (presence.registrar): REGISTER at a manager, whose
+    # bindings give presence to an AOR that publishes none.
+    "registrar": {
+        "min_expires": ("registerMinExpires", _positiveInt, 60),
+        "default_expires": ("registerDefaultExpires", _positiveInt, 3600),
+        "max_expires": ("registerMaxExpires", _positiveInt, 86400),
+        "max_bindings": ("registerMaxBindings", _positiveInt, 10),
+        # Seconds between the keep-alives a SIP Outbound UA sends on its
+        # flow (RFC 5626 §4.4, Flow-Timer); 0: do not say, the UA picks.
+        "flow_timer": ("registerFlowTimer", _nonNegativeInt, 0),
     },
     "log": {
         "requests": ("logRequests", _boolean, False),
@@ -183,6 +248,14 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "algorithms": ("billingAlgorithms", _digestAlgorithms, ("SHA-256", "MD5")),
         "max_auth_failures": ("billingMaxAuthFailures", _positiveInt, 10),
         "auth_failure_window": ("billingAuthFailureWindow", _positiveFloat, 60.0),
+        # A separate billing node over Perspective Broker
+        # (presence.billing.remote): where --role=billing listens, the node
+        # a manager asks instead of reading accounts itself, the shared
+        # secret both log in with, and how long one remote call may take.
+        "listen": ("billingListen", _endpoint, "tcp:8790:interface=127.0.0.1"),
+        "remote": ("billingRemote", _clientEndpoint, ""),
+        "peer_secret_file": ("billingPeerSecretFile", _text, ""),
+        "call_timeout": ("billingCallTimeout", _positiveFloat, 2.0),
     },
     # The Prometheus metrics endpoint (presence.admin.metrics).
     "metrics": {
@@ -200,6 +273,22 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "secret": ("dispatcherSecret", _text, ""),
         "secret_file": ("dispatcherSecretFile", _text, ""),
     },
+    # A cluster of managers (presence.cluster): where this manager's
+    # Perspective Broker listener is, the managers it links to (this
+    # node's own entry is skipped), the file of their shared secrets, how
+    # long a peer may be unreachable before its subscriptions are
+    # adopted (and how many managers must be reachable to adopt), the size
+    # of a resynchronisation page, and the links' ping and retry delays.
+    "cluster": {
+        "listen": ("clusterListen", _optionalServerEndpoint, ""),
+        "peers": ("clusterPeers", _clusterPeers, ()),
+        "secret_file": ("clusterSecretFile", _text, ""),
+        "adopt_after": ("clusterAdoptAfter", _positiveFloat, 10.0),
+        "page_size": ("clusterPageSize", _positiveInt, 200),
+        "ping_interval": ("clusterPingInterval", _positiveFloat, 2.0),
+        "retry_delay": ("clusterRetryDelay", _positiveFloat, 1.0),
+        "quorum": ("clusterQuorum", _clusterQuorum, 0),
+    },
 }
 
 
@@ -216,6 +305,10 @@ def _crossCheck(values: Dict[str, Any]) -> Optional[Tuple[str, str]]:
             "enabled = yes needs authorized_keys = FILE (the SSH public keys "
             "allowed to log in; the manhole has no password login)",
         )
+    if values.get("clusterPeers") and not (values.get("clusterListen") and values.get("clusterSecretFile")):
+        return ("cluster", "peers = ... needs listen = ENDPOINT and secret_file = FILE")
+    if values.get("billingRemote") and not values.get("billingPeerSecretFile"):
+        return ("billing", "remote = ... needs peer_secret_file = FILE (the secret shared with the billing node)")
     return None
 
 

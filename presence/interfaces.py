@@ -128,6 +128,73 @@ class IStore(Interface):
             L{presence.store.records.PublicationRecord}.
         """
 
+    def getPublication(etag):
+        """
+        Read one publication (a manager of a cluster asked to refresh an
+        entity-tag that replication has not brought it yet).
+
+        @return: a Deferred firing with a
+            L{presence.store.records.PublicationRecord} or C{None}.
+        """
+
+    def findSubscription(presentity, callId, localTag):
+        """
+        Read the subscription of one dialog, whoever owns it (a manager of
+        a cluster asked to serve a dialog it does not hold).
+
+        @param presentity: the watched AOR (the index the lookup uses).
+        @param callId: the dialog's Call-ID.
+        @param localTag: our tag in the dialog.
+        @return: a Deferred firing with a
+            L{presence.store.records.SubscriptionRecord} or C{None}.
+        """
+
+    def adoptSubscriptions(formerOwner, owner):
+        """
+        Make C{owner} the owner of every subscription of C{formerOwner} (a
+        manager of the cluster that died), atomically: when two managers
+        adopt the same one at once, each subscription goes to exactly one.
+
+        @return: a Deferred firing, once committed, with the list of
+            L{presence.store.records.SubscriptionRecord} adopted (their
+            C{owner} now C{owner}).
+        """
+
+
+class IBindingStore(Interface):
+    """
+    Durable storage of registration bindings, for the registrar
+    (L{presence.registrar}).
+
+    The same contract as L{IStore} (Deferreds, commit before the callback,
+    writes applied in issue order, immutable records, refusal when not
+    running); both store implementations provide both interfaces, and
+    their writes share one group commit.
+    """
+
+    def putBinding(record):
+        """
+        Insert a binding or replace the one with the same id.
+
+        @param record: a L{presence.store.records.BindingRecord}.
+        @return: a Deferred firing with C{None} once committed.
+        """
+
+    def removeBinding(bindingId):
+        """
+        Delete a binding; deleting a missing one is not an error.
+
+        @return: a Deferred firing with C{None} once committed.
+        """
+
+    def loadBindings(owner=None):
+        """
+        Read all bindings, or only those one manager node holds.
+
+        @param owner: a manager node name, or C{None} for all.
+        @return: a Deferred firing with a list of
+            L{presence.store.records.BindingRecord}.
+        """
 
 
 # --- billing ----------------------------------------------------------------
@@ -184,4 +251,93 @@ class IAuthorizer(Interface):
     def removeChangeListener(listener):
         """
         Stop calling C{listener}; removing an unknown listener is a no-op.
+        """
+
+
+# --- cluster ----------------------------------------------------------------
+
+
+class IPeerGroup(Interface):
+    """
+    The cluster as a subscription manager sees it (L{presence.cluster}):
+    the manager reports its own publications' changes and asks for help
+    with an entity-tag or a dialog it does not hold.  A manager without
+    peers has none (C{manager.cluster is None}) and behaves as a single
+    process.
+    """
+
+    def publicationChanged(publication, replaced):
+        """
+        A publication this manager accepted is committed: a new one, a
+        modification or a refresh (which replaced C{replaced}, a
+        L{presence.manager.state.Publication}, or L{None}).  Every peer
+        gets it.
+        """
+
+    def publicationRemoved(publication):
+        """
+        A publication this manager holds as its own ended (C{Expires: 0}
+        or expiry).  Every peer drops it.
+        """
+
+    def publicationMissing(etag):
+        """
+        A PUBLISH names an entity-tag this manager does not hold (another
+        manager may have accepted it an instant ago).
+
+        @return: a Deferred firing once the manager holds it if it exists
+            anywhere, or L{None} when there is nothing to wait for.
+        """
+
+    def dialogMissing(request, key):
+        """
+        An in-dialog request names a dialog this manager does not hold:
+        its owner may have died, or another manager may hold it.
+
+        @param key: the dialog key (L{presence.manager.state.DialogKey}).
+        @return: a Deferred firing once the manager holds the dialog if it
+            can get it, or L{None} when there is nothing to wait for.
+        """
+
+
+class IPeer(Interface):
+    """
+    One manager of a cluster as another sees it: the local node itself
+    (L{presence.cluster.group.LocalPeer}) or a peer over Perspective Broker
+    (L{presence.cluster.link.RemotePeer}), so the cluster logic runs the
+    same over PB and in tests without a network.  Each provider knows who
+    is calling (the node that logged in).  Every method returns a Deferred.
+    """
+
+    def applyUpdates(updates):
+        """
+        Apply a list of L{presence.cluster.messages.PublicationUpdate}.
+
+        @return: a Deferred firing with the number applied (duplicates and
+            stale ones are not).
+        """
+
+    def page(offset, limit):
+        """
+        One page of the node's replicated state (live publications and
+        recent removals): C{offset} 0 takes a new snapshot, the next pages
+        continue it.
+
+        @return: a Deferred firing with C{(updates, nextOffset)},
+            C{nextOffset} -1 after the last page.
+        """
+
+    def adopted(formerOwner, owner):
+        """
+        C{owner} has adopted the subscriptions of C{formerOwner}; if that
+        is the node called, it drops those it no longer owns.
+        """
+
+    def handOver(subscriptionId):
+        """
+        Give the caller the subscription C{subscriptionId}: stop serving
+        it and record the caller as its owner in the store.
+
+        @return: a Deferred firing with C{True} once committed, C{False}
+            when this node does not hold it.
         """

@@ -27,7 +27,9 @@ DEFAULT_CONFIG = "etc/presence.ini"
 
 # What one process runs: everything (the embedded default), the
 # dispatching node alone (SIP and the dispatcher: no store, no manager),
-# a subscription manager (store, SIP, billing and manager), or billing.
+# a subscription manager (store, SIP, billing and manager), or a billing
+# node (store and billing served over PB to the managers whose
+# [billing] remote names it).
 ROLES = ("all", "dispatcher", "manager", "billing")
 
 
@@ -111,8 +113,6 @@ class Options(usage.Options):
         self.config = config.replace(**overrides)
         if self["role"] not in ROLES:
             self.fail("--role: %r is not one of %s" % (self["role"], ", ".join(ROLES)))
-        if self["role"] == "billing":
-            self.fail("--role=billing: a separate billing node is not available yet")
         if self["role"] == "dispatcher":
             from presence.dispatcher.service import dispatcherProblem
 
@@ -125,6 +125,12 @@ class Options(usage.Options):
         if problem is not None:
             where = "--database" if self["database"] else "%s: [server] database" % (self["config"],)
             self.fail("%s = %r: %s" % (where, self.config.database, problem))
+        if self["role"] == "billing":
+            from presence.billing.remote import billingNodeProblem
+
+            problem = billingNodeProblem(self.config)
+            if problem is not None:
+                self.fail("%s: %s" % (self["config"], problem))
 
 
 def databaseProblem(url: str) -> Optional[str]:
@@ -177,13 +183,42 @@ def makeService(options: Any) -> service.IService:
     store = StoreService(SQLStore(config.database, stopOnShutdown=False))
     store.setName("store")
     store.setServiceParent(root)
+    if options.get("role") == "billing":
+        # A billing node: the store for accounts, the embedded authorizer,
+        # and the PB server the managers log in to; no SIP.
+        from presence.billing.remote import BillingNodeService, billingNodeProblem
+
+        for problem in (billingProblem(config), billingNodeProblem(config)):
+            if problem is not None:
+                options.fail(problem)
+        BillingService(config).setServiceParent(root)
+        BillingNodeService(config).setServiceParent(root)
+        _addAdmin(root, config, options)
+        return root
     SIPService(config).setServiceParent(root)
     # Billing before the manager: the manager waits for its authorizer.
-    problem = billingProblem(config)
-    if problem is not None:
-        options.fail(problem)
-    BillingService(config).setServiceParent(root)
+    if config.billingRemote:
+        # Accounts and decisions come from a billing node over PB.
+        from presence.billing.remote import RemoteBillingService, remoteBillingProblem
+
+        problem = remoteBillingProblem(config)
+        if problem is not None:
+            options.fail(problem)
+        RemoteBillingService(config).setServiceParent(root)
+    else:
+        problem = billingProblem(config)
+        if problem is not None:
+            options.fail(problem)
+        BillingService(config).setServiceParent(root)
     ManagerService(config).setServiceParent(root)
+    if config.clusterPeers:
+        # After the manager: the cluster joins once it serves.
+        from presence.cluster.service import ClusterService, clusterProblem
+
+        problem = clusterProblem(config)
+        if problem is not None:
+            options.fail(problem)
+        ClusterService(config).setServiceParent(root)
     _addAdmin(root, config, options)
     return root
 

@@ -51,7 +51,7 @@ from presence.sip.transaction import COMPLETED, TERMINATED, ServerTransaction
 from presence.sip.target import Target
 from presence.sip.uri import SipURI, URIError, normaliseAOR, parseURI
 
-FORWARDED_METHODS = ("SUBSCRIBE", "PUBLISH", "NOTIFY")
+FORWARDED_METHODS = ("SUBSCRIBE", "PUBLISH", "NOTIFY", "REGISTER")
 
 PIDF = "application/pidf+xml"
 
@@ -104,8 +104,8 @@ class _Relay:
 
 class Dispatcher:
     """
-    Serves SUBSCRIBE, PUBLISH and NOTIFY on a L{SIPCore} by proxying them
-    between user agents and managers.
+    Serves SUBSCRIBE, PUBLISH, NOTIFY and REGISTER on a L{SIPCore} by
+    proxying them between user agents and managers.
 
     @ivar managers: the managers' states, in configured order.
     @ivar counters: what it did, for the admin console and metrics.
@@ -190,6 +190,9 @@ class Dispatcher:
         """
         for method in FORWARDED_METHODS:
             self.core.addHandler(method, self.requestReceived)
+        # Our Routes carry the dialog's manager and flow: _route reads
+        # them, so the core must leave them in.
+        self.core.removeOwnRoute = False
         self.core.acceptTypes = [PIDF]
         self.core.allowEvents = ["presence"]
 
@@ -557,10 +560,12 @@ def _presentityKey(request: Request, toTag: Optional[str]) -> str:
     """
     The AOR to hash: the Request-URI of a new request (what the manager
     takes as the presentity), the To of an in-dialog one (the same AOR:
-    the Request-URI is then the manager's Contact).
+    the Request-URI is then the manager's Contact) and of a REGISTER (whose
+    Request-URI names only the domain), so that an AOR's registrations and
+    its watchers meet on the same manager.
     """
     try:
-        uri = request.toAddr().uri if toTag else request.uri
+        uri = request.toAddr().uri if toTag or request.method == "REGISTER" else request.uri
         return normaliseAOR(uri)
     except (HeaderError, URIError):
         return request.uri

@@ -64,6 +64,9 @@ class SubscriptionManager:
         when the manager runs without billing (every request allowed).
     @ivar gate: the L{AuthGate} in front of both handlers, or L{None}
         without billing.
+    @ivar registrations: the registrar whose bindings give presence to a
+        presentity without publication (L{followRegistrations}), or
+        L{None}.
     """
 
     log = Logger()
@@ -97,8 +100,11 @@ class SubscriptionManager:
         self.expiry = ExpiryWheel(clock, self._expired)
         self.notifier = Notifier(self)
         self.counters = {"storeErrors": 0, "billingErrors": 0, "rejected": 0}
+        # The cluster (an IPeerGroup) when this manager has peers.
+        self.cluster: Any = None
         self.authorizer = authorizer
         self.gate: Optional[AuthGate] = None
+        self.registrations: Any = None
         self._billingEpoch = 0
         # Requests taken but waiting for billing, and who waits for none.
         self._awaitingBilling = 0
@@ -235,7 +241,35 @@ class SubscriptionManager:
         pres = self.presentities.get(aor)
         if pres is None:
             pres = self.presentities[aor] = Presentity(aor)
+            if self.registrations is not None:
+                pres.registered = self.registrations.contactOf(aor)
         return pres
+
+    # Presence derived from registrations.
+
+    def followRegistrations(self, registrations: Any) -> None:
+        """
+        Derive the presence of presentities without publication from
+        C{registrations} (a L{presence.registrar.Registrar}): open while one
+        of their bindings lives.  Call before L{load}.
+        """
+        self.registrations = registrations
+        registrations.addListener(self.registrationChanged)
+
+    def registrationChanged(self, aor: str) -> None:
+        """
+        The bindings of C{aor} changed: if that changes what its watchers
+        see, notify them now.  A presentity nobody watches is not held in
+        memory; its state is derived afresh when it is next needed.
+        """
+        pres = self.presentities.get(aor)
+        if pres is None or self.registrations is None:
+            return
+        contact = self.registrations.contactOf(aor)
+        if contact == pres.registered:
+            return
+        pres.registered = contact
+        self._changed(pres)
 
     def _release(self, pres: Presentity) -> None:
         if pres.idle():
@@ -375,12 +409,26 @@ class SubscriptionManager:
         key: DialogKey,
         expires: int,
         cseq: int,
+        askCluster: bool = True,
     ) -> None:
         """
         An authenticated in-dialog SUBSCRIBE: only the subscription's own
         watcher may refresh or end it.
+
+        @param askCluster: ask the cluster for a dialog we do not hold.
         """
         sub = self.dialogs.get(key)
+        if sub is None and askCluster and self.cluster is not None:
+            # Another manager of the cluster may own it, or have died.
+            d = self.cluster.dialogMissing(request, key)
+            if d is not None:
+                d.addBoth(
+                    lambda _: self._continue(
+                        tx, self._inDialog, sender, request, tx, key, expires, cseq, False
+                    )
+                )
+                self._hold(d)
+                return
         if sub is None or sub.terminated:
             self.core.respond(tx, 481)
         elif sender is not None and sender != sub.watcher:
@@ -646,10 +694,17 @@ class SubscriptionManager:
         self._admit(request, tx, publisher, self._publishAdmitted, request, tx, presentity)
 
     def _publishAdmitted(
-        self, publisher: Optional[str], request: Request, tx: ServerTransaction, presentity: str
+        self,
+        publisher: Optional[str],
+        request: Request,
+        tx: ServerTransaction,
+        presentity: str,
+        askCluster: bool = True,
     ) -> None:
         """
         An authenticated PUBLISH: a user publishes only its own state.
+
+        @param askCluster: ask the cluster for an entity-tag we do not hold.
         """
         core = self.core
         config = self.config
@@ -679,6 +734,17 @@ class SubscriptionManager:
         old = None
         if ifMatch is not None:
             old = self.publications.get(ifMatch)
+            if old is None and askCluster and self.cluster is not None:
+                # Another manager may have accepted it an instant ago.
+                d = self.cluster.publicationMissing(ifMatch)
+                if d is not None:
+                    d.addBoth(
+                        lambda _: self._continue(
+                            tx, self._publishAdmitted, publisher, request, tx, presentity, False
+                        )
+                    )
+                    self._hold(d)
+                    return
             if old is None or old.presentity != presentity:
                 core.respond(tx, 412)
                 return
@@ -748,6 +814,8 @@ class SubscriptionManager:
         self.publications[pub.etag] = pub
         self.expiry.set("p" + pub.etag, pub.expiresAt)
         self.core.respond(tx, 200, None, [("SIP-ETag", pub.etag), ("Expires", str(expires))])
+        if self.cluster is not None:
+            self.cluster.publicationChanged(pub, old)
         self.log.debug(
             "PUBLISH {presentity} etag={etag} expires={expires}",
             presentity=pub.presentity,
@@ -761,6 +829,8 @@ class SubscriptionManager:
 
     def _unpublished(self, _: Any, tx: ServerTransaction, old: Publication) -> None:
         self.core.respond(tx, 200, None, [("Expires", "0")])
+        if self.cluster is not None:
+            self.cluster.publicationRemoved(old)
         pres = self.presentity(old.presentity)
         pres.publications.pop(old.etag, None)
         self._changed(pres)
@@ -854,12 +924,127 @@ class SubscriptionManager:
             else:
                 pub = self.publications.pop(ident, None)
                 if pub is not None:
-                    self.store.removePublication(pub.etag).addErrback(
-                        self.storeFailed, "expired publication " + pub.etag
-                    )
+                    # A replicated publication is its origin's to remove
+                    # from the store; every manager expires it in memory.
+                    if not pub.origin:
+                        self.store.removePublication(pub.etag).addErrback(
+                            self.storeFailed, "expired publication " + pub.etag
+                        )
+                        if self.cluster is not None:
+                            self.cluster.publicationRemoved(pub)
                     pres = self.presentity(pub.presentity)
                     pres.publications.pop(pub.etag, None)
                     self._changed(pres)
+
+    # The cluster (presence.cluster): what peers send, and the
+    # subscriptions that change owner.
+
+    def applyRemote(self, puts: List[Publication], removes: List[Tuple[str, str]]) -> int:
+        """
+        Apply publications another manager accepted (C{puts}) and ended
+        (C{removes}: C{(presentity, etag)}), already checked and ordered
+        by the cluster; then recompose and notify our watchers once per
+        presentity.  Nothing is written: the origin wrote the store.
+
+        @return: how many changed our memory.
+        """
+        changed: Dict[str, Presentity] = {}
+        count = 0
+        for presentity, etag in removes:
+            pub = self.publications.pop(etag, None)
+            self.expiry.discard("p" + etag)
+            pres = self.presentities.get(pub.presentity if pub is not None else presentity)
+            if pres is not None and pres.publications.pop(etag, None) is not None:
+                changed[pres.aor] = pres
+                count += 1
+        for pub in puts:
+            pres = self.presentity(pub.presentity)
+            pres.version = max(pres.version, pub.version)
+            pres.publications[pub.etag] = pub
+            self.publications[pub.etag] = pub
+            self.expiry.set("p" + pub.etag, pub.expiresAt)
+            changed[pres.aor] = pres
+            count += 1
+        for pres in changed.values():
+            self._changed(pres)
+        return count
+
+    def adopt(self, records: Iterable[SubscriptionRecord], notify: bool = True) -> int:
+        """
+        Serve subscriptions whose ownership just moved to this manager in
+        the store (a dead manager's, or one handed over).  NOTIFY CSeqs
+        continue above the stored ceiling, so above any the former owner
+        sent.
+
+        @param notify: send each active watcher the current state at once
+            (after a death: it may have missed changes).
+        @return: how many are now served (expired ones end instead).
+        """
+        now = self.clock.seconds()
+        count = 0
+        for record in records:
+            if record.id in self.subscriptions:
+                continue
+            sub = Subscription.fromRecord(record)
+            if record.expiresAt <= now:
+                self.dialogs[sub.dialogKey] = sub
+                self.terminate(sub, "timeout")
+                continue
+            self._keep(sub)
+            count += 1
+            if notify and sub.state == "active":
+                self.notifier.notify(sub)
+        return count
+
+    def _keep(self, sub: Subscription) -> None:
+        """
+        Put C{sub} in memory: indexes, watchers, expiry.
+        """
+        sub.terminated = False
+        self.subscriptions[sub.id] = sub
+        self.dialogs[sub.dialogKey] = sub
+        self.presentity(sub.presentity).watchers.add(sub.id)
+        self.expiry.set("s" + sub.id, sub.expiresAt)
+
+    def release(self, subscriptionId: str, owner: str) -> Deferred:
+        """
+        Hand C{subscriptionId} over to the manager C{owner}: stop serving
+        it (no final NOTIFY), then record C{owner} and a CSeq ceiling above
+        every NOTIFY we sent.
+
+        @return: a Deferred firing with C{True} once committed, C{False}
+            when we do not hold it or the write failed (we then keep it).
+        """
+        sub = self.subscriptions.get(subscriptionId)
+        if sub is None or sub.terminated:
+            return succeed(False)
+        self._forget(sub)
+        ceiling = max(sub.cseqCeiling, sub.cseq + 1)
+
+        def failed(failure: Failure) -> bool:
+            self.storeFailed(failure, "hand-over of " + sub.id)
+            if sub.id not in self.subscriptions:
+                self._keep(sub)
+            return False
+
+        d = self.store.updateSubscription(sub.id, owner=owner, localCSeq=ceiling)
+        return d.addCallbacks(lambda _: True, failed)
+
+    def disown(self, subscriptionIds: Iterable[str]) -> int:
+        """
+        Stop serving subscriptions another manager now owns (it adopted
+        them while we were cut off from the cluster), without a final
+        NOTIFY: the watcher's subscription goes on there.
+
+        @return: how many were dropped.
+        """
+        count = 0
+        for subscriptionId in subscriptionIds:
+            sub = self.subscriptions.get(subscriptionId)
+            if sub is not None:
+                self._forget(sub)
+                count += 1
+        return count
 
     # Start and stop.
 
@@ -924,6 +1109,8 @@ class SubscriptionManager:
         Stop timers.  Subscriptions stay in the store, not terminated: a
         restarted manager serves them again.
         """
+        if self.registrations is not None:
+            self.registrations.removeListener(self.registrationChanged)
         self.expiry.stop()
         self.notifier.stop(self.subscriptions.values())
         if self.authorizer is not None:

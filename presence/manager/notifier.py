@@ -134,10 +134,21 @@ class Notifier:
         connection.  When the subscription has a route set, any open
         connection from the same proxy host will do: the Route, not the
         connection, says where the NOTIFY goes next.  Without a route set
-        the flow reaches the watcher itself and nothing else can stand in.
+        the flow reaches the watcher itself: if it has closed, the flow the
+        watcher registered its contact over (RFC 5626) stands in, when
+        there is one.
         """
         target = sub.target
-        if target.flow is None or not sub.routeSet:
+        if target.flow is None:
+            return target
+        if not sub.routeSet:
+            registrations = getattr(self.manager, "registrations", None)
+            current = self.manager.core.flows.get(target.flow)
+            if registrations is not None and (current is None or current.peer != (target.host, target.port)):
+                flow = registrations.flowFor(sub.watcher, sub.remoteTarget)
+                if flow is not None:
+                    sub.target = flow
+                    return flow
             return target
         flows = self.manager.core.flows
         flow = flows.get(target.flow)

@@ -6,6 +6,11 @@ C{"store"} service) and billing (from the C{"billing"} service: the
 authorizer and the digest authenticator).  Until the store is up, billing
 serves and the manager has reloaded its state, SUBSCRIBE and PUBLISH are
 answered 503 with Retry-After rather than served from an empty memory.
+
+The registrar (L{presence.registrar}) runs beside the manager, sharing its
+authentication gate, and REGISTER waits for it the same way.  Its bindings
+are reloaded first, so the presentities the manager reloads already know
+whether they are registered.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from presence.config import Config
 from presence.manager.manager import SubscriptionManager
+from presence.registrar import Registrar
 from presence.sip.message import Request
 from presence.sip.transaction import ServerTransaction
 
@@ -28,6 +34,7 @@ class ManagerService(service.Service):
     Starts a L{SubscriptionManager} once its siblings are ready.
 
     @ivar manager: the running manager, or L{None}.
+    @ivar registrar: the running registrar, or L{None}.
     """
 
     log = Logger()
@@ -37,11 +44,12 @@ class ManagerService(service.Service):
         self.config = config
         self._reactor = reactor
         self.manager: Optional[SubscriptionManager] = None
+        self.registrar: Optional[Registrar] = None
         self._ready: Optional[Deferred] = None
 
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_reactor=None, manager=None, _ready=None)
+        state.update(_reactor=None, manager=None, registrar=None, _ready=None)
         return state
 
     @property
@@ -58,7 +66,7 @@ class ManagerService(service.Service):
         assert parent is not None
         core = parent.getServiceNamed("sip").core
         storeService = parent.getServiceNamed("store")
-        for method in ("SUBSCRIBE", "PUBLISH"):
+        for method in ("SUBSCRIBE", "PUBLISH", "REGISTER"):
             core.addHandler(method, _unavailable(core))
         self._ready = storeService.whenReady()
         self._ready.addCallback(self._billingReady, parent)
@@ -85,14 +93,20 @@ class ManagerService(service.Service):
             manager = SubscriptionManager(
                 core, store, self.config, self.reactor, billing.authorizer, billing.digest
             )
-        d = manager.load()
+        registrar = Registrar(core, store, self.config, self.reactor, manager.gate)
+        manager.followRegistrations(registrar)
+        d = registrar.load()
+        d.addCallback(lambda _: manager.load())
 
         def loaded(_: Any) -> None:
             if not self.running:
                 manager.stop()
+                registrar.stop()
                 return
             self.manager = manager
+            self.registrar = registrar
             manager.install()
+            registrar.install()
             self.log.info("Subscription manager {node} ready", node=self.config.node)
 
         return d.addCallback(loaded)
@@ -123,12 +137,21 @@ class ManagerService(service.Service):
         """
         service.Service.stopService(self)
         manager = self.manager
+        registrar = self.registrar
         if manager is None:
             return None
         self.manager = None
-        d = manager.whenIdle()
-        d.addCallback(lambda _: manager.stop())
-        return d
+        self.registrar = None
+        waits = [manager.whenIdle()]
+        if registrar is not None:
+            waits.append(registrar.whenIdle())
+
+        def stop(_: Any) -> None:
+            manager.stop()
+            if registrar is not None:
+                registrar.stop()
+
+        return gatherResults(waits).addCallback(stop)
 
 
 def _unavailable(core: Any) -> Any:

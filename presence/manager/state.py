@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Set, Tuple
 
-from presence.pidf import PidfDocument, composePidf
+from presence.pidf import PidfDocument, composePidf, openDocument
 from presence.sip.target import Target
 from presence.store.records import PublicationRecord, SubscriptionRecord
 
@@ -158,9 +158,13 @@ class Subscription:
 class Publication:
     """
     One live publication (RFC 3903 event state) of a presentity.
+
+    @ivar origin: in a cluster, the manager that accepted it when another
+        one did (replicated to us, L{presence.cluster}); C{""} when this
+        manager accepted it or loaded it from the store.
     """
 
-    __slots__ = ("etag", "presentity", "body", "document", "expiresAt", "modifiedAt", "version")
+    __slots__ = ("etag", "presentity", "body", "document", "expiresAt", "modifiedAt", "version", "origin")
 
     def __init__(
         self,
@@ -171,6 +175,7 @@ class Publication:
         expiresAt: float,
         modifiedAt: float,
         version: int,
+        origin: str = "",
     ) -> None:
         self.etag = etag
         self.presentity = presentity
@@ -179,6 +184,7 @@ class Publication:
         self.expiresAt = expiresAt
         self.modifiedAt = modifiedAt
         self.version = version
+        self.origin = origin
 
     def toRecord(self) -> PublicationRecord:
         return PublicationRecord(
@@ -201,9 +207,13 @@ class Presentity:
     @ivar watchers: the ids of the subscriptions to this presentity.
     @ivar document: the composed PIDF document, as sent in NOTIFYs.
     @ivar version: bumped by every change of publications.
+    @ivar registered: the contact of the presentity's preferred live
+        registration binding, or L{None} when it has none: without a
+        publication, presence derived from registration is open while a
+        binding lives (DESIGN.md, composition policy).
     """
 
-    __slots__ = ("aor", "publications", "watchers", "document", "version")
+    __slots__ = ("aor", "publications", "watchers", "document", "version", "registered")
 
     def __init__(self, aor: str) -> None:
         self.aor = aor
@@ -211,6 +221,7 @@ class Presentity:
         self.watchers: Set[str] = set()
         self.document: Optional[bytes] = None
         self.version = 0
+        self.registered: Optional[str] = None
 
     def compose(self) -> bytes:
         """
@@ -219,8 +230,14 @@ class Presentity:
         entity-tag, so the result never depends on dict order nor on the
         random entity-tag a re-publication gets.
 
+        Without a publication, a live registration binding makes the
+        presentity open (with the binding's contact), no binding closed.
+
         @return: the composed document, also kept in L{document}.
         """
+        if not self.publications and self.registered is not None:
+            self.document = openDocument(self.aor, contact=self.registered)
+            return self.document
         live: List[Publication] = sorted(
             self.publications.values(), key=lambda p: (-p.modifiedAt, -p.version, p.etag)
         )

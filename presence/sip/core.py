@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from twisted.logger import Logger
 
-from presence.sip.headers import HeaderError, Via
+from presence.sip.headers import HeaderError, NameAddr, Via
 from presence.sip.message import Message, Request, Response
 from presence.sip.parser import DEFAULT_LIMITS, Limits, ParseError
 from presence.sip.target import Target, TransportError
@@ -60,6 +60,13 @@ class SIPCore:
         C{counters["malformed"]} only.
     @ivar responsesReceived: responses received (to our NOTIFYs), by status
         class.
+    @ivar removeOwnRoute: remove a top Route naming this server before a
+        request reaches its handler, as a UAS reached through a preloaded
+        outbound-proxy route must (loose routing, RFC 3261 §16.4).  On by
+        default; the dispatching node turns it off, its Routes carry
+        routing state that it reads itself.
+    @ivar localNames: host names that name this server in a Route besides
+        its addresses (the domains it serves).
     """
 
     log = Logger()
@@ -82,6 +89,8 @@ class SIPCore:
         self.ports: Dict[str, int] = {}
         self.advertisedHost = advertisedHost
         self.logRequests = False
+        self.removeOwnRoute = True
+        self.localNames: Set[str] = set()
         self._localHosts: Dict[str, str] = {}
         self.counters: Dict[str, int] = {
             "requests": 0,
@@ -89,6 +98,7 @@ class SIPCore:
             "retransmissions": 0,
             "malformed": 0,
             "sendErrors": 0,
+            "keepalives": 0,
         }
         # For the metrics endpoint: a dict increment per message.  Methods
         # outside KNOWN_METHODS share the key "other", so what a peer sends
@@ -180,6 +190,8 @@ class SIPCore:
             return
         handler = self.handlers.get(method)
         if handler is not None:
+            if self.removeOwnRoute and "route" in request.headers:
+                self._removeOwnRoutes(request, source)
             handler(request, tx)
         elif method == "OPTIONS":
             self.respond(tx, 200, None, self.capabilities())
@@ -213,6 +225,45 @@ class SIPCore:
         if changed:
             request.headers["via"][0] = str(via)
         return True
+
+    def _removeOwnRoutes(self, request: Request, source: Target) -> None:
+        """
+        Remove the top Route values that name this server: a user agent
+        with an outbound proxy preloads one (RFC 3261 §8.1.2), and a UAS
+        strips it as a loose-routing proxy would (§16.4).  A Route naming
+        someone else is left alone: this server is no proxy, and serves
+        the request as it would without it.
+        """
+        routes = request.headers["route"]
+        while routes:
+            try:
+                uri = parseURI(NameAddr.fromString(routes[0]).uri)
+            except (HeaderError, URIError):
+                return
+            if not isinstance(uri, SipURI) or not self.namesUs(uri, source):
+                return
+            del routes[0]
+        del request.headers["route"]
+
+    def namesUs(self, uri: SipURI, source: Target) -> bool:
+        """
+        Whether C{uri} (a Route, typically) names this server: its host is
+        our advertised host, one of L{localNames}, or the address
+        C{source} reaches us at; and its port, if any, one we listen on.
+        """
+        host = uri.host.strip("[]").lower()
+        port = uri.port
+        if host in self.localNames:
+            return port is None or port in self.ports.values()
+        ours = {self.localHost(source).strip("[]").lower()}
+        if self.advertisedHost:
+            ours.add(self.advertisedHost.strip("[]").lower())
+        if host not in ours:
+            return False
+        if port is None:
+            secure = uri.scheme == "sips" or (uri.params.get("transport") or "").lower() == "tls"
+            port = 5061 if secure else 5060
+        return port in self.ports.values()
 
     def _refusal(self, request: Request) -> Optional[Tuple[int, Optional[str], List[Tuple[str, str]]]]:
         """

@@ -11,12 +11,13 @@ out of them.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
 from presence.sip.parser import PING, FramingError, Limits, ParseError, StreamFramer, parseMessage
+from presence.sip.stun import bindingResponse
 from presence.sip.target import Target, TransportError
 
 if TYPE_CHECKING:
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
 
 class SIPDatagramProtocol(DatagramProtocol):
     """
-    SIP over UDP: one message per datagram (RFC 3261 §18.3).
+    SIP over UDP: one message per datagram (RFC 3261 §18.3).  STUN Binding
+    requests on the same port, the keep-alives of SIP Outbound over UDP
+    (RFC 5626 §4.4.2), are answered here; CRLF keep-alives parse as empty
+    messages and are dropped quietly by the core.
     """
 
     log = Logger()
@@ -36,6 +40,10 @@ class SIPDatagramProtocol(DatagramProtocol):
         self.limits = limits
 
     def datagramReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
+        if data[:1] in (b"\x00", b"\x01"):
+            # No SIP message starts with these bytes: STUN (RFC 7983 §7).
+            self._stunReceived(data, addr)
+            return
         source = Target("UDP", addr[0], addr[1])
         try:
             message = parseMessage(data, self.limits)
@@ -46,6 +54,23 @@ class SIPDatagramProtocol(DatagramProtocol):
             self.log.failure("Unexpected error parsing a datagram from {source}", source=source)
             return
         self.core.messageReceived(message, source)
+
+    def _stunReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
+        """
+        Answer a STUN Binding request (a keep-alive); drop anything else.
+        """
+        response = bindingResponse(data, addr[0], addr[1])
+        counters = self.core.counters
+        if response is None:
+            counters["malformed"] += 1
+            return
+        counters["keepalives"] = counters.get("keepalives", 0) + 1
+        self.log.debug("STUN keep-alive from {host}:{port}", host=addr[0], port=addr[1])
+        if self.transport is not None:
+            try:
+                self.transport.write(response, addr)
+            except Exception as e:
+                self.log.info("STUN answer to {addr} failed: {error}", addr=addr, error=str(e))
 
     def write(self, data: bytes, host: str, port: int) -> None:
         """
@@ -117,6 +142,8 @@ class SIPStreamProtocol(Protocol):
         Answer a keep-alive, or parse a framed message and hand it on.
         """
         if item is PING:
+            counters = self.core.counters
+            counters["keepalives"] = counters.get("keepalives", 0) + 1
             self.transport.write(b"\r\n")
             return
         try:
@@ -154,12 +181,30 @@ class FlowTable:
     The live TCP and TLS connections, by flow token.
 
     Tokens are never reused, so a message addressed to a flow that has
-    closed fails instead of reaching whoever connected next.
+    closed fails instead of reaching whoever connected next.  Whoever holds
+    state tied to a flow (the registrar: bindings registered over it) asks
+    to be told when it closes with L{addCloseListener}.
     """
+
+    log = Logger()
 
     def __init__(self) -> None:
         self._flows: Dict[str, SIPStreamProtocol] = {}
         self._counter = itertools.count(1)
+        self._closeListeners: List[Callable[[str], None]] = []
+
+    def addCloseListener(self, listener: Callable[[str], None]) -> None:
+        """
+        Call C{listener(token)} whenever a flow closes.
+        """
+        self._closeListeners.append(listener)
+
+    def removeCloseListener(self, listener: Callable[[str], None]) -> None:
+        """
+        Stop calling C{listener}; removing an unknown one is a no-op.
+        """
+        if listener in self._closeListeners:
+            self._closeListeners.remove(listener)
 
     def add(self, protocol: SIPStreamProtocol) -> str:
         token = "f%x" % (next(self._counter),)
@@ -167,7 +212,16 @@ class FlowTable:
         return token
 
     def remove(self, token: str) -> None:
-        self._flows.pop(token, None)
+        """
+        Forget a closed flow and tell the close listeners; never raises.
+        """
+        if self._flows.pop(token, None) is None:
+            return
+        for listener in list(self._closeListeners):
+            try:
+                listener(token)
+            except Exception:
+                self.log.failure("Error in a flow close listener for {token}", token=token)
 
     def get(self, token: str) -> Optional[SIPStreamProtocol]:
         return self._flows.get(token)

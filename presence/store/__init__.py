@@ -1,5 +1,6 @@
 """
-Durable storage for the subscription manager: subscriptions and publications.
+Durable storage for the subscription manager and the registrar:
+subscriptions, publications and registration bindings.
 
 L{SQLStore} runs SQLAlchemy Core on its own thread pool with group commit
 (SQLite embedded, PostgreSQL for a cluster); L{MemoryStore} keeps the same
@@ -18,12 +19,13 @@ from presence.store.errors import (
     StoreNotRunning,
 )
 from presence.store.memory import MemoryStore
-from presence.store.records import PublicationRecord, SubscriptionRecord
+from presence.store.records import BindingRecord, PublicationRecord, SubscriptionRecord
 from presence.store.schema import CURRENT_VERSION
 from presence.store.service import StoreService
 from presence.store.sql import SQLStore
 
 __all__ = [
+    "BindingRecord",
     "CURRENT_VERSION",
     "DuplicateRecord",
     "MemoryStore",

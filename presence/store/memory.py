@@ -15,27 +15,30 @@ from typing import Dict, List, Optional, Tuple
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from presence.interfaces import IStore
+from presence.interfaces import IBindingStore, IStore
 from presence.store.errors import DuplicateRecord, NoSuchRecord, StoreNotRunning
 from presence.store.records import (
+    BindingRecord,
     PublicationRecord,
     SubscriptionRecord,
     checkSubscriptionChanges,
 )
 
 
-@implementer(IStore)
+@implementer(IStore, IBindingStore)
 class MemoryStore:
     """
-    Subscriptions and publications in two dictionaries.
+    Subscriptions, publications and bindings in three dictionaries.
 
     @ivar subscriptions: id -> L{SubscriptionRecord}; tests may inspect it.
     @ivar publications: etag -> L{PublicationRecord}; tests may inspect it.
+    @ivar bindings: id -> L{BindingRecord}; tests may inspect it.
     """
 
     def __init__(self) -> None:
         self.subscriptions: Dict[str, SubscriptionRecord] = {}
         self.publications: Dict[str, PublicationRecord] = {}
+        self.bindings: Dict[str, BindingRecord] = {}
         self.running = False
 
     def _check(self) -> Optional[Deferred]:
@@ -168,3 +171,72 @@ class MemoryStore:
         if refused is not None:
             return refused
         return succeed(list(self.publications.values()))
+
+    def adoptSubscriptions(self, formerOwner: str, owner: str) -> Deferred:
+        """
+        See L{IStore.adoptSubscriptions}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        adopted: List[SubscriptionRecord] = []
+        for key, record in list(self.subscriptions.items()):
+            if record.owner == formerOwner:
+                record = self.subscriptions[key] = dataclasses.replace(record, owner=owner)
+                adopted.append(record)
+        return succeed(adopted)
+
+    def findSubscription(self, presentity: str, callId: str, localTag: str) -> Deferred:
+        """
+        See L{IStore.findSubscription}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        for record in self.subscriptions.values():
+            if (record.presentity, record.callId, record.localTag) == (presentity, callId, localTag):
+                return succeed(record)
+        return succeed(None)
+
+    def getPublication(self, etag: str) -> Deferred:
+        """
+        See L{IStore.getPublication}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        return succeed(self.publications.get(etag))
+
+    def putBinding(self, record: BindingRecord) -> Deferred:
+        """
+        See L{IBindingStore.putBinding}.
+        """
+        if not isinstance(record, BindingRecord):
+            return fail(TypeError("expected a BindingRecord, got %r" % (type(record),)))
+        refused = self._check()
+        if refused is not None:
+            return refused
+        self.bindings[record.id] = record
+        return succeed(None)
+
+    def removeBinding(self, bindingId: str) -> Deferred:
+        """
+        See L{IBindingStore.removeBinding}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        self.bindings.pop(bindingId, None)
+        return succeed(None)
+
+    def loadBindings(self, owner: Optional[str] = None) -> Deferred:
+        """
+        See L{IBindingStore.loadBindings}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        result: List[BindingRecord] = [
+            r for r in self.bindings.values() if owner is None or r.owner == owner
+        ]
+        return succeed(result)

@@ -10,7 +10,7 @@ in-memory indexes and a queued write without copying.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Iterable, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 #: The states of an RFC 6665 subscription as persisted.
 SUBSCRIPTION_STATES = frozenset(["active", "pending", "terminated"])
@@ -130,9 +130,54 @@ class PublicationRecord:
             raise TypeError("body must be bytes, got %r" % (type(self.body),))
 
 
+@dataclass(frozen=True)
+class BindingRecord:
+    """
+    One persisted registration binding (RFC 3261 section 10.3): an AOR
+    reachable at a contact until C{expiresAt}.
+
+    @ivar id: the binding's identifier, derived from the AOR and the
+        binding's key (see L{presence.registrar.binding.bindingId}), so
+        that two writes of the same binding replace one row.
+    @ivar aor: the canonical address of record.
+    @ivar contact: the Contact URI as registered (without brackets).
+    @ivar instance: the C{+sip.instance} value (RFC 5626, RFC 5627),
+        unquoted, or empty.
+    @ivar regId: the C{reg-id} (RFC 5626), or 0 for none.
+    @ivar q: the C{q} preference (0 to 1), or L{None} when not given.
+    @ivar expiresAt: absolute expiry, epoch seconds.
+    @ivar registeredAt: when the binding was last registered or refreshed.
+    @ivar callId: the Call-ID of the REGISTER that wrote it.
+    @ivar cseq: the CSeq number of that REGISTER.
+    @ivar owner: the manager node that holds the binding in memory.
+    @ivar transport: the transport the REGISTER came over (C{"UDP"}, ...).
+    @ivar peerHost: the address the REGISTER came from (C{received}).
+    @ivar peerPort: the port it came from (C{rport}).
+    @ivar flowToken: the TCP or TLS connection it came over, whose closing
+        ends the binding; empty for UDP or a REGISTER relayed by a proxy.
+    """
+
+    id: str
+    aor: str
+    contact: str
+    expiresAt: float
+    registeredAt: float
+    callId: str
+    cseq: int
+    owner: str
+    transport: str
+    peerHost: str
+    peerPort: int
+    flowToken: str = ""
+    instance: str = ""
+    regId: int = 0
+    q: Optional[float] = None
+
+
 #: Record field names, in declaration order.
 SUBSCRIPTION_FIELDS = tuple(f.name for f in fields(SubscriptionRecord))
 PUBLICATION_FIELDS = tuple(f.name for f in fields(PublicationRecord))
+BINDING_FIELDS = tuple(f.name for f in fields(BindingRecord))
 
 _UPDATABLE = frozenset(SUBSCRIPTION_FIELDS) - {"id"}
 

@@ -163,6 +163,52 @@ PUBLICATION_COLUMNS = {
 }
 
 
+#: Registration bindings (L{presence.registrar}): an AOR reachable at a
+#: contact until C{expires_at}, with what identifies the binding (contact,
+#: or C{+sip.instance} and C{reg-id}), the REGISTER that wrote it (Call-ID,
+#: CSeq) and the flow it came over.
+bindings = sa.Table(
+    "bindings",
+    METADATA,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("aor", sa.Text, nullable=False),
+    sa.Column("contact", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Column("registered_at", sa.Double, nullable=False),
+    sa.Column("call_id", sa.Text, nullable=False),
+    sa.Column("cseq", sa.BigInteger, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("transport", sa.Text, nullable=False),
+    sa.Column("peer_host", sa.Text, nullable=False),
+    sa.Column("peer_port", sa.Integer, nullable=False),
+    sa.Column("flow_token", sa.Text, nullable=False),
+    sa.Column("instance", sa.Text, nullable=False),
+    sa.Column("reg_id", sa.Integer, nullable=False),
+    sa.Column("q", sa.Double, nullable=True),
+    sa.Index("ix_bindings_aor", "aor"),
+    sa.Index("ix_bindings_owner", "owner"),
+    sa.Index("ix_bindings_expires_at", "expires_at"),
+)
+
+BINDING_COLUMNS = {
+    "id": "id",
+    "aor": "aor",
+    "contact": "contact",
+    "expiresAt": "expires_at",
+    "registeredAt": "registered_at",
+    "callId": "call_id",
+    "cseq": "cseq",
+    "owner": "owner",
+    "transport": "transport",
+    "peerHost": "peer_host",
+    "peerPort": "peer_port",
+    "flowToken": "flow_token",
+    "instance": "instance",
+    "regId": "reg_id",
+    "q": "q",
+}
+
+
 # --- history ----------------------------------------------------------------
 
 
@@ -261,12 +307,45 @@ def _createBilling(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _createBindings(conn: Connection) -> None:
+    """
+    Version 2 -> 3: the registrar's bindings.
+
+    Frozen: this is what version 3 added, whatever L{METADATA} says now.
+    """
+    md = sa.MetaData()
+    sa.Table(
+        "bindings",
+        md,
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("aor", sa.Text, nullable=False),
+        sa.Column("contact", sa.Text, nullable=False),
+        sa.Column("expires_at", sa.Double, nullable=False),
+        sa.Column("registered_at", sa.Double, nullable=False),
+        sa.Column("call_id", sa.Text, nullable=False),
+        sa.Column("cseq", sa.BigInteger, nullable=False),
+        sa.Column("owner", sa.Text, nullable=False),
+        sa.Column("transport", sa.Text, nullable=False),
+        sa.Column("peer_host", sa.Text, nullable=False),
+        sa.Column("peer_port", sa.Integer, nullable=False),
+        sa.Column("flow_token", sa.Text, nullable=False),
+        sa.Column("instance", sa.Text, nullable=False),
+        sa.Column("reg_id", sa.Integer, nullable=False),
+        sa.Column("q", sa.Double, nullable=True),
+        sa.Index("ix_bindings_aor", "aor"),
+        sa.Index("ix_bindings_owner", "owner"),
+        sa.Index("ix_bindings_expires_at", "expires_at"),
+    )
+    md.create_all(conn)
+
+
 UpgradeStep = Callable[[Connection], None]
 
 #: C{UPGRADE_STEPS[n]} upgrades a version-C{n} database to version C{n+1}.
 UPGRADE_STEPS: List[UpgradeStep] = [
     _createCore,
     _createBilling,
+    _createBindings,
 ]
 
 #: The schema version this code writes and reads.

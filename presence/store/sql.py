@@ -48,12 +48,14 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from presence.interfaces import IStore
+from presence.interfaces import IBindingStore, IStore
 from presence.store import schema
 from presence.store.errors import DuplicateRecord, NoSuchRecord, StoreNotRunning
 from presence.store.records import (
+    BINDING_FIELDS,
     PUBLICATION_FIELDS,
     SUBSCRIPTION_FIELDS,
+    BindingRecord,
     PublicationRecord,
     SubscriptionRecord,
     checkSubscriptionChanges,
@@ -66,17 +68,23 @@ _REMOVE_SUB = "removeSubscription"
 _PUT_PUB = "putPublication"
 _REMOVE_PUB = "removePublication"
 _EXPIRE = "removeExpired"
+_PUT_BINDING = "putBinding"
+_REMOVE_BINDING = "removeBinding"
+_ADOPT = "adoptSubscriptions"
 
 _SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
 
 _subs = schema.subscriptions
 _pubs = schema.publications
+_binds = schema.bindings
 
 _SUB_SELECT = sa.select(*[_subs.c[schema.SUBSCRIPTION_COLUMNS[f]] for f in SUBSCRIPTION_FIELDS])
 _PUB_SELECT = sa.select(*[_pubs.c[schema.PUBLICATION_COLUMNS[f]] for f in PUBLICATION_FIELDS])
 _ROUTE_INDEX = SUBSCRIPTION_FIELDS.index("routeSet")
 _SUB_ITEMS = tuple(schema.SUBSCRIPTION_COLUMNS.items())
 _PUB_ITEMS = tuple(schema.PUBLICATION_COLUMNS.items())
+_BIND_SELECT = sa.select(*[_binds.c[schema.BINDING_COLUMNS[f]] for f in BINDING_FIELDS])
+_BIND_ITEMS = tuple(schema.BINDING_COLUMNS.items())
 
 
 def _encodeRoute(routeSet: Sequence[str]) -> str:
@@ -102,6 +110,13 @@ def _publicationRow(record: PublicationRecord) -> Dict[str, Any]:
     return {column: getattr(record, name) for name, column in _PUB_ITEMS}
 
 
+def _bindingRow(record: BindingRecord) -> Dict[str, Any]:
+    """
+    Map a record to bind parameters named after the columns.
+    """
+    return {column: getattr(record, name) for name, column in _BIND_ITEMS}
+
+
 def _subscriptionFromRow(row: Sequence[Any]) -> SubscriptionRecord:
     """
     Build a record from a row selected with C{_SUB_SELECT}.
@@ -120,6 +135,13 @@ def _publicationFromRow(row: Sequence[Any]) -> PublicationRecord:
     if not isinstance(body, bytes):
         values[3] = bytes(body)
     return PublicationRecord(*values)
+
+
+def _bindingFromRow(row: Sequence[Any]) -> BindingRecord:
+    """
+    Build a record from a row selected with C{_BIND_SELECT}.
+    """
+    return BindingRecord(*row)
 
 
 def isMemorySQLite(url: str) -> bool:
@@ -230,7 +252,7 @@ class _BatchResult:
         self.latency = latency
 
 
-@implementer(IStore)
+@implementer(IStore, IBindingStore)
 class SQLStore:
     """
     L{IStore} on SQLite (embedded default) or PostgreSQL (cluster database).
@@ -317,6 +339,7 @@ class SQLStore:
         self._startWaiters: List[Deferred] = []
         self._shutdownTrigger: Any = None
         self._upsert: Any = None
+        self._bindingUpsert: Any = None
         self.batchCount = 0
         self.commitCount = 0
         self.replayCount = 0
@@ -356,10 +379,11 @@ class SQLStore:
             busyTimeout=self.busyTimeout,
         )
 
-    def _buildUpsert(self, dialectName: str) -> Any:
+    def _buildUpsert(self, dialectName: str, table: sa.Table = _pubs) -> Any:
         """
-        The statement inserting a publication or replacing the row with the
-        same entity-tag, or C{None} where only delete-then-insert works.
+        The statement inserting a row of C{table} (publications by default)
+        or replacing the row with the same primary key, or C{None} where
+        only delete-then-insert works.
         """
         if dialectName == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
@@ -367,10 +391,11 @@ class SQLStore:
             from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
         else:
             return None
-        stmt = insert(_pubs)
+        (key,) = table.primary_key.columns
+        stmt = insert(table)
         return stmt.on_conflict_do_update(
-            index_elements=[_pubs.c.etag],
-            set_={c.name: stmt.excluded[c.name] for c in _pubs.columns if c.name != "etag"},
+            index_elements=[key],
+            set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name != key.name},
         )
 
     def start(self) -> Deferred:
@@ -392,6 +417,7 @@ class SQLStore:
             return fail()
         self._engine = engine
         self._upsert = self._buildUpsert(engine.dialect.name)
+        self._bindingUpsert = self._buildUpsert(engine.dialect.name, _binds)
         self._writePool = ThreadPool(1, 1, name="presence-store-writer")
         if isMemorySQLite(self.url):
             self._readPool = self._writePool
@@ -573,6 +599,29 @@ class SQLStore:
         """
         return self._enqueue((_EXPIRE, None, float(now)))
 
+    def putBinding(self, record: BindingRecord) -> Deferred:
+        """
+        See L{IBindingStore.putBinding}.
+        """
+        if not isinstance(record, BindingRecord):
+            return fail(TypeError("expected a BindingRecord, got %r" % (type(record),)))
+        return self._enqueue((_PUT_BINDING, record.id, record))
+
+    def removeBinding(self, bindingId: str) -> Deferred:
+        """
+        See L{IBindingStore.removeBinding}.
+        """
+        return self._enqueue((_REMOVE_BINDING, bindingId, None))
+
+    def adoptSubscriptions(self, formerOwner: str, owner: str) -> Deferred:
+        """
+        See L{IStore.adoptSubscriptions}: one C{UPDATE ... RETURNING}, so
+        that of two managers adopting the same dead one at once, each row
+        goes to exactly one (the second waits for the first's row locks,
+        then finds the rows no longer match).
+        """
+        return self._enqueue((_ADOPT, formerOwner, owner))
+
     def _enqueue(self, op: Tuple[Any, ...]) -> Deferred:
         """
         Queue one write and start a batch if the writer is idle.
@@ -705,8 +754,8 @@ class SQLStore:
                 shape = frozenset(ops[i][2])
                 while j < n and ops[j][0] == kind and frozenset(ops[j][2]) == shape:
                     j += 1
-            elif kind == _PUT_PUB:
-                # One statement must not touch the same entity-tag twice
+            elif kind in (_PUT_PUB, _PUT_BINDING):
+                # One statement must not touch the same key twice
                 # (PostgreSQL refuses ON CONFLICT on a row twice).
                 seen = {ops[i][1]}
                 while j < n and ops[j][0] == kind and ops[j][1] not in seen:
@@ -747,6 +796,23 @@ class SQLStore:
                 sa.delete(_pubs).where(_pubs.c.etag == sa.bindparam("p_key")),
                 [{"p_key": op[1]} for op in group],
             )
+        elif kind == _PUT_BINDING:
+            rows = [_bindingRow(op[2]) for op in group]
+            if self._bindingUpsert is not None:
+                conn.execute(self._bindingUpsert, rows)
+            else:
+                conn.execute(
+                    sa.delete(_binds).where(_binds.c.id == sa.bindparam("p_key")),
+                    [{"p_key": op[1]} for op in group],
+                )
+                conn.execute(sa.insert(_binds), rows)
+        elif kind == _REMOVE_BINDING:
+            conn.execute(
+                sa.delete(_binds).where(_binds.c.id == sa.bindparam("p_key")),
+                [{"p_key": op[1]} for op in group],
+            )
+        elif kind == _ADOPT:
+            return [self._adopt(conn, op[1], op[2]) for op in group]
         elif kind == _EXPIRE:
             (op,) = group
             now = op[2]
@@ -756,6 +822,20 @@ class SQLStore:
         else:
             raise AssertionError("unknown write %r" % (kind,))
         return [None] * len(group)
+
+    @staticmethod
+    def _adopt(conn: Connection, formerOwner: str, owner: str) -> List[SubscriptionRecord]:
+        """
+        Writer thread: move every subscription of C{formerOwner} to
+        C{owner}; return them as they now are.
+        """
+        stmt = (
+            sa.update(_subs)
+            .where(_subs.c.owner == formerOwner)
+            .values(owner=owner)
+            .returning(*_SUB_SELECT.selected_columns)
+        )
+        return [_subscriptionFromRow(row) for row in conn.execute(stmt)]
 
     def _applyUpdates(self, conn: Connection, group: List[Tuple[Any, ...]]) -> None:
         """
@@ -840,6 +920,31 @@ class SQLStore:
 
         return self._read(load)
 
+    def findSubscription(self, presentity: str, callId: str, localTag: str) -> Deferred:
+        """
+        See L{IStore.findSubscription}.
+        """
+        stmt = _SUB_SELECT.where(
+            _subs.c.presentity == presentity, _subs.c.call_id == callId, _subs.c.local_tag == localTag
+        )
+
+        def find(conn: Connection) -> Optional[SubscriptionRecord]:
+            row = conn.execute(stmt).first()
+            return None if row is None else _subscriptionFromRow(row)
+
+        return self._read(find)
+
+    def getPublication(self, etag: str) -> Deferred:
+        """
+        See L{IStore.getPublication}.
+        """
+
+        def get(conn: Connection) -> Optional[PublicationRecord]:
+            row = conn.execute(_PUB_SELECT.where(_pubs.c.etag == etag)).first()
+            return None if row is None else _publicationFromRow(row)
+
+        return self._read(get)
+
     def loadPublications(self) -> Deferred:
         """
         See L{IStore.loadPublications}.
@@ -847,5 +952,16 @@ class SQLStore:
 
         def load(conn: Connection) -> List[PublicationRecord]:
             return [_publicationFromRow(row) for row in conn.execute(_PUB_SELECT)]
+
+        return self._read(load)
+
+    def loadBindings(self, owner: Optional[str] = None) -> Deferred:
+        """
+        See L{IBindingStore.loadBindings}.
+        """
+        stmt = _BIND_SELECT if owner is None else _BIND_SELECT.where(_binds.c.owner == owner)
+
+        def load(conn: Connection) -> List[BindingRecord]:
+            return [_bindingFromRow(row) for row in conn.execute(stmt)]
 
         return self._read(load)

@@ -1,0 +1,700 @@
+"""
+The cluster logic of one manager: replicate publications to every peer,
+merge what peers send, resynchronise from a peer that (re)appears, and
+adopt the subscriptions of a peer that died.  Sans-IO: peers are
+L{IPeer} providers (over PB in production, L{LocalPeer} in tests), time is
+an injected clock.
+
+Replication and ordering
+========================
+
+An entity-tag names one immutable publication: every modification or
+refresh mints a new entity-tag (RFC 3903 §4.1) and removes the old one.
+So an entity-tag is created once and removed once, and the replicated
+state of a presentity is a set of entity-tags with add-once, remove-once
+semantics (a two-phase set).  A removal is remembered as a I{tombstone}
+until the removed publication would have expired; after that a late
+creation of it is refused anyway, being expired.  Merging is then
+commutative and idempotent:
+
+  - a creation is applied unless the entity-tag is known, tombstoned or
+    expired;
+  - a removal is applied if the entity-tag is live, and tombstones it in
+    any case;
+  - a creation that C{replaces} an older entity-tag removes it in the
+    same step, so watchers never see both or neither.
+
+Hence a late, duplicated or reordered message (updates travel over one
+connection per direction, resync pages over another) never regresses
+state, and there is no need for a version vector.  The C{version} each
+update carries is the presentity's Lamport clock: a node publishing takes
+one more than the highest version it has seen for that presentity,
+receivers raise their own counter to what they receive.  With the
+publication's C{modifiedAt} and its entity-tag it gives composition a
+total order that every node computes alike, so all managers compose
+byte-identical documents from the same publications, and each notifies
+its own watchers only when the bytes change.
+
+Resynchronisation
+=================
+
+Whenever a link to a peer comes up, this node pulls the peer's whole
+state (live publications and tombstones) in pages of C{pageSize}
+updates, cut at L{messages.MAX_BATCH_BYTES} bytes, and merges it as
+above; a peer that logs in to us is pulled from as well, so that each
+side catches up with what it missed while the link was down.  A node
+that starts has first loaded the store (L{SubscriptionManager.load}).
+
+Adoption
+========
+
+Subscriptions belong to one manager (the C{owner} column), which alone
+sends their NOTIFYs.  When a peer's link has been down for C{adoptAfter}
+seconds (or was never up since we started), and this node reaches a
+quorum of the cluster (a strict majority by default, itself included: a
+manager cut off from the others must not take the subscriptions they
+still serve), it moves all the peer's subscriptions to itself in one
+statement (L{IStore.adoptSubscriptions}: of two survivors trying at
+once, each row goes to one), loads them (NOTIFY CSeqs continue above the
+stored ceiling) and sends each active watcher the current state, which
+it may have missed while its manager was dead.  It then tells every
+peer, and the former owner when it comes back, which drops whatever it
+still held of them.
+
+What this does not fence: a manager cut off from its peers but not from
+the database or the dispatcher, in a cluster where the others still
+form a quorum, keeps notifying the watchers it lost until its links
+come back.  Fencing that needs liveness kept in the database itself (a
+lease per manager), not in the PB links.
+
+An in-dialog request for a dialog this node does not hold (the
+dispatcher sends a dead owner's dialogs to any live manager, and a
+restarted owner gets back dialogs that were adopted meanwhile) is looked
+up in the store: a dead owner's subscriptions are adopted at once, a live
+peer hands the subscription over (L{IPeer.handOver}), and the request is
+served here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from presence.cluster.messages import MAX_BATCH_BYTES, PublicationUpdate, batches, checkUpdates
+from presence.interfaces import IPeer, IPeerGroup
+from presence.manager.expiry import ExpiryWheel
+from presence.manager.state import Publication
+from presence.pidf import PidfError, parsePidf
+from presence.sip.headers import HeaderError
+from presence.sip.uri import URIError, normaliseAOR
+
+#: Seconds a tombstone outlives its publication's expiry: room for clock
+#: differences between the nodes.
+TOMBSTONE_SLACK = 60.0
+
+#: Most updates per page a peer may ask for.
+MAX_PAGE = 1000
+
+
+def updateOf(pub: Publication, origin: str, replaces: str = "") -> PublicationUpdate:
+    """
+    The update announcing C{pub}.
+    """
+    return PublicationUpdate(
+        pub.presentity, pub.etag, pub.body, pub.expiresAt, pub.modifiedAt, pub.version,
+        origin, False, replaces,
+    )
+
+
+def removalOf(presentity: str, etag: str, expiresAt: float, origin: str) -> PublicationUpdate:
+    """
+    The update announcing that C{etag} is gone.
+    """
+    return PublicationUpdate(presentity, etag, b"", expiresAt, 0.0, 0, origin, True, "")
+
+
+@implementer(IPeerGroup)
+class PeerGroup:
+    """
+    This node's view of the cluster.
+
+    @ivar node: this manager's name (the C{owner} of its subscriptions,
+        and the C{m} of the dispatcher's routes).
+    @ivar peerNames: every other manager's name.
+    @ivar peers: the peers whose link is up, name to L{IPeer}.
+    @ivar tombstones: entity-tag to the removal update, while remembered.
+    @ivar manager: the L{SubscriptionManager}, once attached.
+    @ivar counters: what it did, for the admin console and metrics.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node: str,
+        peerNames: Iterable[str],
+        clock: Any,
+        adoptAfter: float = 10.0,
+        pageSize: int = 200,
+        quorum: int = 0,
+    ) -> None:
+        """
+        @param quorum: how many managers, this one included, must be
+            reachable for this one to adopt a peer on its own initiative
+            (0: a strict majority of the cluster).  A manager cut off from
+            the others must not take their subscriptions while they still
+            serve them; a two-manager cluster that wants adoption at all
+            has to accept that risk with C{quorum = 1}.
+        """
+        self.node = node
+        self.peerNames = frozenset(peerNames) - {node}
+        self.clock = clock
+        self.adoptAfter = adoptAfter
+        self.pageSize = min(pageSize, MAX_PAGE)
+        self.quorum = quorum or (len(self.peerNames) + 1) // 2 + 1
+        self.pageBytes = MAX_BATCH_BYTES
+        self.manager: Any = None
+        self.store: Any = None
+        self.peers: Dict[str, Any] = {}
+        self.tombstones: Dict[str, PublicationUpdate] = {}
+        self._graveyard = ExpiryWheel(clock, self._forget, resolution=5.0)
+        self._outbox: List[PublicationUpdate] = []
+        self._flushCall: Any = None
+        self._adoptTimers: Dict[str, Any] = {}
+        self._adopting: Dict[str, Deferred] = {}
+        self._adoptedFrom: Set[str] = set()
+        self._resyncing: Dict[str, bool] = {}
+        self._syncWaiters: Dict[str, List[Deferred]] = {}
+        self.counters: Dict[str, int] = {
+            "sent": 0,
+            "received": 0,
+            "applied": 0,
+            "ignored": 0,
+            "refused": 0,
+            "resyncs": 0,
+            "pages": 0,
+            "adopted": 0,
+            "handedOver": 0,
+            "takenOver": 0,
+        }
+
+    # Life cycle.
+
+    def attach(self, manager: Any) -> None:
+        """
+        Start serving C{manager}: it reports to us from now on, and every
+        peer not up within C{adoptAfter} seconds has its subscriptions
+        adopted.
+        """
+        self.manager = manager
+        self.store = manager.store
+        manager.cluster = self
+        for name in sorted(self.peerNames):
+            if name not in self.peers:
+                self._armAdoption(name)
+
+    def stop(self) -> None:
+        """
+        Detach from the manager and cancel every timer.
+        """
+        if self.manager is not None and self.manager.cluster is self:
+            self.manager.cluster = None
+        self.manager = None
+        for call in list(self._adoptTimers.values()):
+            if call.active():
+                call.cancel()
+        self._adoptTimers.clear()
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
+        self._outbox = []
+        self._graveyard.stop()
+
+    # IPeerGroup: the manager reports.
+
+    def publicationChanged(self, publication: Publication, replaced: Optional[Publication]) -> None:
+        replaces = ""
+        if replaced is not None:
+            replaces = replaced.etag
+            self._bury(removalOf(replaced.presentity, replaced.etag, replaced.expiresAt, self.node))
+        self._send(updateOf(publication, publication.origin or self.node, replaces))
+
+    def publicationRemoved(self, publication: Publication) -> None:
+        removal = removalOf(publication.presentity, publication.etag, publication.expiresAt, self.node)
+        self._bury(removal)
+        self._send(removal)
+
+    def publicationMissing(self, etag: str) -> Optional[Deferred]:
+        if etag in self.tombstones or self.store is None:
+            return None
+        d = self.store.getPublication(etag)
+        d.addCallback(self._storedPublication)
+        d.addErrback(self._logFailure, "reading publication " + etag)
+        return d
+
+    def _storedPublication(self, record: Any) -> None:
+        """
+        A publication another node has just stored, which replication has
+        not brought yet: take it as if it had.
+        """
+        if record is None:
+            return
+        update = PublicationUpdate(
+            record.presentity, record.etag, record.body, record.expiresAt, record.modifiedAt,
+            record.version, "", False, "",
+        )
+        self.receive([update], "store")
+
+    def dialogMissing(self, request: Any, key: Tuple[str, str, str, str]) -> Optional[Deferred]:
+        if self.store is None:
+            return None
+        try:
+            presentity = normaliseAOR(request.toAddr().uri)
+        except (HeaderError, URIError):
+            return None
+        return self._findDialog(key, presentity, True)
+
+    def _findDialog(self, key: Tuple[str, str, str, str], presentity: str, retry: bool) -> Deferred:
+        """
+        Find who owns the dialog C{key} in the store and get it here:
+        load it if it is ours already, adopt its dead owner's
+        subscriptions, or have its live owner hand it over.
+        """
+        callId, localTag, remoteTag, eventId = key
+
+        def found(record: Any) -> Any:
+            manager = self.manager
+            if manager is None or key in manager.dialogs:
+                return None
+            if record is None or (record.remoteTag, record.eventId) != (remoteTag, eventId):
+                return None
+            owner = record.owner
+            if owner == self.node:
+                manager.adopt([record], notify=False)
+                return None
+            peer = self.peers.get(owner)
+            if peer is not None:
+                d = peer.handOver(record.id)
+                d.addCallback(self._handedOver, record.id, owner)
+                return d
+            if owner in self.peerNames and retry:
+                d = self.adopt(owner)
+                d.addCallback(lambda _: self._findDialog(key, presentity, False))
+                return d
+            return None
+
+        d = self.store.findSubscription(presentity, callId, localTag)
+        d.addCallback(found)
+        d.addErrback(self._logFailure, "looking up dialog " + callId)
+        return d
+
+    def _handedOver(self, ok: bool, subscriptionId: str, owner: str) -> Optional[Deferred]:
+        if not ok or self.store is None:
+            return None
+        self.counters["takenOver"] += 1
+        self.log.info(
+            "Subscription {id} handed over by {owner}", id=subscriptionId, owner=owner
+        )
+
+        def load(record: Any) -> None:
+            if record is not None and record.owner == self.node and self.manager is not None:
+                self.manager.adopt([record], notify=False)
+
+        return self.store.getSubscription(subscriptionId).addCallback(load)
+
+    # Sending.
+
+    def _send(self, update: PublicationUpdate) -> None:
+        """
+        Queue C{update} for every peer; everything queued in one reactor
+        turn goes in one call per peer.  A peer that is down misses it and
+        catches up when it resynchronises.
+        """
+        if not self.peers:
+            return
+        self._outbox.append(update)
+        if self._flushCall is None:
+            self._flushCall = self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flushCall = None
+        outbox, self._outbox = self._outbox, []
+        for batch in batches(outbox):
+            for name, peer in list(self.peers.items()):
+                self.counters["sent"] += len(batch)
+                d = peer.applyUpdates(batch)
+                d.addErrback(self._logFailure, "sending %d updates to %s" % (len(batch), name))
+
+    # Receiving.
+
+    def receive(self, updates: List[PublicationUpdate], sender: str) -> int:
+        """
+        Merge updates from C{sender} (a peer, or C{"store"}) into the
+        manager's memory, then let the manager recompose and notify once
+        per presentity.
+
+        @return: how many changed something.
+        """
+        manager = self.manager
+        if manager is None:
+            return 0
+        self.counters["received"] += len(updates)
+        now = self.clock.seconds()
+        puts: Dict[str, Publication] = {}
+        removes: List[Tuple[str, str]] = []
+        for update in updates:
+            etag = update.etag
+            if update.removed:
+                if etag in self.tombstones:
+                    self.counters["ignored"] += 1
+                    continue
+                self._bury(update)
+                if puts.pop(etag, None) is None:
+                    removes.append((update.presentity, etag))
+                continue
+            if etag in self.tombstones or etag in puts or update.expiresAt <= now or self._holds(update):
+                self.counters["ignored"] += 1
+                continue
+            try:
+                document = parsePidf(update.body, update.presentity)
+            except PidfError as e:
+                self.counters["refused"] += 1
+                self.log.warn(
+                    "Refused publication {etag} of {presentity} from {sender}: {error}",
+                    etag=etag, presentity=update.presentity, sender=sender, error=str(e),
+                )
+                continue
+            replaced = update.replaces
+            if replaced and replaced not in self.tombstones:
+                old = manager.publications.get(replaced)
+                until = old.expiresAt if old is not None else now + manager.config.publishMaxExpires
+                self._bury(removalOf(update.presentity, replaced, until, update.origin))
+                if puts.pop(replaced, None) is None:
+                    removes.append((update.presentity, replaced))
+            origin = "" if update.origin == self.node else (update.origin or sender)
+            puts[etag] = Publication(
+                etag, update.presentity, update.body, document, update.expiresAt,
+                update.modifiedAt, update.version, origin,
+            )
+        applied = manager.applyRemote(list(puts.values()), removes)
+        self.counters["applied"] += applied
+        return applied
+
+    def _holds(self, update: PublicationUpdate) -> bool:
+        """
+        Whether the manager holds this entity-tag already (claimed by a
+        refresh in progress included).
+        """
+        manager = self.manager
+        if update.etag in manager.publications:
+            return True
+        pres = manager.presentities.get(update.presentity)
+        return pres is not None and update.etag in pres.publications
+
+    def _bury(self, removal: PublicationUpdate) -> None:
+        """
+        Remember that C{removal.etag} is gone until its publication would
+        have expired anyway.
+        """
+        if removal.etag in self.tombstones:
+            return
+        self.tombstones[removal.etag] = removal
+        until = max(removal.expiresAt, self.clock.seconds()) + TOMBSTONE_SLACK
+        self._graveyard.set(removal.etag, until)
+
+    def _forget(self, etags: List[Any]) -> None:
+        for etag in etags:
+            self.tombstones.pop(etag, None)
+
+    def snapshot(self) -> List[Tuple[str, str]]:
+        """
+        What a resync page walks: C{(presentity, etag)} of every live
+        publication (claimed ones included) and every tombstone.
+        """
+        manager = self.manager
+        if manager is None:
+            return []
+        items = [
+            (aor, etag) for aor, pres in manager.presentities.items() for etag in pres.publications
+        ]
+        items.extend((removal.presentity, etag) for etag, removal in self.tombstones.items())
+        return items
+
+    def pageOf(self, items: List[Tuple[str, str]], offset: int, limit: int) -> Tuple[List[PublicationUpdate], int]:
+        """
+        The updates for C{items[offset:]}, at most C{limit} of them and
+        about L{pageBytes} bytes; those gone since the
+        snapshot are skipped (their removal is a tombstone, or they
+        expired).
+
+        @return: the updates and the offset of the next page, -1 after the
+            last.
+        """
+        manager = self.manager
+        limit = max(1, min(limit, MAX_PAGE))
+        updates: List[PublicationUpdate] = []
+        size = 0
+        index = offset
+        while index < len(items) and len(updates) < limit:
+            aor, etag = items[index]
+            removal = self.tombstones.get(etag)
+            if removal is not None:
+                update: Optional[PublicationUpdate] = removal
+            else:
+                pres = manager.presentities.get(aor) if manager is not None else None
+                pub = pres.publications.get(etag) if pres is not None else None
+                update = None if pub is None else updateOf(pub, pub.origin or self.node)
+            if update is not None:
+                if updates and size + update.weight() > self.pageBytes:
+                    break
+                updates.append(update)
+                size += update.weight()
+            index += 1
+        return updates, (index if index < len(items) else -1)
+
+    # Membership.
+
+    def peerUp(self, name: str, peer: Any) -> None:
+        """
+        The link to C{name} is up (logged in): send to it from now on,
+        pull its state, and tell it if we adopted its subscriptions.
+        """
+        if name not in self.peerNames:
+            return
+        self.peers[name] = peer
+        call = self._adoptTimers.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+        self.log.info("Cluster peer {peer} is up", peer=name)
+        if name in self._adoptedFrom:
+            self._adoptedFrom.discard(name)
+            peer.adopted(name, self.node).addErrback(self._logFailure, "telling %s" % (name,))
+        self.resync(name)
+
+    def peerDown(self, name: str) -> None:
+        """
+        The link to C{name} is down: stop sending to it, and adopt its
+        subscriptions unless it is back within C{adoptAfter} seconds.
+        """
+        if self.peers.pop(name, None) is None:
+            return
+        self._resyncing.pop(name, None)
+        for waiter in self._syncWaiters.pop(name, []):
+            waiter.callback(False)
+        self.log.warn("Cluster peer {peer} is down", peer=name)
+        if self.manager is not None:
+            self._armAdoption(name)
+
+    def peerLoggedIn(self, name: str) -> None:
+        """
+        C{name} logged in to us: it may have missed what we sent while
+        its link was down, and we what it sent; pull its state.
+        """
+        if name in self.peers:
+            self.resync(name)
+
+    def resync(self, name: str) -> None:
+        """
+        Pull C{name}'s state, page by page; if asked again meanwhile, pull
+        again once done.
+        """
+        peer = self.peers.get(name)
+        if peer is None or self.manager is None:
+            return
+        if name in self._resyncing:
+            self._resyncing[name] = True
+            return
+        self._resyncing[name] = False
+        self.counters["resyncs"] += 1
+        self._pull(name, peer, 0, 0, 0)
+
+    def _pull(self, name: str, peer: Any, offset: int, pages: int, applied: int) -> None:
+        d = maybeDeferred(peer.page, offset, self.pageSize)
+
+        def got(result: Any) -> None:
+            if self.peers.get(name) is not peer or self.manager is None:
+                return
+            updates, following = result
+            self.counters["pages"] += 1
+            count = self.receive(checkUpdates(updates), name)
+            if type(following) is int and following > offset:
+                self._pull(name, peer, following, pages + 1, applied + count)
+                return
+            self.log.info(
+                "Resynchronised from {peer}: {pages} pages, {applied} changes",
+                peer=name, pages=pages + 1, applied=applied + count,
+            )
+            again = self._resyncing.pop(name, False)
+            for waiter in self._syncWaiters.pop(name, []):
+                waiter.callback(True)
+            if again:
+                self.resync(name)
+
+        def failed(failure: Failure) -> None:
+            if self.peers.get(name) is peer:
+                self._resyncing.pop(name, None)
+            self._logFailure(failure, "resynchronising from %s" % (name,))
+
+        d.addCallbacks(got, failed)
+
+    def whenSynced(self, name: str) -> Deferred:
+        """
+        Fire with C{True} after the next complete resync from C{name}
+        (C{False} if its link goes down first): for tests and tools.
+        """
+        d: Deferred = Deferred()
+        self._syncWaiters.setdefault(name, []).append(d)
+        return d
+
+    # Adoption.
+
+    def _armAdoption(self, name: str) -> None:
+        call = self._adoptTimers.get(name)
+        if call is not None and call.active():
+            return
+        self._adoptTimers[name] = self.clock.callLater(self.adoptAfter, self._adoptionDue, name)
+
+    def _adoptionDue(self, name: str) -> None:
+        self._adoptTimers.pop(name, None)
+        if name in self.peers or self.manager is None:
+            return
+        reachable = len(self.peers) + 1
+        if reachable < self.quorum:
+            self.log.warn(
+                "Not adopting the subscriptions of {peer}: only {reachable} of {size} managers "
+                "reachable, {quorum} needed",
+                peer=name, reachable=reachable, size=len(self.peerNames) + 1, quorum=self.quorum,
+            )
+            self._armAdoption(name)
+            return
+        self.adopt(name)
+
+    def adopt(self, name: str) -> Deferred:
+        """
+        Take every subscription C{name} still owns in the store.
+
+        @return: a Deferred firing with how many were adopted (0 when the
+            store fails: logged).
+        """
+        pending = self._adopting.get(name)
+        if pending is None:
+            pending = self._adopting[name] = self.store.adoptSubscriptions(name, self.node)
+            pending.addCallback(self._adopted, name)
+            pending.addErrback(self._adoptionFailed, name)
+        d: Deferred = Deferred()
+        pending.addBoth(lambda result: (d.callback(result), result)[1])
+        return d
+
+    def _adopted(self, records: List[Any], name: str) -> int:
+        self._adopting.pop(name, None)
+        manager = self.manager
+        if manager is None:
+            return 0
+        count = manager.adopt(records)
+        if not records:
+            return 0
+        self.counters["adopted"] += len(records)
+        self._adoptedFrom.add(name)
+        self.log.warn(
+            "Adopted {count} subscriptions of {peer} ({live} live)",
+            count=len(records), peer=name, live=count,
+        )
+        for peerName, peer in list(self.peers.items()):
+            peer.adopted(name, self.node).addErrback(self._logFailure, "telling %s" % (peerName,))
+        return len(records)
+
+    def _adoptionFailed(self, failure: Failure, name: str) -> int:
+        self._adopting.pop(name, None)
+        self._logFailure(failure, "adopting the subscriptions of %s" % (name,))
+        if name not in self.peers and self.manager is not None:
+            self._armAdoption(name)
+        return 0
+
+    def adoptedBy(self, formerOwner: str, owner: str) -> Deferred:
+        """
+        C{owner} adopted C{formerOwner}'s subscriptions.  If we are the
+        former owner (we were cut off, not dead), drop from memory every
+        subscription the store no longer says is ours, so that one
+        manager only notifies each watcher.
+        """
+        manager = self.manager
+        if formerOwner != self.node or manager is None:
+            return succeed(0)
+        held = set(manager.subscriptions)
+
+        def owned(records: List[Any]) -> int:
+            if self.manager is not manager:
+                return 0
+            lost = held - set(record.id for record in records)
+            count = manager.disown(lost)
+            if count:
+                self.log.warn(
+                    "{owner} adopted {count} of our subscriptions: dropped them",
+                    owner=owner, count=count,
+                )
+            return count
+
+        return self.store.loadSubscriptions(self.node).addCallback(owned)
+
+    def handOver(self, subscriptionId: str, to: str) -> Deferred:
+        """
+        Give C{to} (a peer) the subscription C{subscriptionId}.
+        """
+        manager = self.manager
+        if manager is None or to not in self.peerNames:
+            return succeed(False)
+        d = manager.release(subscriptionId, to)
+
+        def done(ok: bool) -> bool:
+            if ok:
+                self.counters["handedOver"] += 1
+                self.log.info("Handed subscription {id} over to {peer}", id=subscriptionId, peer=to)
+            return ok
+
+        return d.addCallback(done)
+
+    def _logFailure(self, failure: Failure, what: str) -> None:
+        self.log.failure("Cluster: {what} failed", failure, what=what)
+
+
+@implementer(IPeer)
+class LocalPeer:
+    """
+    This node as the peer C{caller} sees it: what a PB avatar calls, and
+    what tests link two groups with directly.
+
+    @ivar caller: the node calling (the one that logged in).
+    """
+
+    def __init__(self, group: PeerGroup, caller: str) -> None:
+        self.group = group
+        self.caller = caller
+        self._snapshot: List[Tuple[str, str]] = []
+
+    def applyUpdates(self, updates: Any) -> Deferred:
+        return maybeDeferred(lambda: self.group.receive(checkUpdates(updates), self.caller))
+
+    def page(self, offset: Any, limit: Any) -> Deferred:
+        if type(offset) is not int or type(limit) is not int or offset < 0:
+            return maybeDeferred(_refuse, "page(offset, limit) takes two integers")
+        if offset == 0:
+            self._snapshot = self.group.snapshot()
+        return succeed(self.group.pageOf(self._snapshot, offset, limit))
+
+    def adopted(self, formerOwner: Any, owner: Any) -> Deferred:
+        if not isinstance(formerOwner, str) or owner != self.caller:
+            return maybeDeferred(_refuse, "adopted(formerOwner, owner): owner must be the caller")
+        return self.group.adoptedBy(formerOwner, owner)
+
+    def handOver(self, subscriptionId: Any) -> Deferred:
+        if not isinstance(subscriptionId, str) or len(subscriptionId) > 128:
+            return maybeDeferred(_refuse, "handOver(subscriptionId) takes a string")
+        return self.group.handOver(subscriptionId, self.caller)
+
+
+def _refuse(message: str) -> None:
+    raise ValueError(message)

@@ -1,0 +1,472 @@
+"""
+A cluster of real processes on loopback, sharing one PostgreSQL schema
+(created and dropped by each test): a dispatcher and three managers
+linked by Perspective Broker.
+
+Layout::
+
+    127.0.0.1  the user agents (one UDP socket playing them all)
+    127.0.0.2  the dispatcher (round robin)
+    127.0.0.3  manager m1 \\
+    127.0.0.4  manager m2  } SIP over UDP, PB on a TCP port of their own
+    127.0.0.5  manager m3 /
+
+What they show: a publisher on one manager and watchers on the two
+others are all notified; a manager killed with SIGKILL under load loses
+no acknowledged subscription, its watchers are notified after the next
+publication (by the manager that adopted them, CSeq still increasing);
+restarted, it rejoins the cluster and catches up.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+import uuid
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+
+import pytest
+import sqlalchemy as sa
+
+from presence.sip.headers import NameAddr
+from presence.sip.message import Request, Response
+from presence.sip.parser import parseMessage
+from presence.sip.uri import SipURI
+from tests.conftest import requirePostgres, skipOrFail
+from tests.serverprocess import ServerProcess
+from tests.sipclient import answer, newRequest
+
+DISPATCHER = "127.0.0.2"
+MANAGERS = {"m1": "127.0.0.3", "m2": "127.0.0.4", "m3": "127.0.0.5"}
+NAMES = sorted(MANAGERS)
+
+PIDF = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="%s">'
+    '<tuple id="t1"><status><basic>%s</basic></status><note>%s</note></tuple></presence>'
+)
+
+SECRETS = "".join("%s %s\n" % (name, os.urandom(16).hex()) for name in NAMES)
+
+
+def _freePort(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _loopbackUsable() -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((DISPATCHER, 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    base = requirePostgres()
+    schema = "cluster_%s" % (uuid.uuid4().hex[:12],)
+    engine = sa.create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA %s" % (schema,)))
+    try:
+        yield base + "?options=-csearch_path%%3D%s" % (schema,)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA %s CASCADE" % (schema,)))
+        engine.dispose()
+
+
+class Cluster:
+    """
+    The processes, and how to (re)start a manager on the same ports.
+    """
+
+    def __init__(self, workdir: str, database: str) -> None:
+        self.workdir = workdir
+        self.database = database
+        self.managers: Dict[str, ServerProcess] = {}
+        self.sipPorts: Dict[str, int] = {}
+        self.pbPorts = {name: _freePort(MANAGERS[name]) for name in NAMES}
+        self.dispatcher: Optional[ServerProcess] = None
+        self.secretFile = os.path.join(workdir, "cluster-secrets")
+        with open(self.secretFile, "w") as f:
+            f.write(SECRETS)
+        os.chmod(self.secretFile, 0o600)
+
+    def startManager(self, name: str) -> ServerProcess:
+        host = MANAGERS[name]
+        config = os.path.join(self.workdir, name + ".ini")
+        peers = " ".join("%s=tcp:%s:%d" % (n, MANAGERS[n], self.pbPorts[n]) for n in NAMES)
+        with open(config, "w") as f:
+            # These user agents do not authenticate: example.test is
+            # trusted here (authentication is billing's test).
+            f.write(
+                "[manager]\nnode = %s\nnotify_min_interval = 0\n"
+                "[billing]\nno_auth_domains = example.test\n"
+                "[cluster]\nlisten = tcp:%d:interface=%s\npeers = %s\nsecret_file = %s\n"
+                "adopt_after = 2\nping_interval = 0.5\nretry_delay = 0.2\n"
+                % (name, self.pbPorts[name], host, peers, self.secretFile)
+            )
+        port = self.sipPorts.get(name, 0)
+        process = ServerProcess(
+            self.workdir,
+            [
+                "--role=manager",
+                "--config", config,
+                "--database", self.database,
+                "--listen", "udp:%d:interface=%s" % (port, host),
+                "--advertise", host,
+                "--domain", "example.test",
+            ],
+        ).start("Cluster node %s listening" % (name,))
+        self.managers[name] = process
+        self.sipPorts[name] = process.ports["UDP"]
+        return process
+
+    def startDispatcher(self) -> ServerProcess:
+        config = os.path.join(self.workdir, "dispatcher.ini")
+        managers = " ".join("%s=udp:%s:%d" % (n, MANAGERS[n], self.sipPorts[n]) for n in NAMES)
+        secret = os.path.join(self.workdir, "route-secret")
+        with open(secret, "w") as f:
+            f.write("cluster integration route secret\n")
+        os.chmod(secret, 0o600)
+        with open(config, "w") as f:
+            f.write(
+                "[dispatcher]\nmanagers = %s\npolicy = round_robin\nping_interval = 0.5\n"
+                "dead_after = 1.5\nsecret_file = %s\n" % (managers, secret)
+            )
+        process = ServerProcess(
+            self.workdir,
+            ["--role=dispatcher", "--config", config, "--listen", "udp:0:interface=" + DISPATCHER,
+             "--advertise", DISPATCHER],
+        ).start("Dispatcher ready")
+        for name in NAMES:
+            process.waitFor("Manager %s is up" % (name,))
+        self.dispatcher = process
+        return process
+
+    def owners(self) -> Dict[Tuple[str, str], str]:
+        """
+        (Call-ID, our tag) of every stored subscription, to its owner.
+        """
+        engine = sa.create_engine(self.database)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT call_id, local_tag, owner FROM subscriptions"))
+                return {(row[0], row[1]): row[2] for row in rows}
+        finally:
+            engine.dispose()
+
+    def kill(self, name: str) -> None:
+        """
+        SIGKILL manager C{name}.
+        """
+        process = self.managers.pop(name)
+        assert process.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    def stop(self) -> List[str]:
+        problems = []
+        processes = ([self.dispatcher] if self.dispatcher else []) + list(self.managers.values())
+        for process in processes:
+            try:
+                process.stopCleanly()
+            except AssertionError as e:
+                problems.append(str(e)[-3000:])
+        return problems
+
+
+@pytest.fixture
+def cluster(tmp_path, database):
+    if not _loopbackUsable():
+        skipOrFail("cannot bind 127.0.0.2: the loopback interface does not answer for 127/8")
+    cluster = Cluster(str(tmp_path), database)
+    try:
+        for name in NAMES:
+            cluster.startManager(name)
+        for name in NAMES:
+            for peer in NAMES:
+                if peer != name:
+                    cluster.managers[name].waitFor("Resynchronised from %s" % (peer,))
+        cluster.startDispatcher()
+        yield cluster
+    finally:
+        problems = cluster.stop()
+        assert not problems, problems
+
+
+Dialog = Tuple[str, str]
+
+
+class Agents:
+    """
+    One UDP socket on 127.0.0.1 playing any number of user agents: it
+    sends requests, answers every NOTIFY 200 at once, and files what
+    comes back by dialog.
+
+    @ivar ok: Call-ID to the 200 that answered its SUBSCRIBE or PUBLISH.
+    @ivar notifies: dialog (Call-ID, the manager's tag) to the NOTIFYs
+        received, one per CSeq.
+    """
+
+    def __init__(self, dispatcherPort: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.port = self.sock.getsockname()[1]
+        self.dispatcher = (DISPATCHER, dispatcherPort)
+        self.requests: Dict[str, Request] = {}
+        self.ok: Dict[str, Response] = {}
+        self.failed: Dict[str, int] = {}
+        self.answers: Dict[Tuple[str, int], int] = {}
+        self.notifies: Dict[Dialog, Dict[int, Request]] = {}
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, request: Request, to: Optional[Tuple[str, int]] = None) -> None:
+        self.requests[request.callId or ""] = request
+        self.sock.sendto(request.toBytes(), to or self.dispatcher)
+
+    def subscribe(self, presentity: str, watcher: str, to: Optional[Tuple[str, int]] = None) -> str:
+        request = newRequest(
+            "SUBSCRIBE", presentity, self.port, Event="presence", Expires="600",
+            Accept="application/pidf+xml", fromURI=watcher,
+        )
+        self.send(request, to)
+        return request.callId or ""
+
+    def refresh(self, callId: str, cseq: int) -> None:
+        """
+        Refresh the subscription C{callId} in its dialog, as a user agent
+        does: to the 200's Contact, along its Record-Route.
+        """
+        subscribe, ok = self.requests[callId], self.ok[callId]
+        request = newRequest(
+            "SUBSCRIBE", NameAddr.fromString(ok.header("contact") or "").uri, self.port,
+            Event="presence", Expires="600", fromURI=subscribe.fromAddr().uri,
+        )
+        request.setHeader("Call-ID", callId)
+        request.setHeader("From", subscribe.header("from") or "")
+        request.setHeader("To", ok.header("to") or "")
+        request.setHeader("CSeq", "%d SUBSCRIBE" % (cseq,))
+        for value in ok.headerValues("record-route"):
+            request.addHeader("Route", value)
+        self.sock.sendto(request.toBytes(), self.dispatcher)
+
+    def publish(self, presentity: str, basic: str, note: str, to: Optional[Tuple[str, int]] = None) -> str:
+        request = newRequest(
+            "PUBLISH", presentity, self.port, body=(PIDF % (presentity, basic, note)).encode(),
+            Event="presence", Expires="600", Content_Type="application/pidf+xml", fromURI=presentity,
+        )
+        self.send(request, to)
+        return request.callId or ""
+
+    def pump(self, timeout: float) -> int:
+        """
+        Handle what arrives until nothing has for C{timeout} seconds.
+        """
+        count = 0
+        while select.select([self.sock], [], [], timeout)[0]:
+            data, source = self.sock.recvfrom(65535)
+            count += 1
+            message = parseMessage(data)
+            if isinstance(message, Request):
+                self.sock.sendto(answer(message).toBytes(), source)
+                if message.method == "NOTIFY":
+                    key = (message.callId or "", message.fromAddr().tag or "")
+                    self.notifies.setdefault(key, {})[message.cseq().number] = message
+            elif message.callId in self.requests and message.code >= 200:
+                number = message.cseq().number
+                self.answers[(message.callId or "", number)] = message.code
+                if number != 1:
+                    continue
+                if message.code == 200:
+                    self.ok[message.callId or ""] = message
+                else:
+                    self.failed[message.callId or ""] = message.code
+        return count
+
+    def waitUntil(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for " + what)
+            self.pump(0.05)
+
+    def dialogOf(self, callId: str) -> Dialog:
+        return (callId, self.ok[callId].toAddr().tag or "")
+
+    def managerOf(self, callId: str) -> str:
+        route = self.ok[callId].header("record-route") or ""
+        return SipURI.fromString(NameAddr.fromString(route).uri).params["m"] or ""
+
+    def latest(self, dialog: Dialog) -> Optional[Request]:
+        sent = self.notifies.get(dialog, {})
+        return sent[max(sent)] if sent else None
+
+    def withNote(self, dialog: Dialog, note: str) -> List[Request]:
+        return [n for n in self.notifies.get(dialog, {}).values() if note.encode() in (n.body or b"")]
+
+
+def test_publisherOnOneManagerWatchersOnTheOtherTwo(cluster):
+    """
+    Two watchers subscribe through the round-robin dispatcher and land on
+    two managers; the presentity publishes straight to the third: both
+    watchers are notified, through the dispatcher.
+    """
+    agents = Agents(cluster.dispatcher.ports["UDP"])
+    try:
+        presentity = "sip:carol@example.test"
+        first = agents.subscribe(presentity, "sip:w1@example.test")
+        second = agents.subscribe(presentity, "sip:w2@example.test")
+        agents.waitUntil(lambda: first in agents.ok and second in agents.ok, 10, "both 200s")
+        homes = {agents.managerOf(first), agents.managerOf(second)}
+        assert len(homes) == 2, homes
+        [third] = sorted(set(NAMES) - homes)
+        dialogs = [agents.dialogOf(first), agents.dialogOf(second)]
+        agents.waitUntil(lambda: all(agents.latest(d) is not None for d in dialogs), 10, "initial NOTIFYs")
+        published = agents.publish(presentity, "open", "hello-from-" + third, (MANAGERS[third], cluster.sipPorts[third]))
+        agents.waitUntil(lambda: published in agents.ok, 10, "PUBLISH 200")
+        agents.waitUntil(
+            lambda: all(agents.withNote(d, "hello-from-" + third) for d in dialogs), 10, "NOTIFYs of the publication"
+        )
+        for dialog in dialogs:
+            [notify] = agents.withNote(dialog, "hello-from-" + third)
+            assert notify.topVia().host == DISPATCHER
+            assert b"<basic>open</basic>" in notify.body
+    finally:
+        agents.close()
+
+
+def test_killedManagerAdoptedAndRestartedCatchesUp(cluster):
+    """
+    Watchers subscribe through the dispatcher while one manager is killed
+    with SIGKILL.  Every subscription answered 200 is stored and adopted
+    by a survivor; after the next publication every one of their watchers
+    is notified, with a CSeq above any it saw.  The killed manager,
+    restarted, rejoins, catches up and notifies no adopted watcher twice.
+    """
+    agents = Agents(cluster.dispatcher.ports["UDP"])
+    victim = "m2"
+    presentities = ["sip:p%d@example.test" % (i,) for i in range(5)]
+    try:
+        sent = 0
+
+        def batch() -> None:
+            nonlocal sent
+            for _ in range(25):
+                agents.subscribe(presentities[sent % 5], "sip:w%d@example.test" % (sent,))
+                sent += 1
+            agents.pump(0.02)
+
+        def victimAnswered() -> int:
+            return len([c for c in agents.ok if agents.managerOf(c) == victim])
+
+        # Load: SUBSCRIBEs in batches; the victim dies with a batch in
+        # flight once it has answered 40, and the load goes on.
+        deadline = time.monotonic() + 30
+        while victimAnswered() < 40:
+            assert time.monotonic() < deadline, "the victim answered %d" % (victimAnswered(),)
+            batch()
+        batch()
+        cluster.kill(victim)
+        for _ in range(4):
+            batch()
+        agents.pump(3.0)
+        acknowledged = [callId for callId in agents.ok if agents.requests[callId].method == "SUBSCRIBE"]
+        assert len(acknowledged) >= 150, (len(acknowledged), agents.failed)
+        dialogs = {callId: agents.dialogOf(callId) for callId in acknowledged}
+        onVictim = [callId for callId in acknowledged if agents.managerOf(callId) == victim]
+        assert len(onVictim) >= 30, len(onVictim)
+
+        # Nothing acknowledged is lost, and the victim's are adopted.
+        cluster.dispatcher.waitFor("Manager %s is down" % (victim,))
+        deadline = time.monotonic() + 15
+        while True:
+            owners = cluster.owners()
+            stillVictims = [d for d in dialogs.values() if owners.get(d) == victim]
+            if not stillVictims:
+                break
+            assert time.monotonic() < deadline, "%d subscriptions not adopted" % (len(stillVictims),)
+            agents.pump(0.2)
+        missing = [d for d in dialogs.values() if d not in owners]
+        assert not missing, "%d acknowledged subscriptions lost" % (len(missing),)
+        agents.pump(0.5)
+        before = {callId: max(agents.notifies.get(dialogs[callId], {0: None})) for callId in acknowledged}
+
+        # The next publication reaches every watcher, the victim's included.
+        for presentity in presentities:
+            agents.publish(presentity, "open", "after-kill")
+        agents.waitUntil(
+            lambda: all(agents.withNote(dialogs[c], "after-kill") for c in acknowledged),
+            20,
+            "every watcher notified after the kill",
+        )
+        for callId in acknowledged:
+            [notify] = agents.withNote(dialogs[callId], "after-kill")
+            assert notify.cseq().number > before[callId], callId
+            assert notify.topVia().host == DISPATCHER
+
+        # The victim's dialogs are refreshed through the dispatcher, which
+        # sends them to any live manager: the adopter serves them, or has
+        # them handed over to whichever got them.
+        refreshed = onVictim[:10]
+        for callId in refreshed:
+            agents.refresh(callId, 2)
+        agents.waitUntil(lambda: all((c, 2) in agents.answers for c in refreshed), 10, "refreshes answered")
+        assert [agents.answers[(c, 2)] for c in refreshed] == [200] * len(refreshed)
+
+        # Restarted, the victim rejoins and catches up.
+        start = len(cluster.dispatcher.output)
+        restarted = cluster.startManager(victim)
+        for peer in NAMES:
+            if peer != victim:
+                restarted.waitFor("Resynchronised from %s" % (peer,))
+        assert "Loaded 0 subscriptions" in restarted.log()
+        _waitAfter(cluster.dispatcher, "Manager %s is up" % (victim,), start)
+        direct = (MANAGERS[victim], cluster.sipPorts[victim])
+        fresh = agents.subscribe(presentities[0], "sip:fresh@example.test", direct)
+        agents.waitUntil(lambda: fresh in agents.ok, 10, "direct SUBSCRIBE to the restarted manager")
+        freshDialog = agents.dialogOf(fresh)
+        agents.waitUntil(lambda: bool(agents.withNote(freshDialog, "after-kill")), 10, "its state")
+
+        # The dispatcher sends the victim its old dialogs again, now owned
+        # by a survivor: it has them handed over and serves them.
+        for callId in refreshed:
+            agents.refresh(callId, 3)
+        agents.waitUntil(lambda: all((c, 3) in agents.answers for c in refreshed), 10, "refreshes answered")
+        assert [agents.answers[(c, 3)] for c in refreshed] == [200] * len(refreshed)
+        owners = cluster.owners()
+        assert set(owners[dialogs[c]] for c in refreshed) == {victim}
+
+        # One more publication on another manager: everyone notified once.
+        for presentity in presentities:
+            agents.publish(presentity, "closed", "after-restart", (MANAGERS["m1"], cluster.sipPorts["m1"]))
+        everyone = list(dialogs.values()) + [freshDialog]
+        agents.waitUntil(lambda: all(agents.withNote(d, "after-restart") for d in everyone), 20, "last NOTIFYs")
+        agents.pump(1.0)
+        for dialog in everyone:
+            assert len(agents.withNote(dialog, "after-restart")) == 1, dialog
+    finally:
+        agents.close()
+
+
+def _waitAfter(process: ServerProcess, text: str, start: int, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    with process._changed:
+        while True:
+            for line in process.output[start:]:
+                if text in line:
+                    return line
+            if process._eof:
+                raise AssertionError("process exited before %r:\n%s" % (text, process.log()))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("timed out waiting for %r:\n%s" % (text, process.log()))
+            process._changed.wait(remaining)
