@@ -532,12 +532,6 @@ class SubscriptionManager:
         self.presentity(sub.presentity).watchers.add(sub.id)
         self.expiry.set("s" + sub.id, sub.expiresAt)
         self._accepted(tx, sub, expires)
-        self.log.debug(
-            "SUBSCRIBE {watcher} -> {presentity} expires={expires}",
-            watcher=sub.watcher,
-            presentity=sub.presentity,
-            expires=expires,
-        )
         self.notifier.notify(sub)
 
     def _subscribeFailed(self, failure: Failure, tx: ServerTransaction, sub: Subscription) -> None:
@@ -816,12 +810,6 @@ class SubscriptionManager:
         self.core.respond(tx, 200, None, [("SIP-ETag", pub.etag), ("Expires", str(expires))])
         if self.cluster is not None:
             self.cluster.publicationChanged(pub, old)
-        self.log.debug(
-            "PUBLISH {presentity} etag={etag} expires={expires}",
-            presentity=pub.presentity,
-            etag=pub.etag,
-            expires=expires,
-        )
         # Always recompose: even an identical body makes this publication
         # the newest, which may change what composition takes from it.
         # _changed notifies only if the composed bytes differ.
