@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,15 +102,57 @@ def freeTCPPort(host: str) -> int:
         return s.getsockname()[1]
 
 
+def udpDrops(addresses: Sequence[Tuple[str, int]]) -> Dict[str, int]:
+    """
+    Datagrams the kernel dropped on each of these UDP sockets (their
+    receive buffer was full), from the C{drops} column of C{/proc/net/udp}.
+    """
+    wanted = {}
+    for host, port in addresses:
+        packed = "".join("%02X" % (int(part),) for part in reversed(host.split(".")))
+        wanted["%s:%04X" % (packed, port)] = "%s:%d" % (host, port)
+    result: Dict[str, int] = {}
+    try:
+        with open("/proc/net/udp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if len(fields) > 12 and fields[1] in wanted:
+                    result[wanted[fields[1]]] = int(fields[-1])
+    except OSError:
+        pass
+    return result
+
+
+_RCVBUF_BOOT = (
+    "import socket\n"
+    "from twisted.internet import udp\n"
+    "_create = udp.Port.createInternetSocket\n"
+    "def createInternetSocket(self):\n"
+    "    s = _create(self)\n"
+    "    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, %d)\n"
+    "    return s\n"
+    "udp.Port.createInternetSocket = createInternetSocket\n"
+    "from twisted.scripts.twistd import run; run()\n"
+)
+
+
 class Process(Server):
     """
-    A L{Server} that waits for a line of our choosing: a dispatcher never
-    says "Subscription manager ... ready".
+    A L{Server} that waits for a line of our choosing (a dispatcher never
+    says "Subscription manager ... ready"), and can run with larger UDP
+    receive buffers (C{--udp-rcvbuf}: a what-if, not product code).
     """
 
-    def __init__(self, *args: Any, ready: str = "Subscription manager", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ready: str = "Subscription manager", rcvbuf: int = 0, **kwargs: Any) -> None:
         Server.__init__(self, *args, **kwargs)
         self.ready = ready
+        self.rcvbuf = rcvbuf
+
+    def command(self) -> List[str]:
+        command = Server.command(self)
+        if self.rcvbuf:
+            command[command.index("-c") + 1] = _RCVBUF_BOOT % (self.rcvbuf,)
+        return command
 
     def start(self, timeout: float = 120.0) -> float:
         env = dict(os.environ)
@@ -150,7 +192,10 @@ class Deployment:
         url = self.database.create()
         python = self.options.python
         if self.mode == "single":
-            server = Process(self.workdir, url, python=python, host=FRONT_SINGLE, config=self.managerConfig())
+            server = Process(
+                self.workdir, url, python=python, host=FRONT_SINGLE, config=self.managerConfig(),
+                rcvbuf=self.options.udp_rcvbuf,
+            )
             self.processes.append(server)
             server.start()
             self.front = (FRONT_SINGLE, server.port)
@@ -174,6 +219,7 @@ class Deployment:
             process = Process(
                 workdir, url, python=python, host=host, config=config,
                 extraArgs=["--role=manager", "--advertise", host], ready="Cluster node %s listening" % (name,),
+                rcvbuf=self.options.udp_rcvbuf,
             )
             process.start()
             managers.append((name, host, process))
@@ -196,12 +242,16 @@ class Deployment:
         dispatcher = Process(
             dispatcherDir, url, python=python, host=DISPATCHER, config=config,
             extraArgs=["--role=dispatcher", "--advertise", DISPATCHER], ready="Dispatcher ready",
+            rcvbuf=self.options.udp_rcvbuf,
         )
         dispatcher.start()
         for name in MANAGERS:
             dispatcher.waitFor("Manager %s is up" % (name,), 30)
         self.processes.append(dispatcher)
         self.front = (DISPATCHER, dispatcher.port)
+
+    def udpAddresses(self) -> List[Tuple[str, int]]:
+        return [(p.host, p.port) for p in self.processes]
 
     def cpuMeters(self) -> List[CPUMeter]:
         return [CPUMeter(p.pid).start() for p in self.processes]
@@ -231,6 +281,7 @@ class LatencyDriver:
         self.sentAt: Dict[str, float] = {}
         self.latencies: List[float] = []
         self.subscribed = 0
+        self.subscribedIds: Set[str] = set()
         self.published = 0
         self.publishFailed = 0
         self.notifies = 0
@@ -256,18 +307,29 @@ class LatencyDriver:
         return request
 
     def subscribeAll(self, watchers: int, presentities: int, timeout: float = 60.0) -> None:
+        """
+        Subscribe the watchers, 25 every 20 ms, and send again (as a UA's
+        Timer E would) those not answered within a second.
+        """
+        pending: Dict[str, bytes] = {}
         for i in range(watchers):
             request = self._request(
                 "SUBSCRIBE", "sip:lat%d@example.test" % (i % presentities,), self.watchers,
                 "sip:watcher%d@example.test" % (i,), Event="presence", Expires="3600",
                 Accept="application/pidf+xml",
             )
-            self.watchers.sendto(request.toBytes(), self.front)
-            if i % 50 == 49:
-                self.pump(0.01)
+            pending[request.callId or ""] = request.toBytes()
+            self.watchers.sendto(pending[request.callId or ""], self.front)
+            if i % 25 == 24:
+                self.pump(0.02)
         deadline = time.monotonic() + timeout
         while self.subscribed < watchers and time.monotonic() < deadline:
-            self.pump(0.1)
+            resend = time.monotonic() + 1.0
+            while time.monotonic() < resend and self.subscribed < watchers:
+                self.pump(0.1)
+            for callId, data in pending.items():
+                if callId not in self.subscribedIds:
+                    self.watchers.sendto(data, self.front)
 
     def pump(self, timeout: float) -> None:
         """
@@ -296,7 +358,9 @@ class LatencyDriver:
                 elif isinstance(message, Response) and message.code >= 200:
                     method = message.cseq().method
                     if method == "SUBSCRIBE" and message.code == 200:
-                        self.subscribed += 1
+                        if message.callId not in self.subscribedIds:
+                            self.subscribedIds.add(message.callId or "")
+                            self.subscribed += 1
                     elif method == "PUBLISH":
                         if message.code == 200:
                             self.published += 1
@@ -371,9 +435,11 @@ class Bench:
             )
             load = loadAverage()
             meters = deployment.cpuMeters()
+            drops = udpDrops(deployment.udpAddresses())
             sipp.start()
             sipp.wait()
             cpu = [meter.stop() for meter in meters]
+            after = udpDrops(deployment.udpAddresses())
             summary = sipp.summary()
         finally:
             if sipp is not None:
@@ -383,6 +449,7 @@ class Bench:
         result.update(summary)
         result["processCpuPercent"] = [c["cpuPercent"] for c in cpu]
         result["hostBusyPercent"] = cpu[0]["hostBusyPercent"] if cpu else None
+        result["udpDrops"] = {key: after.get(key, 0) - drops.get(key, 0) for key in after}
         failed = summary.get("failedPercent")
         result["passed"] = bool(
             summary.get("calls") and failed is not None and failed < 1.0 and summary["achievedRate"] >= 0.9 * rate
@@ -401,10 +468,12 @@ class Bench:
             driver.latencies = []
             driver.notifies = 0
             meters = deployment.cpuMeters()
+            drops = udpDrops(deployment.udpAddresses())
             began = time.monotonic()
             achieved = driver.publishLoad(options.publish_rate, options.duration, options.presentities)
             elapsed = time.monotonic() - began
             cpu = [meter.stop() for meter in meters]
+            after = udpDrops(deployment.udpAddresses())
             expected = driver.published * options.watchers / options.presentities
             return {
                 "mode": mode,
@@ -422,6 +491,7 @@ class Bench:
                 "latencyMs": percentilesMs(driver.latencies),
                 "processCpuPercent": [c["cpuPercent"] for c in cpu],
                 "hostBusyPercent": cpu[0]["hostBusyPercent"] if cpu else None,
+                "udpDrops": {key: after.get(key, 0) - drops.get(key, 0) for key in after},
             }
         finally:
             if driver is not None:
@@ -437,14 +507,16 @@ class Bench:
                         mode, options.watchers, options.presentities, options.publish_rate))
                     result = self.latencyRun(mode)
                     self.results.append(result)
-                    log("  -> %s" % (json.dumps(result["latencyMs"]),))
+                    log("  -> %s, cpu %s, udp drops %s" % (
+                        json.dumps(result["latencyMs"]), result["processCpuPercent"], result["udpDrops"]))
                     continue
                 for rate in self.rates(workload):
                     log("%s %s at %s/s" % (mode, workload, rate))
                     result = self.sippStep(mode, workload, rate)
                     self.results.append(result)
-                    log("  -> achieved %s/s, failed %s%%, rtd1 %s, %s" % (
+                    log("  -> achieved %s/s, failed %s%%, rtd1 %s, cpu %s, udp drops %s, %s" % (
                         result.get("achievedRate"), result.get("failedPercent"), result.get("rtd1"),
+                        result.get("processCpuPercent"), result.get("udpDrops"),
                         "passed" if result["passed"] else "FAILED"))
                     if not result["passed"] and not options.keep_going:
                         break
@@ -479,6 +551,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--presentities", type=int, default=100)
     parser.add_argument("--publish-rate", type=float, default=100.0)
     parser.add_argument("--keep-going", action="store_true")
+    parser.add_argument(
+        "--udp-rcvbuf", type=int, default=0,
+        help="what-if: SO_RCVBUF of every server's UDP socket, in bytes (default: the kernel's)",
+    )
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--json", default="")

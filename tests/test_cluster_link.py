@@ -232,3 +232,76 @@ def test_deadPeerReportedDown(pair):
     yield b.closeListener()
     yield when(lambda: "b" not in a.group.peers)
     assert a.links["b"].running
+
+
+def selfSignedForLoopback(directory: Any) -> Any:
+    """
+    A key and a certificate for 127.0.0.1 (an IP address SAN, what a
+    C{tls:127.0.0.1:PORT} client endpoint checks), and a trust directory
+    holding the certificate.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    keyPath = directory / "key.pem"
+    certPath = directory / "cert.pem"
+    keyPath.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    keyPath.chmod(0o600)
+    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    trust = directory / "trust"
+    trust.mkdir()
+    (trust / "peer.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return keyPath, certPath, trust
+
+
+@pytest_twisted.inlineCallbacks
+def test_overTLS(tmp_path):
+    """
+    The production set-up: b listens with TLS (C{ssl:}), a connects with
+    C{tls:} and checks b's certificate; replication works the same.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    keyPath, certPath, trust = selfSignedForLoopback(tmp_path)
+    shared = MemoryStore()
+    shared.start()
+    a, b = PBNode("a", ["a", "b"], shared), PBNode("b", ["a", "b"], shared)
+    try:
+        yield b.port.stopListening()
+        b.port = yield serverFromString(
+            reactor, "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (keyPath, certPath)
+        ).listen(b.factory)
+        synced = a.group.whenSynced("b")
+        link = PeerLink(
+            a.group, "b", "tls:127.0.0.1:%d:trustRoots=%s" % (b.port.getHost().port, trust),
+            SECRETS["a"], reactor, retryDelay=0.05, pingInterval=0.5,
+        )
+        a.links["b"] = link
+        link.start()
+        yield synced
+        etag, _ = a.harness.published()
+        yield when(lambda: etag in b.manager.publications)
+    finally:
+        yield gatherResults([a.stop(), b.stop()])

@@ -24,7 +24,7 @@ from typing import Any, List, Optional
 import pytest
 
 from tests.conftest import skipOrFail
-from tests.test_baresip import PASSWORD, TIMEOUT, _freePorts, baresip, server  # noqa: F401 (fixtures)
+from tests.test_baresip import PASSWORD, TIMEOUT, _freePorts, baresip, server, waitCount  # noqa: F401 (fixtures)
 
 
 def linphoneRc(user: str, transport: str, serverPort: int, sipPort: int, friend: str) -> str:
@@ -165,9 +165,8 @@ def test_linphoneWithBaresip(server: Any, linphonec: str, tmp_path: Any, transpo
     bob.registered()
     alice = Linphonec(str(tmp_path), "alice", transport, server.ports[transport], "bob").start(linphonec)
     try:
-        server.waitFor("REGISTER sip:alice@example.test: 1 bindings")
-        server.waitFor("PUBLISH sip:alice@example.test etag=")
-        server.waitFor("SUBSCRIBE sip:alice@example.test -> sip:bob@example.test")
+        waitCount(server, r"PUBLISH sip:alice@example.test from %s:\S+ -> 200" % (transport,))
+        waitCount(server, r"SUBSCRIBE sip:bob@example.test from %s:\S+ -> 200" % (transport,))
         bob.waitStatus("alice", "Online")
         seen = 0
         for command, status in (("presence_offline", "Offline"), ("presence_online", "Online"),
@@ -176,5 +175,6 @@ def test_linphoneWithBaresip(server: Any, linphonec: str, tmp_path: Any, transpo
             seen = alice.waitOutput('Friend "Bob" <sip:bob@example.test> is %s' % (status,), seen)
     finally:
         alice.quit()
+    # Offline: its publication withdrawn and its registration (which
+    # would keep it open for ten minutes) removed.
     bob.waitStatus("alice", "Offline")
-    server.waitFor("REGISTER sip:alice@example.test: 0 bindings")

@@ -14,17 +14,16 @@ gives up on any challenge that is not MD5.
 from __future__ import annotations
 
 import re
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 import pytest
 
 from presence.billing import db
 from presence.dispatcher.dispatcher import Dispatcher
 from presence.dispatcher.managers import ManagerSpec
-from presence.sip.digest import MD5, makeAuthorization, newCnonce, parseChallenge
+from presence.sip.digest import MD5, makeAuthorization, parseChallenge
 from presence.sip.message import Request, Response
-from presence.sip.target import Target
-from tests.harness import PUBLISHER, WATCHER, HeldStore, pidf, publish, refresh, subscribe
+from tests.harness import PUBLISHER, WATCHER, HeldStore, publish, refresh, subscribe
 from tests.registrarharness import ALICE, BOB, RegistrarHarness, register
 
 PIDF = "application/pidf+xml"

@@ -39,7 +39,7 @@ from presence.registrar.binding import (
     formatQ,
     parseContacts,
 )
-from presence.sip.digest import MD5, makeAuthorization, parseChallenge
+from presence.sip.digest import makeAuthorization, parseChallenge
 from presence.sip.message import Request, Response
 from presence.sip.parser import DEFAULT_LIMITS
 from presence.sip.stun import bindingRequest, bindingResponse, isStun, mappedAddress

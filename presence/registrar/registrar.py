@@ -394,9 +394,6 @@ class Registrar:
                 self.counters["refreshed"] += 1
             else:
                 self.counters["added"] += 1
-        self.log.debug(
-            "REGISTER {aor}: {count} bindings", aor=aor, count=len(self.bindings.get(aor, {}))
-        )
         if tx.state not in (COMPLETED, TERMINATED):
             self._answer(tx, aor, outbound)
         self._tell([aor])

@@ -65,7 +65,8 @@ class SIPDatagramProtocol(DatagramProtocol):
             counters["malformed"] += 1
             return
         counters["keepalives"] = counters.get("keepalives", 0) + 1
-        self.log.debug("STUN keep-alive from {host}:{port}", host=addr[0], port=addr[1])
+        if self.core.logRequests:
+            self.log.debug("STUN keep-alive from {host}:{port}", host=addr[0], port=addr[1])
         if self.transport is not None:
             try:
                 self.transport.write(response, addr)
