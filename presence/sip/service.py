@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 from twisted.application import service
 from twisted.internet import ssl
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from presence.config import Config
@@ -69,9 +70,7 @@ class SIPService(service.Service):
             config.advertise or None,
         )
         self.core.logRequests = config.logRequests
-        udpPorts: Dict[str, int] = {}
-        for spec in sorted(config.listen, key=lambda s: s.transport != "UDP"):
-            self._listen(spec, limits, udpPorts)
+        self._listenAll(limits)
         service.Service.startService(self)
         database = ""
         if self.withDatabase:
@@ -81,6 +80,30 @@ class SIPService(service.Service):
             addresses=", ".join("%s %s:%d" % a for a in self.addresses),
             database=database,
         )
+
+    def _listenAll(self, limits: Any) -> None:
+        """
+        Open every listener, UDP first.  A TCP or TLS listener on port 0
+        takes the port the kernel gave the UDP listener on its interface;
+        when another process holds that port for TCP, start over with a new
+        one rather than fail (a few attempts: a free pair is the rule).
+        """
+        specs = sorted(self.config.listen, key=lambda s: s.transport != "UDP")
+        for attempt in range(20):
+            udpPorts: Dict[str, int] = {}
+            try:
+                for spec in specs:
+                    self._listen(spec, limits, udpPorts)
+                return
+            except CannotListenError:
+                inherited = any(s.port == 0 and s.transport != "UDP" for s in specs)
+                if not inherited or attempt == 19:
+                    raise
+                for listening in self._datagramPorts + self._streamPorts:
+                    listening.stopListening()
+                self._datagramPorts, self._streamPorts, self.addresses = [], [], []
+                assert self.core is not None
+                self.core.ports = {}
 
     def _listen(self, spec: ListenSpec, limits: Any, udpPorts: Dict[str, int]) -> None:
         core = self.core
