@@ -125,7 +125,7 @@ def linked(a: PBNode, b: PBNode) -> Any:
     synced = [a.group.whenSynced("b"), b.group.whenSynced("a")]
     a.linkTo(b)
     b.linkTo(a)
-    yield gatherResults(synced)
+    yield gatherResults(synced).addTimeout(10, reactor)
 
 
 @pytest_twisted.inlineCallbacks
@@ -300,8 +300,43 @@ def test_overTLS(tmp_path):
         )
         a.links["b"] = link
         link.start()
-        yield synced
+        yield synced.addTimeout(10, reactor)
         etag, _ = a.harness.published()
         yield when(lambda: etag in b.manager.publications)
+    finally:
+        yield gatherResults([a.stop(), b.stop()])
+
+
+@pytest_twisted.inlineCallbacks
+def test_tlsPeerWithUntrustedCertificateRefused(tmp_path):
+    """
+    A peer whose certificate the trust roots do not vouch for is never
+    logged in to: the link keeps failing and retrying.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "other").mkdir()
+    keyPath, certPath, _ = selfSignedForLoopback(tmp_path / "b")
+    _, _, otherTrust = selfSignedForLoopback(tmp_path / "other")
+    shared = MemoryStore()
+    shared.start()
+    a, b = PBNode("a", ["a", "b"], shared), PBNode("b", ["a", "b"], shared)
+    try:
+        yield b.port.stopListening()
+        b.port = yield serverFromString(
+            reactor, "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (keyPath, certPath)
+        ).listen(b.factory)
+        link = PeerLink(
+            a.group, "b", "tls:127.0.0.1:%d:trustRoots=%s" % (b.port.getHost().port, otherTrust),
+            SECRETS["a"], reactor, retryDelay=0.05, pingInterval=0.5,
+        )
+        lost: List[Any] = []
+        original = link._disconnected
+        link._disconnected = lambda broker: (lost.append(broker), original(broker))[1]  # type: ignore
+        a.links["b"] = link
+        link.start()
+        yield when(lambda: len(lost) >= 2)
+        assert "b" not in a.group.peers and link.peer is None
     finally:
         yield gatherResults([a.stop(), b.stop()])
