@@ -465,6 +465,25 @@ def test_readBeforeAChangeIsNotCached(billing):
     assert billing.value(a.account(ALICE)).aor == ALICE
 
 
+def test_lookupAfterAChangeDoesNotJoinAnOlderRead(billing):
+    """
+    A lookup made after a change gets an answer read after it, never the
+    answer of a read that was already in flight (and may predate it).
+    """
+    a = billing.authorizer
+    billing.value(a.start())
+    billing.held = []
+    before = a.account(ALICE)
+    billing.held, held = None, billing.held
+    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw"))
+    billing.value(a.poll())
+    billing.held = held
+    after = a.account(ALICE)
+    billing.release()
+    assert billing.value(before) is None
+    assert billing.value(after).aor == ALICE
+
+
 def test_pollingInvalidatesAndTellsListeners(billing):
     a = billing.authorizer
     billing.value(a.start())

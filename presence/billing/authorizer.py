@@ -364,15 +364,17 @@ class EmbeddedAuthorizer:
         in flight, the misses that come are queued and go together in the
         next one (one thread hop and two queries for any number of them),
         as the store's writer does with group commit.  Concurrent lookups
-        of one key share one read.
+        of one key share one read, but only within one generation: a lookup
+        made after a change never joins a read that may predate it.
         """
         d: Deferred = Deferred()
-        waiters = self._waiting.get(key)
+        pending = (self._generation,) + key
+        waiters = self._waiting.get(pending)
         if waiters is not None:
             waiters.append(d)
             return d
-        self._waiting[key] = [d]
-        self._queued.append(key)
+        self._waiting[pending] = [d]
+        self._queued.append(pending)
         self._flush()
         return d
 
@@ -383,7 +385,8 @@ class EmbeddedAuthorizer:
         del self._queued[: self.maxBatch]
         aors: Set[str] = set()
         presentities: Set[str] = set()
-        for key in keys:
+        for pending in keys:
+            key = pending[1:]
             aors.update(key[1:])
             if key[0] == "decision":
                 presentities.add(key[2])
@@ -401,14 +404,15 @@ class EmbeddedAuthorizer:
         self._busy = False
         try:
             if isinstance(result, Failure):
-                for key in keys:
-                    for waiter in self._waiting.pop(key, []):
+                for pending in keys:
+                    for waiter in self._waiting.pop(pending, []):
                         waiter.errback(result)
                 return
             accounts, rules = result
             remember = generation == self._generation
             answers: List[Tuple[List[Deferred], Any]] = []
-            for key in keys:
+            for pending in keys:
+                key = pending[1:]
                 if key[0] == "account":
                     aor = key[1]
                     value: Any = accounts.get(aor)
@@ -422,7 +426,7 @@ class EmbeddedAuthorizer:
                         self._decisions.put((watcher, presentity), value, (watcher, presentity))
                         self._accounts.put(watcher, watcherAccount, (watcher,))
                         self._accounts.put(presentity, presentityAccount, (presentity,))
-                answers.append((self._waiting.pop(key, []), value))
+                answers.append((self._waiting.pop(pending, []), value))
             for waiters, value in answers:
                 for waiter in waiters:
                     waiter.callback(value)
