@@ -327,3 +327,33 @@ class TestForRequest:
     def test_missingHeadersSkipped(self) -> None:
         response = Response.forRequest(Request("OPTIONS", "sip:a@b"), 400)
         assert response.headers == {}
+
+
+def test_topViaParsedOnce() -> None:
+    """
+    The top Via is parsed once per message and shared with a response
+    built for it; replaceTopVia writes a changed one back.
+    """
+    request = makeRequest()
+    via = request.topVia()
+    assert request.topVia() is via
+    via.params["received"] = "192.0.2.99"
+    request.replaceTopVia(via)
+    assert request.headers["via"][0] == "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds;rport;received=192.0.2.99"
+    assert request.topVia() is via
+    response = Response.forRequest(request, 200)
+    assert response.topVia() is via
+
+
+def test_topViaReparsedWhenTheHeaderChanges() -> None:
+    """
+    A Via value written over the header directly is parsed afresh.
+    """
+    request = makeRequest()
+    first = request.topVia()
+    request.headers["via"][0] = "SIP/2.0/TCP 192.0.2.20;branch=z9hG4bKother"
+    second = request.topVia()
+    assert second is not first
+    assert (second.transport, second.host, second.branch) == ("TCP", "192.0.2.20", "z9hG4bKother")
+    request.insertHeader("Via", "SIP/2.0/UDP 198.51.100.1;branch=z9hG4bKtop")
+    assert request.topVia().host == "198.51.100.1"

@@ -412,6 +412,21 @@ def test_groupCommit(sqlStore: SQLStore) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
+def test_writesOfOneTurnShareABatch(sqlStore: SQLStore) -> Any:
+    """
+    Writes issued in one reactor turn go to the writer together, the
+    first one included: it waits for the end of the turn rather than
+    leaving alone and making the others wait for its commit.
+    """
+    batches, commits = sqlStore.batchCount, sqlStore.commitCount
+    ds = [sqlStore.addSubscription(sub(i)) for i in range(3)]
+    yield defer.gatherResults(ds)
+    assert sqlStore.batchCount - batches == 1
+    assert sqlStore.commitCount - commits == 1
+    assert sqlStore.lastBatchSize == 3
+
+
+@pytest_twisted.inlineCallbacks
 def test_maxBatchSize(sqlUrl: str) -> Any:
     """
     A batch never carries more than maxBatchSize writes.

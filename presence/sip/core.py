@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from twisted.logger import Logger
 
-from presence.sip.headers import HeaderError, NameAddr, Via
+from presence.sip.headers import HeaderError, NameAddr
 from presence.sip.message import Message, Request, Response
 from presence.sip.parser import DEFAULT_LIMITS, Limits, ParseError
 from presence.sip.target import Target, TransportError
@@ -208,8 +208,8 @@ class SIPCore:
         RFC 3581 §4).  A request whose Via is unusable is answered 400 here.
         """
         try:
-            via = Via.fromString(request.headers["via"][0])
-        except (HeaderError, KeyError, IndexError):
+            via = request.topVia()
+        except HeaderError:
             self.counters["malformed"] += 1
             response = Response.forRequest(request, 400, "Bad Via")
             self._addTag(response)
@@ -223,7 +223,7 @@ class SIPCore:
             via.params["received"] = source.host
             changed = True
         if changed:
-            request.headers["via"][0] = str(via)
+            request.replaceTopVia(via)
         return True
 
     def _removeOwnRoutes(self, request: Request, source: Target) -> None:
@@ -445,11 +445,8 @@ def _responseAddress(response: Response, target: Target) -> Tuple[str, int]:
     known, and believing a client's C{received} would let it aim our
     responses at a third party.
     """
-    vias = response.headers.get("via")
-    if not vias:
-        return target.host, target.port
     try:
-        via = Via.fromString(vias[0])
+        via = response.topVia()
     except HeaderError:
         return target.host, target.port
     if "rport" in via.params:

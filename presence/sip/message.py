@@ -149,11 +149,12 @@ class Message:
     @ivar body: the body as bytes.
     """
 
-    __slots__ = ("headers", "body")
+    __slots__ = ("headers", "body", "_topVia")
 
     def __init__(self, headers: Optional[Dict[str, List[str]]] = None, body: bytes = b"") -> None:
         self.headers = headers if headers is not None else {}
         self.body = body
+        self._topVia: Optional[Tuple[str, Via]] = None
 
     def header(self, name: str) -> Optional[str]:
         """
@@ -211,12 +212,32 @@ class Message:
 
     def topVia(self) -> Via:
         """
+        The top Via, parsed once per message: the transport, the
+        transaction layer and the response path all need it, and it is
+        the header parsed most often.  The value is shared: treat it as
+        read-only, or hand a changed one back with L{replaceTopVia}.
+
         @raise HeaderError: when there is no Via or it is malformed.
         """
         values = self.headers.get("via")
         if not values:
             raise HeaderError("Missing Via")
-        return Via.fromString(values[0])
+        text = values[0]
+        cached = self._topVia
+        if cached is not None and cached[0] is text:
+            return cached[1]
+        via = Via.fromString(text)
+        self._topVia = (text, via)
+        return via
+
+    def replaceTopVia(self, via: Via) -> None:
+        """
+        Write C{via} over the top Via value (e.g. after adding
+        C{received} and C{rport}), keeping it as the parsed top Via.
+        """
+        text = str(via)
+        self.headers["via"][0] = text
+        self._topVia = (text, via)
 
     def fromAddr(self) -> NameAddr:
         return NameAddr.fromString(self.header("from") or "")
@@ -360,6 +381,9 @@ class Response(Message):
             if ";" not in params or ";tag=" not in params.replace(" ", "").replace("\t", "").lower():
                 own["to"][0] = to + ";tag=" + toTag
         response = cls(code, reason, own)
+        parsed = request._topVia
+        if parsed is not None and "via" in own and own["via"][0] is parsed[0]:
+            response._topVia = parsed
         if reason is not None:
             response.reason = _reasonPhrase(reason)
         for name, value in headers:

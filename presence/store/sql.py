@@ -9,8 +9,9 @@ Instead, writes are queued on the reactor thread; one batch at a time runs on
 the store's single writer thread, and everything queued while it ran goes
 into the next batch as B{one} transaction, using C{executemany} for runs of
 similar operations.  Under load, batches grow by themselves and a thousand
-writes cost a handful of commits; when idle, a lone write is committed at
-once.  Each write's Deferred fires only after its batch committed.
+writes cost a handful of commits; when idle, a write goes to the writer at
+the end of the reactor turn that issued it, with every other write of that
+turn.  Each write's Deferred fires only after its batch committed.
 
 If a batch fails, it is rolled back and replayed in a new transaction with a
 savepoint around each operation, so a bad write (say, a duplicate id) fails
@@ -50,6 +51,7 @@ from zope.interface import implementer
 
 from presence.interfaces import IBindingStore, IStore
 from presence.store import schema
+from presence.store.driversql import DriverStatement
 from presence.store.errors import DuplicateRecord, NoSuchRecord, StoreNotRunning
 from presence.store.records import (
     BINDING_FIELDS,
@@ -85,6 +87,14 @@ _SUB_ITEMS = tuple(schema.SUBSCRIPTION_COLUMNS.items())
 _PUB_ITEMS = tuple(schema.PUBLICATION_COLUMNS.items())
 _BIND_SELECT = sa.select(*[_binds.c[schema.BINDING_COLUMNS[f]] for f in BINDING_FIELDS])
 _BIND_ITEMS = tuple(schema.BINDING_COLUMNS.items())
+
+# The writes of the hot path, run through the driver (see driversql).
+_INSERT_SUB = DriverStatement(sa.insert(_subs))
+_DELETE_SUB = DriverStatement(sa.delete(_subs).where(_subs.c.id == sa.bindparam("p_key")))
+_INSERT_PUB = DriverStatement(sa.insert(_pubs))
+_DELETE_PUB = DriverStatement(sa.delete(_pubs).where(_pubs.c.etag == sa.bindparam("p_key")))
+_INSERT_BIND = DriverStatement(sa.insert(_binds))
+_DELETE_BIND = DriverStatement(sa.delete(_binds).where(_binds.c.id == sa.bindparam("p_key")))
 
 
 def _encodeRoute(routeSet: Sequence[str]) -> str:
@@ -331,6 +341,7 @@ class SQLStore:
         self._readPool: Optional[ThreadPool] = None
         self._queue: List[Tuple[Tuple[Any, ...], Deferred]] = []
         self._busy = False
+        self._turnCall: Any = None
         self._running = False
         self._starting = False
         self._stopping: Optional[Deferred] = None
@@ -393,9 +404,11 @@ class SQLStore:
             return None
         (key,) = table.primary_key.columns
         stmt = insert(table)
-        return stmt.on_conflict_do_update(
-            index_elements=[key],
-            set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name != key.name},
+        return DriverStatement(
+            stmt.on_conflict_do_update(
+                index_elements=[key],
+                set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name != key.name},
+            )
         )
 
     def start(self) -> Deferred:
@@ -497,7 +510,7 @@ class SQLStore:
         self._stopping = Deferred()
         drained = Deferred()
         self._drainWaiters.append(drained)
-        self._checkDrained()
+        self._flush()
         d = drained
         d.addBoth(lambda _: self._teardown())
 
@@ -631,14 +644,28 @@ class SQLStore:
             return refused
         d = Deferred()
         self._queue.append((op, d))
-        self._flush()
+        if not self._busy and self._turnCall is None:
+            self._turnCall = self._reactor.callLater(0, self._turnEnded)
         return d
+
+    def _turnEnded(self) -> None:
+        """
+        The reactor turn that queued the first write since the writer was
+        last handed work has ended: every request read from the sockets in
+        that turn has issued its write by now, so they share one batch (one
+        thread hand-off, one commit) instead of the first going alone.
+        """
+        self._turnCall = None
+        self._flush()
 
     def _flush(self) -> None:
         """
         Hand the queued writes to the writer thread, unless a batch is in
         flight (then they go when it completes).
         """
+        if self._turnCall is not None:
+            self._turnCall.cancel()
+            self._turnCall = None
         if self._busy:
             return
         if not self._queue:
@@ -773,44 +800,29 @@ class SQLStore:
         Apply a run of operations of one kind; return one outcome each.
         """
         if kind == _ADD_SUB:
-            conn.execute(sa.insert(_subs), [_subscriptionRow(op[2]) for op in group])
+            _INSERT_SUB.executemany(conn, [_subscriptionRow(op[2]) for op in group])
         elif kind == _UPDATE_SUB:
             self._applyUpdates(conn, group)
         elif kind == _REMOVE_SUB:
-            conn.execute(
-                sa.delete(_subs).where(_subs.c.id == sa.bindparam("p_key")),
-                [{"p_key": op[1]} for op in group],
-            )
+            _DELETE_SUB.executemany(conn, [{"p_key": op[1]} for op in group])
         elif kind == _PUT_PUB:
             rows = [_publicationRow(op[2]) for op in group]
             if self._upsert is not None:
-                conn.execute(self._upsert, rows)
+                self._upsert.executemany(conn, rows)
             else:
-                conn.execute(
-                    sa.delete(_pubs).where(_pubs.c.etag == sa.bindparam("p_key")),
-                    [{"p_key": op[1]} for op in group],
-                )
-                conn.execute(sa.insert(_pubs), rows)
+                _DELETE_PUB.executemany(conn, [{"p_key": op[1]} for op in group])
+                _INSERT_PUB.executemany(conn, rows)
         elif kind == _REMOVE_PUB:
-            conn.execute(
-                sa.delete(_pubs).where(_pubs.c.etag == sa.bindparam("p_key")),
-                [{"p_key": op[1]} for op in group],
-            )
+            _DELETE_PUB.executemany(conn, [{"p_key": op[1]} for op in group])
         elif kind == _PUT_BINDING:
             rows = [_bindingRow(op[2]) for op in group]
             if self._bindingUpsert is not None:
-                conn.execute(self._bindingUpsert, rows)
+                self._bindingUpsert.executemany(conn, rows)
             else:
-                conn.execute(
-                    sa.delete(_binds).where(_binds.c.id == sa.bindparam("p_key")),
-                    [{"p_key": op[1]} for op in group],
-                )
-                conn.execute(sa.insert(_binds), rows)
+                _DELETE_BIND.executemany(conn, [{"p_key": op[1]} for op in group])
+                _INSERT_BIND.executemany(conn, rows)
         elif kind == _REMOVE_BINDING:
-            conn.execute(
-                sa.delete(_binds).where(_binds.c.id == sa.bindparam("p_key")),
-                [{"p_key": op[1]} for op in group],
-            )
+            _DELETE_BIND.executemany(conn, [{"p_key": op[1]} for op in group])
         elif kind == _ADOPT:
             return [self._adopt(conn, op[1], op[2]) for op in group]
         elif kind == _EXPIRE:
