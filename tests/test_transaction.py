@@ -791,3 +791,32 @@ def test_stopLeavesNothingBehind(layer: TransactionLayer, send: Recorder, clock:
     assert result(client) is None
     # The layer still works after stop().
     assert layer.requestReceived(makeRequest(branch="z9hG4bKa"), UDP_PEER) is not None
+
+
+def test_clientTimersOfManyTransactions(layer: TransactionLayer, send: Recorder, clock: Clock) -> None:
+    """
+    Client transactions started at different times share the Timer E and
+    F queues: each retransmits and times out on its own schedule, one
+    answered stops only its own timers, and once none waits no delayed
+    call is left (Timer K aside).
+    """
+    requests = []
+    for start in (0.0, 0.2, 0.4):
+        advanceTo(clock, start)
+        request = makeNotify()
+        requests.append((request, layer.sendRequest(request, UDP_PEER)))
+    (second, secondTx) = requests[1]
+    advanceTo(clock, 0.3)
+    assert layer.responseReceived(Response.forRequest(second, 200, toTag="w"), UDP_PEER) is True
+    runUntil(clock, 1.0)
+    byRequest = {id(r): [t for t, m, _ in send.sent if m is r] for r, _ in requests}
+    assert byRequest[id(requests[0][0])] == [0.0, 0.5]
+    assert byRequest[id(second)] == [0.2]
+    assert byRequest[id(requests[2][0])] == [0.4, 0.9]
+    runUntil(clock, 32.3)
+    assert result(requests[0][1]).code == 408
+    assert requests[2][1].state != TERMINATED
+    layer.responseReceived(Response.forRequest(requests[2][0], 200, toTag="w"), UDP_PEER)
+    advanceTo(clock, 40)
+    assert len(layer) == 0
+    assert clock.getDelayedCalls() == []

@@ -18,9 +18,14 @@ completed server transactions are waiting out Timer J at any moment.  A
 completed transaction is therefore reduced to a small L{_Lingering} record
 (key, serialised final response, source; about 550 bytes in all) and the
 request is let go; the records of one timer wait in a FIFO queue served by a single delayed call
-(L{_ExpiryQueue}), not one C{callLater} each.  Client Timers E and F stay
-per-transaction delayed calls: they are cancelled by nearly every response,
-and clients are far fewer than lingering servers.
+(L{_ExpiryQueue}), not one C{callLater} each.
+
+Client transactions (a NOTIFY for every change a watcher hears of) arm
+Timer F and their first Timer E the same way (L{_TimerQueue}): both have
+one delay for every transaction, and a delayed call each, created and
+then cancelled by nearly every response, cost as much CPU as parsing the
+response.  Only later retransmissions, with their growing intervals, use
+a delayed call of their own.
 """
 
 from __future__ import annotations
@@ -237,6 +242,104 @@ class _ExpiryQueue:
         self._queue.clear()
 
 
+#: How late, at most, a crowd of client timers (E, F) may be processed.
+_CLIENT_RESOLUTION = 0.01
+
+
+class _Armed:
+    """
+    One client transaction waiting on a L{_TimerQueue}.  Cancelling only
+    disarms the entry (and lets the transaction go); the queue drops it
+    when its time comes, or at once when no armed entry is left.
+    """
+
+    __slots__ = ("deadline", "fire", "queue")
+
+    def __init__(self, deadline: float, fire: Callable[[], None], queue: _TimerQueue) -> None:
+        self.deadline = deadline
+        self.fire: Optional[Callable[[], None]] = fire
+        self.queue = queue
+
+    def cancel(self) -> None:
+        if self.fire is not None:
+            self.fire = None
+            self.queue._disarmed()
+
+
+class _TimerQueue:
+    """
+    One client timer of a fixed delay (Timer F, the first Timer E) for
+    every transaction: entries expire in the order they were armed, so a
+    FIFO queue and one delayed call for its head do the work of a delayed
+    call per transaction.  Expiries closer together than
+    L{_CLIENT_RESOLUTION} are processed together; an isolated one exactly
+    on time.
+    """
+
+    __slots__ = ("_reactor", "_delay", "_queue", "_call", "_armed")
+
+    log = Logger()
+
+    def __init__(self, reactor: IReactorTime, delay: float) -> None:
+        self._reactor = reactor
+        self._delay = delay
+        self._queue: Deque[_Armed] = deque()
+        self._call: Optional[IDelayedCall] = None
+        # Entries still armed: at 0 the queue empties and its delayed
+        # call goes, so an idle layer leaves no timer behind.
+        self._armed = 0
+
+    def arm(self, fire: Callable[[], None]) -> _Armed:
+        """
+        Call C{fire()} after the delay unless the returned entry is
+        cancelled first.
+        """
+        entry = _Armed(self._reactor.seconds() + self._delay, fire, self)
+        self._queue.append(entry)
+        self._armed += 1
+        if self._call is None:
+            self._call = self._reactor.callLater(self._delay, self._expire)
+        return entry
+
+    def _expire(self) -> None:
+        self._call = None
+        now = self._reactor.seconds()
+        limit = now + _EPSILON
+        queue = self._queue
+        while queue and queue[0].deadline <= limit:
+            entry = queue.popleft()
+            fire = entry.fire
+            if fire is not None:
+                entry.fire = None
+                self._armed -= 1
+                try:
+                    fire()
+                except Exception:
+                    self.log.failure("Client transaction timer failed")
+        if not self._armed:
+            queue.clear()
+        elif self._call is None:
+            delay = max(queue[0].deadline - now, _CLIENT_RESOLUTION)
+            self._call = self._reactor.callLater(delay, self._expire)
+
+    def _disarmed(self) -> None:
+        self._armed -= 1
+        if not self._armed:
+            self.stop()
+
+    def stop(self) -> None:
+        """
+        Cancel the delayed call and disarm every entry.
+        """
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        for entry in self._queue:
+            entry.fire = None
+        self._queue.clear()
+        self._armed = 0
+
+
 class ServerTransaction:
     """
     A non-INVITE server transaction (RFC 3261 §17.2.2): the TU's handle on
@@ -393,8 +496,9 @@ class ClientTransaction:
         # cycle, so a finished transaction is freed by reference counting.
         self.deferred: Deferred[Response] = Deferred(partial(layer._abandon, key))
         self.onProvisional: Optional[Callable[[Response], None]] = None
-        self._timerE: Optional[IDelayedCall] = None
-        self._timerF: Optional[IDelayedCall] = None
+        # Delayed calls or _Armed entries: either has cancel().
+        self._timerE: Any = None
+        self._timerF: Any = None
         self._interval = 0.0
 
     @property
@@ -414,11 +518,10 @@ class ClientTransaction:
         if not self._transmit():
             return
         layer = self._layer
-        timers = layer.timers
-        self._timerF = layer._reactor.callLater(64 * timers.T1, self._timedOut)
+        self._timerF = layer._timerF.arm(self._timedOut)
         if not self.target.reliable:
-            self._interval = timers.T1
-            self._timerE = layer._reactor.callLater(timers.T1, self._retransmit)
+            self._interval = layer.timers.T1
+            self._timerE = layer._timerE.arm(self._retransmit)
 
     def _transmit(self) -> bool:
         """
@@ -536,6 +639,8 @@ class TransactionLayer:
         resolution = self.timers.resolution
         self._timerJ = _ExpiryQueue(reactor, 64 * self.timers.T1, resolution, self._servers)
         self._timerK = _ExpiryQueue(reactor, self.timers.T4, resolution, self._clients)
+        self._timerE = _TimerQueue(reactor, self.timers.T1)
+        self._timerF = _TimerQueue(reactor, 64 * self.timers.T1)
 
     def __len__(self) -> int:
         """
@@ -634,6 +739,8 @@ class TransactionLayer:
             table.clear()
         self._timerJ.stop()
         self._timerK.stop()
+        self._timerE.stop()
+        self._timerF.stop()
 
     def _abandon(self, key: str, deferred: Deferred[Response]) -> None:
         """
