@@ -6,16 +6,15 @@ under real sipp traffic on loopback.
 
 Why this shape: a user agent is challenged once, then reuses the nonce
 with an increasing nonce-count for its next requests (RFC 7616 section
-3.4.5), and billing's answers (the account, the watch decision) are cached
-by the server.  So one sipp call is one user agent doing C{M} (5)
+3.4.5), and billing's answers (the account, the watch decision) come from
+the server's memory.  So one sipp call is one user agent doing C{M} (5)
 operations after one challenge:
 
 C{subscribe}
     C{subscribe_auth.xml}: SUBSCRIBE -> 401, then 5 SUBSCRIBEs (a buddy
     list: 5 new dialogs) with credentials, each -> 200 -> NOTIFY -> 200.
     C{subscribe_noauth.xml}: the same 5 SUBSCRIBEs without the challenge
-    nor credentials.  Watchers come from C{--accounts} accounts (cycled),
-    so after the first C{--accounts} calls every answer is cached.
+    nor credentials.  Watchers come from C{--accounts} accounts (cycled).
 C{publish}
     C{publish_auth.xml}: PUBLISH -> 401, then an initial PUBLISH, 3
     modifications and a removal, all with credentials.

@@ -13,12 +13,12 @@ Workloads (scenarios in C{bench/sipp/}):
 
 C{subscribe}
     C{subscribe.xml}: one call = SUBSCRIBE -> 200 -> initial NOTIFY -> 200,
-    a new presentity and watcher per call: every call misses the billing
-    cache (account and watch decision are read from the database).
+    a new presentity and watcher per call (every call is a new user for
+    billing: its answers come from memory all the same).
 C{subscribe-warm}
     C{subscribe_pool.xml}: the same exchange for C{--pool} (presentity,
-    watcher) pairs taken in turn from an injection file, so after the
-    first pass the billing cache answers.
+    watcher) pairs taken in turn from an injection file (the same users
+    again after the first pass).
 C{publish}
     C{publish.xml}: one call = an initial PUBLISH (PIDF) -> 200 for a
     presentity nobody watches, a new presentity per call.

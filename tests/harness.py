@@ -3,8 +3,9 @@ A subscription manager wired to a SIP core with a fake network, a
 L{MemoryStore} and a L{Clock}: bytes in, bytes out, no sockets, no time.
 
 Billing is real: an L{EmbeddedAuthorizer} on an in-memory SQLite database
-with the current schema, read synchronously (L{ConnectionReader}), so
-lookups answer at once.  By default authentication is off for
+with the current schema, read synchronously (L{ConnectionReader}), loaded
+at once, and polled after each change made with L{Harness.billing}, so
+lookups answer at once and see every change.  By default authentication is off for
 example.test (C{billingNoAuthDomains}) and nobody has an account, so every
 AOR of example.test belongs to the customer "example.test" and may watch
 every other: the manager behaves as it did before billing.  Tests of
@@ -85,7 +86,14 @@ class HeldStore:
     """
 
     WRITES = frozenset(
-        ["addSubscription", "updateSubscription", "removeSubscription", "putPublication", "removePublication"]
+        [
+            "addSubscription",
+            "updateSubscription",
+            "removeSubscription",
+            "putPublication",
+            "replacePublication",
+            "removePublication",
+        ]
     )
 
     def __init__(self, inner: Optional[MemoryStore] = None) -> None:
@@ -134,7 +142,11 @@ class Harness:
     network; C{take} returns (and forgets) what the server sent.
     """
 
-    def __init__(self, store: Optional[Any] = None, **settings: Any) -> None:
+    def __init__(self, store: Optional[Any] = None, startBilling: bool = True, **settings: Any) -> None:
+        """
+        @param startBilling: start the authorizer (load the billing
+            tables); false leaves that to the test.
+        """
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.core = SIPCore(self.clock, advertisedHost="192.0.2.1")
@@ -151,9 +163,9 @@ class Harness:
         self.config = Config(**values)
         self.billingEngine = createEngine("sqlite://")
         self.billing(schema.upgrade)
-        self.authorizer = EmbeddedAuthorizer(
-            ConnectionReader(self.billingEngine), self.clock, self.config.billingCacheTtl, pollInterval=0
-        )
+        self.authorizer = EmbeddedAuthorizer(ConnectionReader(self.billingEngine), self.clock, pollInterval=0)
+        if startBilling:
+            self.authorizer.start()
         self.digest = DigestAuthenticator(
             os.urandom(32), self.clock, self.config.billingNonceLifetime, self.config.billingAlgorithms
         )
@@ -168,10 +180,16 @@ class Harness:
     def billing(self, work: Any) -> Any:
         """
         Run C{work(conn)} in one transaction on the billing database, as
-        C{presence-admin} does (e.g. C{db.addAccount}).
+        C{presence-admin} does (e.g. C{db.addAccount}); then let a started
+        authorizer poll the change log, as a running server does within
+        its poll interval.
         """
         with self.billingEngine.begin() as conn:
-            return work(conn)
+            result = work(conn)
+        authorizer = getattr(self, "authorizer", None)
+        if authorizer is not None and authorizer.running:
+            authorizer.poll()
+        return result
 
     def crash(self) -> None:
         """

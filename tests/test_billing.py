@@ -1,8 +1,8 @@
 """
 Tests for L{presence.billing}: the SQL functions (on SQLite and
-PostgreSQL), the policy, the embedded authorizer's cache and change
-polling (with a Clock), its service, the secret file and the [billing]
-configuration.
+PostgreSQL), the policy, the embedded authorizer's in-memory replica and
+change polling (with a Clock), the remote authorizer's cache, the billing
+service, the secret file and the [billing] configuration.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from typing import Any, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 import pytest_twisted
@@ -22,7 +22,8 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from presence.billing import db
-from presence.billing.authorizer import _MISSING, ConnectionReader, EmbeddedAuthorizer, OpenAuthorizer, TTLCache
+from presence.billing.authorizer import BillingNotLoaded, ConnectionReader, EmbeddedAuthorizer, OpenAuthorizer
+from presence.billing.cache import _MISSING, TTLCache
 from presence.billing.policy import decide
 from presence.billing.records import (
     AccountInfo,
@@ -314,7 +315,7 @@ def test_concurrentAddsLogInCommitOrder(url):
     assert len(rows) == 20 and len({aor for _, aor in rows}) == 20
 
 
-# The cache.
+# The remote authorizer's cache.
 
 
 def test_ttlCache():
@@ -333,12 +334,20 @@ def test_ttlCache():
     assert len(cache) == 0 and cache._byAOR == {}
 
 
+# The embedded authorizer: billing in memory.
+
+AARON = "sip:aaron@example.test"
+DAVE = "sip:dave@example.test"
+
+
 class Billing:
     """
-    An authorizer on an in-memory database, read synchronously.
+    An authorizer on an in-memory database, read synchronously.  Reads can
+    be held (each with the result of the moment it was issued) and
+    released later, made to fail, or preceded by a hook.
     """
 
-    def __init__(self, ttl: float = 30.0, pollInterval: float = 2.0) -> None:
+    def __init__(self, pollInterval: float = 2.0, pageSize: int = 2000) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
         self.engine = createEngine("sqlite://")
@@ -346,12 +355,18 @@ class Billing:
         self.reader = ConnectionReader(self.engine)
         self.reads = 0
         self.held: Optional[List[Deferred]] = None
-        self.authorizer = EmbeddedAuthorizer(self.read, self.clock, ttl, pollInterval)
+        self.failing = False
+        self.beforeRead: Optional[Callable[[int], None]] = None
+        self.authorizer = EmbeddedAuthorizer(self.read, self.clock, pollInterval, pageSize=pageSize)
         self.changes: List[Any] = []
         self.authorizer.addChangeListener(self.changes.append)
 
     def read(self, fn: Any) -> Deferred:
         self.reads += 1
+        if self.beforeRead is not None:
+            self.beforeRead(self.reads)
+        if self.failing:
+            return fail(RuntimeError("database down"))
         result = self.reader(fn)
         if self.held is None:
             return result
@@ -360,7 +375,18 @@ class Billing:
         result.addBoth(lambda r: setattr(d, "_result_", r))
         return d
 
+    def releaseOne(self) -> None:
+        """
+        Deliver the oldest held read; the next reads are held too.
+        """
+        assert self.held
+        d = self.held.pop(0)
+        d.callback(getattr(d, "_result_"))
+
     def release(self) -> None:
+        """
+        Deliver every held read; the next reads are not held.
+        """
         held, self.held = self.held or [], None
         for d in held:
             d.callback(getattr(d, "_result_"))
@@ -369,12 +395,14 @@ class Billing:
         with self.engine.begin() as conn:
             return work(conn)
 
+    def position(self) -> int:
+        return self.write(db.lastChangeId)
+
     def value(self, d: Deferred) -> Any:
         results: List[Any] = []
 
-        def keep(result: Any) -> Any:
+        def keep(result: Any) -> None:
             results.append(result)
-            return result
 
         d.addBoth(keep)
         assert len(results) == 1, "Deferred has not fired"
@@ -393,159 +421,258 @@ def billing() -> Iterator[Billing]:
     assert b.clock.getDelayedCalls() == []
 
 
+def provision(billing: Billing) -> None:
+    """
+    Alice and bob of acme, carol of globex; bob lets carol watch him, alice
+    lets nobody.
+    """
+    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw", "acme"))
+    billing.write(lambda conn: db.addAccount(conn, BOB, "pw", "acme"))
+    billing.write(lambda conn: db.addAccount(conn, CAROL, "pw", "globex"))
+    billing.write(lambda conn: db.setRule(conn, BOB, CAROL, "allow"))
+    billing.write(lambda conn: db.setRule(conn, ALICE, "*", "block"))
+
+
 def test_providesIAuthorizer(billing):
     verifyObject(IAuthorizer, billing.authorizer)
     verifyObject(IAuthorizer, OpenAuthorizer())
 
 
-def test_lookupsAreCachedCountedAndExpire(billing):
-    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw", "acme"))
-    billing.write(lambda conn: db.addAccount(conn, BOB, "pw", "acme"))
-    a = billing.authorizer
-    assert billing.value(a.account(ALICE)).customer == "acme"
-    assert billing.value(a.account("sip:nobody@example.test")) is None
-    assert billing.value(a.watchDecision(ALICE, BOB)) == "allow"
-    reads = billing.reads
-    assert billing.value(a.account(ALICE)).customer == "acme"
-    assert billing.value(a.account("sip:nobody@example.test")) is None
-    assert billing.value(a.watchDecision(ALICE, BOB)) == "allow"
-    # The decision also cached bob's account.
-    assert billing.value(a.account(BOB)).aor == BOB
-    assert billing.reads == reads
-    assert a.counters["hits"] == 4 and a.counters["misses"] == 3
-    billing.clock.advance(31)
-    billing.value(a.account(ALICE))
-    assert billing.reads == reads + 1 and a.counters["misses"] == 4
-    # The owner is never looked up.
-    assert billing.value(a.watchDecision(BOB, BOB)) == "allow"
-    assert billing.reads == reads + 1
-
-
-def test_noCacheWithZeroTtl():
-    b = Billing(ttl=0.0)
+def test_loadedAtStartInPages():
+    """
+    start() reads every account and rule, a page per read, notes the
+    change log position, and tells the listeners to re-check everything;
+    then lookups answer at once without reading.
+    """
+    b = Billing(pageSize=2)
     try:
-        b.value(b.authorizer.account(ALICE))
-        b.value(b.authorizer.account(ALICE))
-        assert b.reads == 2 and b.authorizer.cacheSize == 0
+        provision(b)
+        a = b.authorizer
+        assert not a.loaded
+        assert b.value(a.start()) is None
+        # Where the log ends, 2 + 1 pages of accounts, 2 + 0 of rules,
+        # then the changes since the first read (none).
+        assert b.reads == 6
+        assert a.loaded and a.lastChange == b.position()
+        assert (a.accountCount, a.ruleCount) == (3, 2)
+        assert b.changes == [None] and a.counters["reloads"] == 1
+        d = a.account(ALICE)
+        assert d.called and b.value(d).customer == "acme"
+        assert b.value(a.account("sip:nobody@example.test")) is None
+        assert b.value(a.watchDecision(CAROL, BOB)) == "allow"
+        assert b.value(a.watchDecision(ALICE, BOB)) == "allow"
+        assert b.value(a.watchDecision(BOB, ALICE)) == "block"
+        assert b.value(a.watchDecision(CAROL, ALICE)) == "block"
+        # The owner is not even counted.
+        assert b.value(a.watchDecision(BOB, BOB)) == "allow"
+        assert b.reads == 6 and a.counters["lookups"] == 6
     finally:
         b.close()
 
 
-def test_concurrentLookupsShareOneRead(billing):
-    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw"))
-    billing.held = []
+def test_lookupsBeforeTheLoadWaitForIt(billing):
+    provision(billing)
     a = billing.authorizer
-    d1, d2 = a.account(ALICE), a.account(ALICE)
-    e1, e2 = a.watchDecision(ALICE, BOB), a.watchDecision(ALICE, BOB)
-    f = a.account(CAROL)
-    # One read in flight; what came meanwhile waits for the next batch.
-    assert billing.reads == 1
+    billing.held = []
+    started = a.start()
+    assert not started.called
+    account, decision, own = a.account(ALICE), a.watchDecision(CAROL, BOB), a.watchDecision(BOB, BOB)
+    assert not account.called and not decision.called
+    assert billing.value(own) == "allow"
+    assert a.counters["waited"] == 2
     billing.release()
-    assert billing.reads == 2 and a.counters["batches"] == 2
-    assert billing.value(f) is None
-    assert billing.value(d1) == billing.value(d2) and billing.value(d1).aor == ALICE
-    assert billing.value(e1) == billing.value(e2) == "allow"
+    assert billing.value(started) is None and a.loaded
+    assert billing.value(account).aor == ALICE
+    assert billing.value(decision) == "allow"
+    assert a.counters["waitTimeouts"] == 0 and a.counters["lookups"] == 2
+    # Only the poll timer is left: the lookups' timeout is gone.
+    assert len(billing.clock.getDelayedCalls()) == 1
 
 
-def test_readBeforeAChangeIsNotCached(billing):
+def test_lookupsFailWhenNotLoadedInTime(billing):
     """
-    A lookup whose read raced with a change answers its caller but is not
-    cached: it may predate the change.
+    While the load fails, lookups wait lookupTimeout seconds each, then
+    fail (the manager answers 500).
     """
+    a = billing.authorizer
+    billing.failing = True
+    assert billing.value(a.start()) is None
+    assert not a.loaded and a.counters["loadErrors"] == 1
+    first = a.account(ALICE)
+    billing.clock.advance(3)
+    second = a.watchDecision(ALICE, BOB)
+    billing.clock.advance(1.9)
+    assert not first.called and not second.called
+    billing.clock.advance(0.1)
+    assert billing.value(first).check(BillingNotLoaded)
+    assert not second.called
+    billing.clock.advance(3)
+    assert billing.value(second).check(BillingNotLoaded)
+    assert a.counters["waitTimeouts"] == 2 and a.counters["waited"] == 2
+
+
+def test_failedLoadIsRetriedWithAGrowingDelay(billing):
+    provision(billing)
+    a = billing.authorizer
+    billing.failing = True
+    billing.value(a.start())
+    assert billing.reads == 1 and a.counters["loadErrors"] == 1
+    billing.clock.advance(1)
+    assert billing.reads == 2
+    billing.clock.advance(1)
+    assert billing.reads == 2
+    billing.clock.advance(1)
+    assert billing.reads == 3 and a.counters["loadErrors"] == 3
+    waiting = a.account(ALICE)
+    billing.failing = False
+    billing.clock.advance(4)
+    assert a.loaded and billing.value(waiting).aor == ALICE
+    assert billing.changes == [None]
+    # Now it polls.
+    reads = billing.reads
+    billing.clock.advance(2)
+    assert billing.reads == reads + 1
+
+
+def test_stopFailsWaitingLookups(billing):
+    a = billing.authorizer
+    billing.failing = True
+    billing.value(a.start())
+    waiting = a.account(ALICE)
+    a.stop()
+    assert billing.value(waiting).check(BillingNotLoaded)
+    assert billing.value(a.account(BOB)).check(BillingNotLoaded)
+    assert billing.clock.getDelayedCalls() == []
+
+
+def test_changesUpdateTheReplicaAndTellListeners(billing):
     a = billing.authorizer
     billing.value(a.start())
-    billing.held = []
-    d = a.account(ALICE)
-    billing.held, held = None, billing.held
-    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw"))
-    billing.value(a.poll())
-    billing.held = held
-    billing.release()
-    assert billing.value(d) is None
-    assert billing.value(a.account(ALICE)).aor == ALICE
-
-
-def test_lookupAfterAChangeDoesNotJoinAnOlderRead(billing):
-    """
-    A lookup made after a change gets an answer read after it, never the
-    answer of a read that was already in flight (and may predate it).
-    """
-    a = billing.authorizer
-    billing.value(a.start())
-    billing.held = []
-    before = a.account(ALICE)
-    billing.held, held = None, billing.held
-    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw"))
-    billing.value(a.poll())
-    billing.held = held
-    after = a.account(ALICE)
-    billing.release()
-    assert billing.value(before) is None
-    assert billing.value(after).aor == ALICE
-
-
-def test_pollingInvalidatesAndTellsListeners(billing):
-    a = billing.authorizer
-    billing.value(a.start())
-    assert a.lastChange == 0
+    assert a.lastChange == 0 and billing.changes == [None]
     assert billing.value(a.account(ALICE)) is None
     assert billing.value(a.watchDecision(ALICE, BOB)) == "allow"
     billing.write(lambda conn: db.addAccount(conn, ALICE, "pw", "acme"))
     # Nothing changes until the next poll...
     assert billing.value(a.account(ALICE)) is None
     billing.clock.advance(2.0)
-    assert billing.changes == [frozenset([ALICE])]
+    assert billing.changes[-1] == frozenset([ALICE])
     assert billing.value(a.account(ALICE)).customer == "acme"
     assert billing.value(a.watchDecision(ALICE, BOB)) == "block"
     # ... and it keeps polling.
-    billing.write(lambda conn: db.setRule(conn, ALICE, BOB, "ask"))
-    billing.write(lambda conn: db.setStatus(conn, ALICE, "blocked"))
+    billing.write(lambda conn: db.addAccount(conn, BOB, "pw", "acme"))
+    billing.write(lambda conn: db.setRule(conn, BOB, ALICE, "ask"))
     billing.clock.advance(2.0)
-    assert billing.changes[-1] == frozenset([ALICE])
-    assert a.counters["changes"] == 3
+    assert billing.changes[-1] == frozenset([BOB])
+    assert billing.value(a.watchDecision(ALICE, BOB)) == "ask"
+    assert (a.accountCount, a.ruleCount) == (2, 1)
+    # Removing alice removes bob's rule naming her: both are re-read.
+    billing.write(lambda conn: db.removeAccount(conn, ALICE))
+    billing.clock.advance(2.0)
+    assert billing.changes[-1] == frozenset([ALICE, BOB])
+    assert billing.value(a.account(ALICE)) is None
+    assert (a.accountCount, a.ruleCount) == (1, 0)
+    assert billing.value(a.watchDecision(ALICE, BOB)) == "block"
+    assert a.counters["changes"] == 5 and a.lastChange == billing.position()
     assert len(billing.clock.getDelayedCalls()) == 1
     a.stop()
     assert billing.clock.getDelayedCalls() == []
 
 
-def test_pollFailuresAreRetried(billing):
-    a = billing.authorizer
-    billing.value(a.start())
-    good = a._read
-    a._read = lambda fn: fail(RuntimeError("database down"))
-    billing.clock.advance(2.0)
-    billing.clock.advance(2.0)
-    assert a.counters["pollErrors"] == 2
-    a._read = good
-    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw"))
-    billing.clock.advance(2.0)
-    assert billing.changes == [frozenset([ALICE])]
+def test_changesDuringTheLoadAreNotMissed():
+    """
+    The pages are separate reads: a change made while they are read may
+    land in a page already read.  The changes logged since the position
+    noted before the first page are read again before anything is served.
+    """
+    b = Billing(pageSize=2)
+    try:
+        provision(b)
+
+        def meanwhile(n: int) -> None:
+            # After the position and the first page (alice, bob).
+            if n == 3:
+                b.write(lambda conn: db.setStatus(conn, ALICE, "blocked"))
+                b.write(lambda conn: db.addAccount(conn, AARON, "pw", "acme"))
+                b.write(lambda conn: db.clearRules(conn, ALICE))
+
+        b.beforeRead = meanwhile
+        b.value(b.authorizer.start())
+        a = b.authorizer
+        assert a.loaded and a.lastChange == b.position()
+        assert b.value(a.account(ALICE)).status == "blocked"
+        assert b.value(a.account(AARON)).customer == "acme"
+        assert (a.accountCount, a.ruleCount) == (4, 1)
+        assert b.value(a.watchDecision(BOB, ALICE)) == "block"
+        assert b.value(a.watchDecision(CAROL, BOB)) == "allow"
+        # Listeners re-check everything once, nothing in between.
+        assert b.changes == [None]
+    finally:
+        b.close()
 
 
-def test_startFailureInitialisesOnNextPoll(billing):
-    a = billing.authorizer
-    good = a._read
-    a._read = lambda fn: fail(RuntimeError("database down"))
-    billing.value(a.start())
-    assert a.lastChange is None
-    a._read = good
-    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw"))
-    billing.clock.advance(2.0)
-    # It could not know what changed meanwhile: everything is re-checked.
-    assert billing.changes == [None] and a.lastChange == 1
-
-
-def test_prunedChangesDropEverything(billing):
+def test_prunedChangesReloadEverything(billing):
+    """
+    Changes pruned before this server saw them: everything is read again,
+    the old replica answering meanwhile, and listeners re-check everything.
+    """
     a = billing.authorizer
     billing.write(lambda conn: db.addAccount(conn, ALICE, "pw", now=1.0))
     billing.value(a.start())
     assert a.lastChange == 1
-    billing.value(a.account(ALICE))
     billing.write(lambda conn: db.addAccount(conn, BOB, "pw", now=2.0))
     billing.write(lambda conn: db.recordChanges(conn, [CAROL], now=5.0 + db.CHANGE_RETENTION))
+    billing.held = []
     billing.clock.advance(2.0)
-    assert billing.changes == [None] and a.cacheSize == 0
-    assert a.lastChange == 3
+    billing.releaseOne()  # the changes: bob's was pruned
+    assert billing.value(a.account(ALICE)).aor == ALICE
+    assert billing.value(a.account(BOB)) is None
+    billing.release()
+    assert billing.changes == [None, None]
+    assert billing.value(a.account(BOB)).aor == BOB
+    assert a.lastChange == 3 and a.counters["reloads"] == 2
+
+
+def test_anAbandonedReadNeverUndoesANewerChange(billing):
+    """
+    Reads are one chain at a time, and a chain abandoned by stop() changes
+    nothing when its reads come back: a re-read that predates a change
+    never overwrites what a later one read.
+    """
+    a = billing.authorizer
+    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw"))
+    billing.value(a.start())
+    billing.write(lambda conn: db.setStatus(conn, ALICE, "blocked"))
+    billing.held = []
+    a.poll()
+    billing.releaseOne()  # the change; the re-read of alice (blocked) is held
+    assert len(billing.held) == 1
+    # No second chain while one is in flight.
+    assert a.poll().called and len(billing.held) == 1
+    a.stop()
+    billing.held, late = None, billing.held
+    billing.write(lambda conn: db.setStatus(conn, ALICE, "active"))
+    billing.value(a.start())
+    assert billing.value(a.account(ALICE)).status == "active"
+    assert billing.changes[-1] == frozenset([ALICE]) and a.lastChange == 3
+    told = len(billing.changes)
+    for d in late:
+        d.callback(getattr(d, "_result_"))
+    assert billing.value(a.account(ALICE)).status == "active"
+    assert a.lastChange == 3 and len(billing.changes) == told
+
+
+def test_pollFailuresAreRetried(billing):
+    a = billing.authorizer
+    billing.value(a.start())
+    billing.failing = True
+    billing.clock.advance(2.0)
+    billing.clock.advance(2.0)
+    assert a.counters["pollErrors"] == 2 and a.loaded
+    billing.failing = False
+    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw"))
+    billing.clock.advance(2.0)
+    assert billing.changes == [None, frozenset([ALICE])]
+    assert billing.value(a.account(ALICE)).aor == ALICE
 
 
 def test_listenerErrorsAreContained(billing):
@@ -555,10 +682,49 @@ def test_listenerErrorsAreContained(billing):
         raise RuntimeError("listener bug")
 
     a.addChangeListener(broken)
-    a.invalidate(frozenset([ALICE]))
-    assert billing.changes == [frozenset([ALICE])]
+    billing.value(a.start())
+    billing.write(lambda conn: db.addAccount(conn, ALICE, "pw"))
+    billing.value(a.poll())
+    assert billing.changes == [None, frozenset([ALICE])]
     a.removeChangeListener(broken)
     a.removeChangeListener(broken)
+
+
+def test_loadPagesCoverEveryRow(url):
+    """
+    The keyset pages, on each backend: every account and rule once, in
+    order, whatever the page size.
+    """
+    aors = ["sip:u%02d@example.test" % (i,) for i in range(7)]
+
+    def work(conn: Any) -> None:
+        for aor in aors:
+            db.addAccount(conn, aor, "pw")
+        for pattern in ("*", "@other.test", aors[1]):
+            db.setRule(conn, aors[0], pattern, "ask")
+        db.setRule(conn, aors[2], "*", "block")
+
+    transaction(url, work)
+
+    def scan(conn: Any, pageFn: Any, key: Any) -> List[Any]:
+        rows: List[Any] = []
+        after = None
+        while True:
+            page = pageFn(conn, after, 3)
+            rows.extend(page)
+            if len(page) < 3:
+                return rows
+            after = key(page[-1])
+
+    accounts = transaction(url, lambda conn: scan(conn, db.accountsPage, lambda account: account.aor))
+    assert [account.aor for account in accounts] == aors
+    rules = transaction(url, lambda conn: scan(conn, db.rulesPage, lambda rule: rule[:2]))
+    assert sorted(rules) == rules and len(rules) == 4
+    assert set(rules) == {
+        (aors[0], "*", "ask"), (aors[0], "@other.test", "ask"), (aors[0], aors[1], "ask"), (aors[2], "*", "block"),
+    }
+    # What repeats across accounts is one string each.
+    assert accounts[0].customer is accounts[1].customer and accounts[0].status is accounts[1].status
 
 
 # The service, on a real store.
@@ -567,16 +733,31 @@ def test_listenerErrorsAreContained(billing):
 @pytest_twisted.inlineCallbacks
 def test_serviceOnStore(tmp_path):
     """
-    The billing service reads through the store's reader threads, never on
-    the reactor thread, and sees what presence-admin writes.
+    The billing service loads accounts through the store's reader threads,
+    never on the reactor thread, is ready once they are in memory, answers
+    from there, and sees what presence-admin writes.
     """
     from twisted.application import service
 
     from presence.store import StoreService
 
     url = "sqlite:///%s" % (tmp_path / "p.sqlite",)
+    _upgrade(url)
+    transaction(url, lambda conn: db.addAccount(conn, BOB, "pw", "acme"))
     root = service.MultiService()
-    store = StoreService(SQLStore(url))
+    sqlStore = SQLStore(url)
+    threads: List[str] = []
+    original = sqlStore.runRead
+
+    def spy(fn: Any) -> Deferred:
+        def wrapped(conn: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return fn(conn)
+
+        return original(wrapped)
+
+    sqlStore.runRead = spy  # type: ignore[method-assign]
+    store = StoreService(sqlStore)
     store.setName("store")
     store.setServiceParent(root)
     config = Config(billingPollInterval=0.05)
@@ -587,19 +768,11 @@ def test_serviceOnStore(tmp_path):
         ready = yield billingService.whenReady()
         assert ready is billingService and billingService.digest is not None
         authorizer = billingService.authorizer
-        threads: List[str] = []
-        original = authorizer._read
-
-        def spy(fn: Any) -> Deferred:
-            def wrapped(conn: Any) -> Any:
-                threads.append(threading.current_thread().name)
-                return fn(conn)
-
-            return original(wrapped)
-
-        authorizer._read = spy
-        assert (yield authorizer.account(ALICE)) is None
+        assert authorizer.loaded and authorizer.accountCount == 1
         assert threads and all("presence-store-reader" in t for t in threads)
+        found = authorizer.account(BOB)
+        assert found.called and (yield found).customer == "acme"
+        assert (yield authorizer.account(ALICE)) is None
         transaction(url, lambda conn: db.addAccount(conn, ALICE, "pw", "acme"))
         changed: Deferred = Deferred()
         authorizer.addChangeListener(lambda aors: changed.called or changed.callback(aors))

@@ -1,40 +1,54 @@
 """
-The embedded authorizer: billing answers read from the SQL store, cached.
+The embedded authorizer: billing answered from an in-memory replica of the
+billing tables, kept current by following their change log.
 
-Why a cache: every SUBSCRIBE and PUBLISH needs an account (for its digest
-credentials) and every SUBSCRIBE a watch decision; reading them from the
-database each time would put a thread hop and a query on the hot path.
-Answers are kept for C{cacheTtl} seconds, which bounds how stale one can
-be if a change is ever missed, and dropped at once when an account or a
-policy changes: provisioning appends the AORs it touched to
-C{billing_changes} in the same transaction, and the authorizer polls that
-table every C{pollInterval} seconds on the store's reader threads, drops
-what those AORs touched, then tells its change listeners (the subscription
-manager re-evaluates the subscriptions concerned).
+Why a replica and not a cache: every SUBSCRIBE and PUBLISH needs an account
+(for its digest credentials) and every SUBSCRIBE a watch decision.  A cache
+in front of the database misses for every new user, and under a load of new
+users those reads took a quarter to a third of the server's CPU.  The
+accounts and watch rules of a server fit in memory (a few hundred bytes per
+account), so lookups answer at once from there and the database is read
+only to load them and to follow their changes:
 
-Unknown accounts are cached too (as L{None}): an attacker cycling through
-user names costs one query per name and TTL, not one per request, and
-adding the account invalidates the entry.
+  - L{EmbeddedAuthorizer.start} reads where the change log ends, then every
+    account and watch rule, in pages (keyset order, a few thousand rows per
+    read on the store's reader threads: no read holds a thread long, and
+    the reactor only files each page), then applies the changes logged
+    since the position it read first, so that nothing changed during the
+    load is missed.  Lookups made before that wait, at most
+    C{lookupTimeout} seconds: then they fail and the manager answers 500
+    with Retry-After.  A failed load is retried after a growing delay.
+  - Provisioning appends the AORs it touched to C{billing_changes} in the
+    same transaction.  Every C{pollInterval} seconds the authorizer reads
+    the new rows, re-reads the accounts of those AORs and their rules as
+    presentity, updates the replica, then tells its change listeners (the
+    subscription manager re-checks the subscriptions concerned).
+  - When changes were pruned before it saw them (it fell a day behind), it
+    loads everything again, answering from the old replica until the new
+    one is complete, then tells its listeners that anything may have
+    changed.
 
-Misses are read in batches: one batch at a time goes to a reader thread,
-and the misses that come meanwhile go together in the next one, so a burst
-of new users (a restart, a load test) costs a few reads, not one thread
-hop per request.
+Order: the authorizer's database work is one chain of reads at a time (a
+load or a poll), so a re-read never lands after a newer one; and each
+chain carries the generation it started in: one abandoned by
+L{EmbeddedAuthorizer.stop} (or a new start) changes nothing when its
+reads come back late.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Callable, Dict, FrozenSet, Hashable, Iterable, List, Optional, Set, Tuple
+from collections import deque
+from types import MappingProxyType
+from typing import Any, Callable, Deque, Dict, FrozenSet, Generator, List, Mapping, Optional, Tuple
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presence.billing import db
 from presence.billing.policy import decide
-from presence.billing.records import ALLOW
+from presence.billing.records import ALLOW, AccountInfo
 from presence.interfaces import IAuthorizer
 
 #: Runs C{fn(conn)} on a database connection off the reactor thread and
@@ -43,81 +57,23 @@ Reader = Callable[[Callable[[Any], Any]], Deferred]
 
 ChangeListener = Callable[[Optional[FrozenSet[str]]], None]
 
-_MISSING = object()
+#: The rules of a presentity that has none.
+_NO_RULES: Mapping[str, str] = MappingProxyType({})
 
 
-class TTLCache:
+class BillingNotLoaded(Exception):
     """
-    A bounded mapping whose entries live C{ttl} seconds and are indexed by
-    the AORs they depend on, so that a change to one AOR drops exactly the
-    entries it may have changed.  Least recently used entries go first when
-    it is full.
+    The accounts are not in memory (the database could not be read since
+    start-up, or billing was stopped first): the lookup fails, and the
+    manager answers 500 with Retry-After.
     """
 
-    def __init__(self, clock: Any, ttl: float, maxEntries: int) -> None:
-        self.clock = clock
-        self.ttl = ttl
-        self.maxEntries = maxEntries
-        self._entries: OrderedDict[Hashable, Tuple[Any, float, Tuple[str, ...]]] = OrderedDict()
-        self._byAOR: Dict[str, Set[Hashable]] = {}
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: Hashable) -> Any:
-        """
-        The live value for C{key}, or C{_MISSING}.
-        """
-        entry = self._entries.get(key)
-        if entry is None:
-            return _MISSING
-        if entry[1] <= self.clock.seconds():
-            self._drop(key)
-            return _MISSING
-        self._entries.move_to_end(key)
-        return entry[0]
-
-    def put(self, key: Hashable, value: Any, aors: Tuple[str, ...]) -> None:
-        """
-        Remember C{value} for C{key}; it depends on C{aors}.
-        """
-        if self.ttl <= 0:
-            return
-        if key in self._entries:
-            self._drop(key)
-        self._entries[key] = (value, self.clock.seconds() + self.ttl, aors)
-        for aor in aors:
-            self._byAOR.setdefault(aor, set()).add(key)
-        while len(self._entries) > self.maxEntries:
-            self._drop(next(iter(self._entries)))
-
-    def _drop(self, key: Hashable) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is None:
-            return
-        for aor in entry[2]:
-            keys = self._byAOR.get(aor)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._byAOR[aor]
-
-    def invalidate(self, aors: Iterable[str]) -> int:
-        """
-        Drop every entry depending on one of C{aors}.
-
-        @return: how many entries were dropped.
-        """
-        dropped = 0
-        for aor in aors:
-            for key in list(self._byAOR.get(aor, ())):
-                self._drop(key)
-                dropped += 1
-        return dropped
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._byAOR.clear()
+class _Superseded(Exception):
+    """
+    A chain of reads abandoned by L{EmbeddedAuthorizer.stop} or a new
+    start: what it read must change nothing.
+    """
 
 
 class ConnectionReader:
@@ -141,175 +97,342 @@ class ConnectionReader:
 @implementer(IAuthorizer)
 class EmbeddedAuthorizer:
     """
-    L{IAuthorizer} on the SQL store, with a TTL cache and change polling.
+    L{IAuthorizer} from memory: every account and watch rule, loaded from
+    the SQL store and kept current by polling its change log.
 
-    @ivar counters: C{hits} and C{misses} of the cache (per lookup),
-        C{batches} database reads the misses took, C{invalidated} entries
-        dropped by changes, C{changes} change rows seen, C{pollErrors}
-        polls that failed.
+    @ivar loaded: whether the replica is loaded (lookups answer at once).
+    @ivar lastChange: the change log position the replica is at, L{None}
+        before the first load.
+    @ivar counters: C{lookups} answered from memory, C{waited} lookups
+        that had to wait for the first load, C{waitTimeouts} of those that
+        failed because it took too long, C{changes} change rows applied,
+        C{reloads} complete loads (the first included), C{loadErrors}
+        failed attempts at the first load, C{pollErrors} failed polls
+        (and reloads) once loaded.
     """
 
     log = Logger()
 
-    #: Most lookups in one batch (bounds the size of the IN lists).
-    maxBatch = 500
+    #: AORs re-read per read when following changes (bounds the IN lists).
+    refreshBatch = 500
+
+    #: Change log rows per read.
+    changePage = 1000
+
+    #: Seconds before the first retry of a failed load; the delay doubles
+    #: with each failure, up to L{maxRetryDelay}.
+    minRetryDelay = 1.0
+    maxRetryDelay = 30.0
 
     def __init__(
         self,
         read: Reader,
         clock: Any,
-        cacheTtl: float = 30.0,
         pollInterval: float = 2.0,
-        maxEntries: int = 100000,
+        lookupTimeout: float = 5.0,
+        pageSize: int = 2000,
     ) -> None:
         """
         @param read: runs billing reads off the reactor thread
             (C{SQLStore.runRead}).
         @param clock: provides C{seconds} and C{callLater}.
-        @param cacheTtl: how long an answer is kept; 0 disables the cache.
         @param pollInterval: seconds between two polls of
             C{billing_changes}; 0 disables polling (tests call L{poll}).
+        @param lookupTimeout: how long a lookup made before the replica is
+            loaded waits for it before failing.
+        @param pageSize: rows per read when loading.
         """
         self._read = read
         self.clock = clock
-        self.cacheTtl = cacheTtl
         self.pollInterval = pollInterval
-        self._accounts = TTLCache(clock, cacheTtl, maxEntries)
-        self._decisions = TTLCache(clock, cacheTtl, maxEntries)
-        self._waiting: Dict[Tuple[str, ...], List[Deferred]] = {}
-        self._queued: List[Tuple[str, ...]] = []
-        self._busy = False
-        self._generation = 0
-        self._listeners: List[ChangeListener] = []
+        self.lookupTimeout = lookupTimeout
+        self.pageSize = pageSize
+        self._accounts: Dict[str, AccountInfo] = {}
+        self._rules: Dict[str, Dict[str, str]] = {}
+        self._ruleCount = 0
+        self.loaded = False
         self.lastChange: Optional[int] = None
-        self._timer: Any = None
-        self._polling = False
-        self._failing = False
         self.running = False
+        self._generation = 0
+        self._busy = False
+        self._timer: Any = None
+        self._loadFailures = 0
+        self._failing = False
+        # Lookups waiting for the first load: (deadline, Deferred, AOR or
+        # watcher, None or presentity), oldest first.
+        self._waiting: Deque[Tuple[float, Deferred, str, Optional[str]]] = deque()
+        self._waitTimer: Any = None
+        self._listeners: List[ChangeListener] = []
         self.counters = {
-            "hits": 0, "misses": 0, "batches": 0, "invalidated": 0, "changes": 0, "pollErrors": 0,
+            "lookups": 0, "waited": 0, "waitTimeouts": 0, "changes": 0, "reloads": 0,
+            "loadErrors": 0, "pollErrors": 0,
         }
 
     @property
-    def cacheSize(self) -> int:
+    def accountCount(self) -> int:
         """
-        Entries cached now (accounts and decisions).
+        Accounts held in memory now.
         """
-        return len(self._accounts) + len(self._decisions)
+        return len(self._accounts)
+
+    @property
+    def ruleCount(self) -> int:
+        """
+        Watch rules held in memory now.
+        """
+        return self._ruleCount
 
     # Lifecycle.
 
     def start(self) -> Deferred:
         """
-        Find where the change log ends, then poll it.  Fires when the first
-        read is done; a failure is logged and the next poll tries again.
+        Load the replica, then follow the change log.
+
+        @return: a Deferred firing once the first attempt at loading is
+            over, whether it worked (lookups then answer from memory) or
+            not (it is logged and retried after a growing delay; lookups
+            wait meanwhile, within their timeout).  It never fails.
         """
+        if self.running:
+            return succeed(None)
         self.running = True
-        d = self._read(db.lastChangeId)
-
-        def started(last: int) -> None:
-            if self.lastChange is None:
-                self.lastChange = last
-
-        def failed(failure: Failure) -> None:
-            self.log.failure("Billing: cannot read the change log; will retry", failure)
-
-        d.addCallbacks(started, failed)
-        d.addBoth(lambda _: self._schedule())
-        return d
+        self._generation += 1
+        self._busy = False
+        return self.poll()
 
     def stop(self) -> None:
         """
-        Stop polling.  Lookups keep working.
+        Stop loading and polling, and drop the reads in flight.  Lookups
+        keep answering from memory; those still waiting for the first load
+        fail now.
         """
         self.running = False
+        self._generation += 1
+        self._busy = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._failWaiting(BillingNotLoaded("billing stopped before its accounts were loaded"))
 
     def _schedule(self) -> None:
-        if self.running and self._timer is None and self.pollInterval > 0:
-            self._timer = self.clock.callLater(self.pollInterval, self._tick)
+        if not self.running or self._timer is not None:
+            return
+        if self.loaded:
+            if self.pollInterval <= 0:
+                return
+            delay = self.pollInterval
+        else:
+            delay = self._retryDelay()
+        self._timer = self.clock.callLater(delay, self._tick)
+
+    def _retryDelay(self) -> float:
+        exponent = min(max(self._loadFailures - 1, 0), 16)
+        return min(self.maxRetryDelay, self.minRetryDelay * 2.0**exponent)
 
     def _tick(self) -> None:
         self._timer = None
-        self.poll().addBoth(lambda _: self._schedule())
+        self.poll()
 
-    # Changes.
+    # Loading and following changes.
 
     def poll(self) -> Deferred:
         """
-        Read the changes since the last poll once, invalidate what they
-        touched and tell the listeners.  Never fails.
+        Apply the changes logged since the last poll, or load everything
+        when nothing is loaded yet or changes were pruned before this
+        server saw them.  Does nothing while a load or a poll is in flight:
+        they run one at a time, so their reads apply in order.
+
+        @return: a Deferred firing when done.  It never fails: a failure is
+            counted, logged, and tried again (the next poll, or a load
+            retry).
         """
-        if self._polling:
+        if self._busy:
             return succeed(None)
-        self._polling = True
-        after = self.lastChange
-        if after is None:
-            d = self._read(db.lastChangeId)
-            d.addCallback(self._initialised)
-        else:
-            d = self._read(lambda conn: db.changesSince(conn, after))
-            d.addCallback(self._changesRead, after)
-        d.addCallbacks(self._pollSucceeded, self._pollFailed)
+        self._busy = True
+        generation = self._generation
+        d = self._step(generation)
+        d.addBoth(self._stepped, generation)
         return d
 
-    def _initialised(self, last: int) -> None:
-        if self.lastChange is None:
-            self.lastChange = last
-        # We did not know where the log ended: anything may have changed.
-        self.invalidateAll()
-
-    def _changesRead(self, result: Tuple[List[Tuple[int, str]], int], after: int) -> None:
-        rows, oldest = result
-        if after > 0 and oldest > after + 1:
+    @inlineCallbacks
+    def _step(self, generation: int) -> Generator[Deferred, Any, None]:
+        after = self.lastChange
+        if after is None:
+            yield self._load(generation)
+            return
+        position = yield self._follow(generation, after, self._accounts, self._rules, live=True)
+        if position is None:
             self.log.warn(
                 "Billing: changes after {after} were pruned before this server saw them; "
-                "dropping every cached answer",
-                after=after,
+                "loading every account and rule again",
+                after=self.lastChange,
             )
-            self.lastChange = rows[-1][0] if rows else oldest - 1
-            self.invalidateAll()
-            return
-        if not rows:
-            return
-        self.lastChange = rows[-1][0]
-        self.counters["changes"] += len(rows)
-        self.invalidate(frozenset(aor for _, aor in rows))
+            yield self._load(generation)
 
-    def _pollSucceeded(self, _: Any) -> None:
-        self._polling = False
-        if self._failing:
-            self._failing = False
-            self.log.info("Billing: reading the change log again")
+    def _stepped(self, result: Any, generation: int) -> None:
+        if generation != self._generation:
+            # Abandoned by stop() or a new start: its outcome is not ours.
+            return None
+        self._busy = False
+        if isinstance(result, Failure):
+            if self.loaded:
+                self.counters["pollErrors"] += 1
+                if not self._failing:
+                    self._failing = True
+                    self.log.failure("Billing: cannot read the change log", result)
+            else:
+                self._loadFailures += 1
+                self.counters["loadErrors"] += 1
+                if self._loadFailures == 1:
+                    self.log.failure(
+                        "Billing: cannot load the accounts; trying again in {delay} s",
+                        result,
+                        delay=self._retryDelay(),
+                    )
+                else:
+                    self.log.warn(
+                        "Billing: still cannot load the accounts ({count} attempts): {error}; "
+                        "trying again in {delay} s",
+                        count=self._loadFailures,
+                        error=result.getErrorMessage(),
+                        delay=self._retryDelay(),
+                    )
+        else:
+            self._loadFailures = 0
+            if self._failing:
+                self._failing = False
+                self.log.info("Billing: reading the change log again")
+        self._schedule()
+        return None
 
-    def _pollFailed(self, failure: Failure) -> None:
-        self._polling = False
-        self.counters["pollErrors"] += 1
-        if not self._failing:
-            self._failing = True
-            self.log.failure("Billing: cannot read the change log", failure)
+    def _check(self, generation: int) -> None:
+        """
+        Stop a chain of reads that was abandoned while a read was away.
+        """
+        if generation != self._generation:
+            raise _Superseded()
 
-    def invalidate(self, aors: FrozenSet[str]) -> None:
+    @inlineCallbacks
+    def _load(self, generation: int) -> Generator[Deferred, Any, None]:
         """
-        Drop every cached answer involving C{aors} and tell the listeners.
+        Read every account and rule into a new replica, bring it up to date
+        with the changes logged since the load began, then serve it.
         """
-        self._generation += 1
-        dropped = self._accounts.invalidate(aors) + self._decisions.invalidate(aors)
-        self.counters["invalidated"] += dropped
-        self.log.info("Billing changed for {aors}", aors=" ".join(sorted(aors)))
-        self._tell(frozenset(aors))
-
-    def invalidateAll(self) -> None:
-        """
-        Drop every cached answer; listeners re-check everything.
-        """
-        self._generation += 1
-        self.counters["invalidated"] += self.cacheSize
-        self._accounts.clear()
-        self._decisions.clear()
+        began = self.clock.seconds()
+        last = yield self._read(db.lastChangeId)
+        self._check(generation)
+        size = self.pageSize
+        accounts: Dict[str, AccountInfo] = {}
+        afterAOR: Optional[str] = None
+        while True:
+            page = yield self._read(lambda conn, after=afterAOR: db.accountsPage(conn, after, size))
+            self._check(generation)
+            for account in page:
+                accounts[account.aor] = account
+            if len(page) < size:
+                break
+            afterAOR = page[-1].aor
+        rules: Dict[str, Dict[str, str]] = {}
+        afterRule: Optional[Tuple[str, str]] = None
+        while True:
+            rows = yield self._read(lambda conn, after=afterRule: db.rulesPage(conn, after, size))
+            self._check(generation)
+            for presentity, pattern, action in rows:
+                rules.setdefault(presentity, {})[pattern] = action
+            if len(rows) < size:
+                break
+            afterRule = (rows[-1][0], rows[-1][1])
+        # The pages are separate reads: what changed since the position
+        # read first may be in them or not.  Read those AORs again.
+        position = yield self._follow(generation, last, accounts, rules, live=False)
+        if position is None:
+            raise RuntimeError("the change log was pruned while the accounts were loading")
+        first = not self.loaded
+        self._accounts, self._rules = accounts, rules
+        self._ruleCount = sum(len(each) for each in rules.values())
+        self.lastChange = position
+        self.loaded = True
+        self.counters["reloads"] += 1
+        self.log.info(
+            "Billing: {accounts} accounts and {rules} watch rules in memory (read in {seconds:.1f} s)",
+            accounts=len(accounts),
+            rules=self._ruleCount,
+            seconds=self.clock.seconds() - began,
+        )
+        if first:
+            self._answerWaiting()
+        # Whatever a listener holds may predate what was just read.
         self._tell(None)
+
+    @inlineCallbacks
+    def _follow(
+        self,
+        generation: int,
+        after: int,
+        accounts: Dict[str, AccountInfo],
+        rules: Dict[str, Dict[str, str]],
+        live: bool,
+    ) -> Generator[Deferred, Any, Optional[int]]:
+        """
+        Apply the changes logged after position C{after} to C{accounts}
+        and C{rules}; when C{live} (the replica being served), move
+        L{lastChange} and tell the listeners after each page of changes.
+
+        @return: a Deferred firing with the new position, or L{None} when
+            changes after C{after} were pruned before we read them.
+        """
+        limit = self.changePage
+        while True:
+            rows, oldest = yield self._read(lambda conn, after=after: db.changesSince(conn, after, limit))
+            self._check(generation)
+            if after > 0 and oldest > after + 1:
+                return None
+            if not rows:
+                return after
+            aors = frozenset(aor for _, aor in rows)
+            yield self._refresh(generation, aors, accounts, rules, live)
+            after = rows[-1][0]
+            self.counters["changes"] += len(rows)
+            if live:
+                self.lastChange = after
+                self.log.info("Billing changed for {aors}", aors=" ".join(sorted(aors)))
+                self._tell(aors)
+            if len(rows) < limit:
+                return after
+
+    @inlineCallbacks
+    def _refresh(
+        self,
+        generation: int,
+        aors: FrozenSet[str],
+        accounts: Dict[str, AccountInfo],
+        rules: Dict[str, Dict[str, str]],
+        live: bool,
+    ) -> Generator[Deferred, Any, None]:
+        """
+        Read the accounts of C{aors} and their rules as presentity again
+        (every change logs the presentities whose rules it touched) and
+        put them in C{accounts} and C{rules}.
+        """
+        ordered = sorted(aors)
+        for start in range(0, len(ordered), self.refreshBatch):
+            chunk = ordered[start : start + self.refreshBatch]
+            found, foundRules = yield self._read(lambda conn, chunk=chunk: db.billingInputs(conn, chunk, chunk))
+            self._check(generation)
+            for aor in chunk:
+                account = found.get(aor)
+                if account is None:
+                    accounts.pop(aor, None)
+                else:
+                    accounts[aor] = account
+                old = rules.pop(aor, None)
+                new = foundRules.get(aor)
+                if new is not None:
+                    rules[aor] = new
+                if live:
+                    self._ruleCount += len(new or ()) - len(old or ())
+
+    # Listeners.
 
     def _tell(self, aors: Optional[FrozenSet[str]]) -> None:
         for listener in list(self._listeners):
@@ -338,12 +461,10 @@ class EmbeddedAuthorizer:
         """
         See L{IAuthorizer.account}.
         """
-        cached = self._accounts.get(aor)
-        if cached is not _MISSING:
-            self.counters["hits"] += 1
-            return succeed(cached)
-        self.counters["misses"] += 1
-        return self._lookup(("account", aor))
+        if self.loaded:
+            self.counters["lookups"] += 1
+            return succeed(self._accounts.get(aor))
+        return self._wait(aor, None)
 
     def watchDecision(self, watcher: str, presentity: str) -> Deferred:
         """
@@ -351,87 +472,81 @@ class EmbeddedAuthorizer:
         """
         if watcher == presentity:
             return succeed(ALLOW)
-        cached = self._decisions.get((watcher, presentity))
-        if cached is not _MISSING:
-            self.counters["hits"] += 1
-            return succeed(cached)
-        self.counters["misses"] += 1
-        return self._lookup(("decision", watcher, presentity))
+        if self.loaded:
+            self.counters["lookups"] += 1
+            return succeed(self._decide(watcher, presentity))
+        return self._wait(watcher, presentity)
 
-    def _lookup(self, key: Tuple[str, ...]) -> Deferred:
+    def _decide(self, watcher: str, presentity: str) -> str:
+        accounts = self._accounts
+        return decide(
+            watcher,
+            presentity,
+            accounts.get(watcher),
+            accounts.get(presentity),
+            self._rules.get(presentity, _NO_RULES),
+        )
+
+    def _wait(self, aor: str, presentity: Optional[str]) -> Deferred:
         """
-        Read C{key} from the database, batched: while one batch of reads is
-        in flight, the misses that come are queued and go together in the
-        next one (one thread hop and two queries for any number of them),
-        as the store's writer does with group commit.  Concurrent lookups
-        of one key share one read, but only within one generation: a lookup
-        made after a change never joins a read that may predate it.
+        A lookup made before the first load: answered by it, or failed
+        after L{lookupTimeout} seconds.
         """
+        if not self.running:
+            return fail(BillingNotLoaded("billing is not running and its accounts are not loaded"))
         d: Deferred = Deferred()
-        pending = (self._generation,) + key
-        waiters = self._waiting.get(pending)
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        self._waiting[pending] = [d]
-        self._queued.append(pending)
-        self._flush()
+        self._waiting.append((self.clock.seconds() + self.lookupTimeout, d, aor, presentity))
+        self.counters["waited"] += 1
+        if self._waitTimer is None:
+            self._waitTimer = self.clock.callLater(self.lookupTimeout, self._expire)
         return d
 
-    def _flush(self) -> None:
-        if self._busy or not self._queued:
+    def _expire(self) -> None:
+        """
+        Fail the lookups that waited L{lookupTimeout} seconds (one timer
+        for all: deadlines come in the order lookups do).
+        """
+        self._waitTimer = None
+        now = self.clock.seconds()
+        waiting = self._waiting
+        expired: List[Deferred] = []
+        while waiting and waiting[0][0] <= now:
+            expired.append(waiting.popleft()[1])
+        if waiting:
+            self._waitTimer = self.clock.callLater(max(waiting[0][0] - now, 0.0), self._expire)
+        if not expired:
             return
-        keys = self._queued[: self.maxBatch]
-        del self._queued[: self.maxBatch]
-        aors: Set[str] = set()
-        presentities: Set[str] = set()
-        for pending in keys:
-            key = pending[1:]
-            aors.update(key[1:])
-            if key[0] == "decision":
-                presentities.add(key[2])
-        self._busy = True
-        self.counters["batches"] += 1
-        generation = self._generation
-        d = self._read(lambda conn: db.billingInputs(conn, aors, presentities))
-        d.addBoth(self._batchRead, keys, generation)
+        self.counters["waitTimeouts"] += len(expired)
+        self.log.warn(
+            "Billing: {count} lookups failed: the accounts are still not loaded after {timeout} s",
+            count=len(expired),
+            timeout=self.lookupTimeout,
+        )
+        error = Failure(BillingNotLoaded("the accounts are not loaded yet"))
+        for d in expired:
+            if not d.called:
+                d.errback(error)
 
-    def _batchRead(self, result: Any, keys: List[Tuple[str, ...]], generation: int) -> None:
-        """
-        Answer every lookup of a batch; cache the answers unless something
-        changed while they were read (they might predate the change).
-        """
-        self._busy = False
-        try:
-            if isinstance(result, Failure):
-                for pending in keys:
-                    for waiter in self._waiting.pop(pending, []):
-                        waiter.errback(result)
-                return
-            accounts, rules = result
-            remember = generation == self._generation
-            answers: List[Tuple[List[Deferred], Any]] = []
-            for pending in keys:
-                key = pending[1:]
-                if key[0] == "account":
-                    aor = key[1]
-                    value: Any = accounts.get(aor)
-                    if remember:
-                        self._accounts.put(aor, value, (aor,))
-                else:
-                    watcher, presentity = key[1], key[2]
-                    watcherAccount, presentityAccount = accounts.get(watcher), accounts.get(presentity)
-                    value = decide(watcher, presentity, watcherAccount, presentityAccount, rules.get(presentity, {}))
-                    if remember:
-                        self._decisions.put((watcher, presentity), value, (watcher, presentity))
-                        self._accounts.put(watcher, watcherAccount, (watcher,))
-                        self._accounts.put(presentity, presentityAccount, (presentity,))
-                answers.append((self._waiting.pop(pending, []), value))
-            for waiters, value in answers:
-                for waiter in waiters:
-                    waiter.callback(value)
-        finally:
-            self._flush()
+    def _answerWaiting(self) -> None:
+        if self._waitTimer is not None:
+            self._waitTimer.cancel()
+            self._waitTimer = None
+        waiting, self._waiting = self._waiting, deque()
+        for _, d, aor, presentity in waiting:
+            if d.called:
+                continue
+            self.counters["lookups"] += 1
+            d.callback(self._accounts.get(aor) if presentity is None else self._decide(aor, presentity))
+
+    def _failWaiting(self, error: Exception) -> None:
+        if self._waitTimer is not None:
+            self._waitTimer.cancel()
+            self._waitTimer = None
+        waiting, self._waiting = self._waiting, deque()
+        failure = Failure(error)
+        for _, d, _, _ in waiting:
+            if not d.called:
+                d.errback(failure)
 
 
 @implementer(IAuthorizer)

@@ -20,6 +20,7 @@ drawn.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -46,7 +47,7 @@ _subs = schema.subscriptions
 
 #: Change rows older than this are pruned by provisioning writes: a running
 #: server polls every few seconds, and one that fell further behind than
-#: this drops its whole cache (see L{changesSince}).
+#: this reads everything again (see L{changesSince}).
 CHANGE_RETENTION = 86400.0
 
 _ACCOUNT_SELECT = sa.select(
@@ -63,17 +64,30 @@ _ACCOUNT_SELECT = sa.select(
 
 
 def _account(row: Sequence[object]) -> AccountInfo:
+    # The realm, the customer and the status repeat across accounts: one
+    # shared string each, since the server holds every account in memory.
     return AccountInfo(
         aor=str(row[0]),
         username=str(row[1]),
-        realm=str(row[2]),
+        realm=sys.intern(str(row[2])),
         ha1Md5=str(row[3]),
         ha1Sha256=str(row[4]),
-        status=str(row[5]),
+        status=sys.intern(str(row[5])),
         presenceEnabled=bool(row[6]),
-        customer=str(row[7]),
+        customer=sys.intern(str(row[7])),
         createdAt=float(row[8]),  # type: ignore[arg-type]
     )
+
+
+def _rule(pattern: object, action: object) -> Tuple[str, str]:
+    """
+    A rule's pattern and action as plain strings; the action and the
+    patterns shared by many presentities (C{*}, C{@domain}) are interned.
+    """
+    text = str(pattern)
+    if text[:1] in ("*", "@"):
+        text = sys.intern(text)
+    return text, sys.intern(str(action))
 
 
 # --- reads ------------------------------------------------------------------
@@ -104,7 +118,7 @@ def rulesOf(conn: Connection, presentity: str) -> Dict[str, str]:
     stmt = sa.select(_policies.c.pattern, _policies.c.action).where(
         _policies.c.presentity == presentity
     )
-    return {str(pattern): str(action) for pattern, action in conn.execute(stmt)}
+    return dict(_rule(pattern, action) for pattern, action in conn.execute(stmt))
 
 
 def watchInputs(
@@ -128,9 +142,9 @@ def billingInputs(
     conn: Connection, aors: Iterable[str], presentities: Iterable[str]
 ) -> Tuple[Dict[str, AccountInfo], Dict[str, Dict[str, str]]]:
     """
-    Many lookups in one read, for the authorizer's batches: the accounts
-    of C{aors} (those that exist) and the watch rules of C{presentities}
-    (those that have any).
+    Many lookups in one read, for the authorizer's re-reads of the AORs
+    that changed: the accounts of C{aors} (those that exist) and the watch
+    rules of C{presentities} (those that have any).
     """
     wanted = sorted(set(aors))
     accounts: Dict[str, AccountInfo] = {}
@@ -145,8 +159,52 @@ def billingInputs(
             _policies.c.presentity.in_(owners)
         )
         for presentity, pattern, action in conn.execute(stmt):
-            rules.setdefault(str(presentity), {})[str(pattern)] = str(action)
+            key, value = _rule(pattern, action)
+            rules.setdefault(str(presentity), {})[key] = value
     return accounts, rules
+
+
+def accountsPage(conn: Connection, after: Optional[str], limit: int) -> List[AccountInfo]:
+    """
+    One page of a scan of every account in AOR order (keyset paging: each
+    page is a short read on the primary key, however far the scan is).
+
+    @param after: the last AOR of the previous page, L{None} for the first.
+    @return: at most C{limit} accounts; fewer means the scan is done.
+    """
+    stmt = _ACCOUNT_SELECT.order_by(_accounts.c.aor).limit(limit)
+    if after is not None:
+        stmt = stmt.where(_accounts.c.aor > after)
+    return [_account(row) for row in conn.execute(stmt)]
+
+
+def rulesPage(
+    conn: Connection, after: Optional[Tuple[str, str]], limit: int
+) -> List[Tuple[str, str, str]]:
+    """
+    One page of a scan of every watch rule in primary key order.
+
+    @param after: the C{(presentity, pattern)} of the previous page's last
+        rule, L{None} for the first page.
+    @return: at most C{limit} C{(presentity, pattern, action)}; fewer
+        means the scan is done.
+    """
+    stmt = (
+        sa.select(_policies.c.presentity, _policies.c.pattern, _policies.c.action)
+        .order_by(_policies.c.presentity, _policies.c.pattern)
+        .limit(limit)
+    )
+    if after is not None:
+        presentity, pattern = after
+        stmt = stmt.where(
+            (_policies.c.presentity > presentity)
+            | ((_policies.c.presentity == presentity) & (_policies.c.pattern > pattern))
+        )
+    page = []
+    for presentity, pattern, action in conn.execute(stmt):
+        key, value = _rule(pattern, action)
+        page.append((str(presentity), key, value))
+    return page
 
 
 def watchersOf(conn: Connection, presentity: str) -> List[Tuple[str, str, float, str]]:
@@ -179,7 +237,7 @@ def changesSince(
     @return: the C{(id, aor)} pairs, and the lowest id still in the table
         (0 when empty).  If that lowest id is above C{after + 1} while the
         poller has seen changes before, rows it never saw may have been
-        pruned, and it should forget everything it cached.
+        pruned, and it should read everything again.
     """
     rows = conn.execute(
         sa.select(_changes.c.id, _changes.c.aor)

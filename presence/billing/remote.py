@@ -56,7 +56,7 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
 
-from presence.billing.authorizer import _MISSING, TTLCache
+from presence.billing.cache import _MISSING, TTLCache
 from presence.billing.records import ACTIONS, ALLOW, AccountInfo
 from presence.billing.service import MIN_SECRET, BillingService, SecretError
 from presence.config import Config

@@ -1,7 +1,8 @@
 """
 The billing service in the service tree (name C{"billing"}): the embedded
-authorizer on the store, and the digest authenticator with the server
-secret that every manager of a cluster shares.
+authorizer (every account and watch rule of the store, in memory), and the
+digest authenticator with the server secret that every manager of a
+cluster shares.
 
 Only the configuration is pickled into a C{.tap} file; the authorizer and
 the authenticator are built in L{BillingService.startService}.  A remote
@@ -144,10 +145,10 @@ class BillingService(service.Service):
 
     def _storeReady(self, store: Any) -> Deferred:
         config = self.config
-        authorizer = EmbeddedAuthorizer(
-            store.runRead, self.reactor, config.billingCacheTtl, config.billingPollInterval
-        )
+        authorizer = EmbeddedAuthorizer(store.runRead, self.reactor, config.billingPollInterval)
         self.authorizer = authorizer
+        # Ready once the first load is over, loaded or not: while it is
+        # retried, lookups wait a little, then the manager answers 500.
         d = authorizer.start()
         if config.billingNoAuthDomains:
             self.log.warn(
