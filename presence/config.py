@@ -10,6 +10,7 @@ Command-line options are applied on top with L{Config.replace}.
 from __future__ import annotations
 
 import configparser
+import re
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from presence.sip.listen import ListenError, ListenSpec
@@ -184,6 +185,29 @@ def _optionalServerEndpoint(text: str) -> str:
     return _endpoint(text) if text.strip() else ""
 
 
+#: Binary multipliers of L{_byteSize}'s suffixes.
+_SIZE_SUFFIXES = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+#: The largest size L{_byteSize} takes: socket options are C ints, and
+#: Linux doubles the buffer size it is given.
+MAX_BYTE_SIZE = 1024 ** 3
+
+
+def _byteSize(text: str) -> int:
+    """
+    A size in bytes: a whole number, optionally with a binary suffix
+    (C{512K}, C{4M}, C{1G}; C{KiB}, C{MB} and the like too), at most
+    1 GiB; 0 is allowed and means "not set" where the key says so.
+    """
+    match = re.match(r"\s*(\d+)\s*(?:([kKmMgG])(?:i?[bB])?|[bB])?\s*\Z", text)
+    if match is None:
+        raise ValueError("must be a number of bytes, optionally with K, M or G")
+    value = int(match.group(1)) * _SIZE_SUFFIXES[(match.group(2) or "").lower()]
+    if value > MAX_BYTE_SIZE:
+        raise ValueError("must be at most 1G")
+    return value
+
+
 # section -> key -> (attribute, converter, default)
 SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
     "server": {
@@ -228,6 +252,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "max_line_length": ("maxLineLength", _positiveInt, 8192),
         "max_uri_length": ("maxUriLength", _positiveInt, 1024),
         "max_body_size": ("maxBodySize", _positiveInt, 60000),
+        # Kernel buffers of every SIP UDP socket (SO_RCVBUF, SO_SNDBUF),
+        # in bytes; 0 leaves the kernel's default.  A burst that overflows
+        # the default receive buffer (about 208 KiB) is dropped datagrams.
+        "udp_receive_buffer": ("udpReceiveBuffer", _byteSize, 4 * 1024 * 1024),
+        "udp_send_buffer": ("udpSendBuffer", _byteSize, 0),
     },
     # The SSH manhole (presence.admin.manhole): off unless enabled, loopback
     # only unless listen says otherwise, key authentication only.
@@ -238,7 +267,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "host_key": ("manholeHostKey", _text, "manhole_host_key"),
     },
     # Accounts and authorization (presence.billing): digest authentication
-    # of SUBSCRIBE and PUBLISH, and the cache of billing's answers.
+    # of SUBSCRIBE and PUBLISH, how often the billing change log is polled,
+    # and how long a manager caches the answers of a remote billing node.
     "billing": {
         "no_auth_domains": ("billingNoAuthDomains", _words, ()),
         "cache_ttl": ("billingCacheTtl", _nonNegativeFloat, 30.0),
@@ -279,6 +309,10 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
     # long a peer may be unreachable before its subscriptions are
     # adopted (and how many managers must be reachable to adopt), the size
     # of a resynchronisation page, and the links' ping and retry delays.
+    # lease_time and lease_interval: this manager's lease in the database
+    # (presence.cluster.lease), renewed every lease_interval seconds for
+    # lease_time seconds; a peer adopts our subscriptions only once it
+    # has expired, and we stop notifying lease_interval before it could.
     "cluster": {
         "listen": ("clusterListen", _optionalServerEndpoint, ""),
         "peers": ("clusterPeers", _clusterPeers, ()),
@@ -288,6 +322,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "ping_interval": ("clusterPingInterval", _positiveFloat, 2.0),
         "retry_delay": ("clusterRetryDelay", _positiveFloat, 1.0),
         "quorum": ("clusterQuorum", _clusterQuorum, 0),
+        "lease_time": ("clusterLeaseTime", _positiveFloat, 5.0),
+        "lease_interval": ("clusterLeaseInterval", _positiveFloat, 1.0),
     },
 }
 
@@ -307,6 +343,14 @@ def _crossCheck(values: Dict[str, Any]) -> Optional[Tuple[str, str]]:
         )
     if values.get("clusterPeers") and not (values.get("clusterListen") and values.get("clusterSecretFile")):
         return ("cluster", "peers = ... needs listen = ENDPOINT and secret_file = FILE")
+    leaseTime = values.get("clusterLeaseTime", SCHEMA["cluster"]["lease_time"][2])
+    leaseInterval = values.get("clusterLeaseInterval", SCHEMA["cluster"]["lease_interval"][2])
+    if not leaseTime > 2 * leaseInterval:
+        return (
+            "cluster",
+            "lease_time = %g must be more than twice lease_interval = %g (a late renewal "
+            "would fence a healthy manager)" % (leaseTime, leaseInterval),
+        )
     if values.get("billingRemote") and not values.get("billingPeerSecretFile"):
         return ("billing", "remote = ... needs peer_secret_file = FILE (the secret shared with the billing node)")
     return None

@@ -87,6 +87,19 @@ class IStore(Interface):
         @return: a Deferred firing with C{None} once committed.
         """
 
+    def replacePublication(oldEtag, record):
+        """
+        Replace the publication C{oldEtag} by C{record} (a refresh or a
+        modification gives a publication a new entity-tag, RFC 3903 §6),
+        atomically, and only if C{oldEtag} is still stored: of two
+        managers refreshing one entity-tag at once, one wins.
+
+        @param record: a L{presence.store.records.PublicationRecord}.
+        @return: a Deferred firing with C{None} once committed, or failing
+            with L{presence.store.errors.NoSuchRecord} (nothing changed)
+            when C{oldEtag} is not stored.
+        """
+
     def removePublication(etag):
         """
         Delete a publication; deleting a missing one is not an error.
@@ -197,6 +210,68 @@ class IBindingStore(Interface):
         """
 
 
+class ILeaseStore(Interface):
+    """
+    The managers' leases, which fence a manager of a cluster
+    (L{presence.cluster.lease}): liveness kept in the database itself,
+    so that a manager cut off from its peers, but not from the database,
+    is not taken for dead while it still serves its watchers, and stops
+    serving them before anyone may adopt them.
+
+    The same contract as L{IStore}; both store implementations provide it
+    and lease writes share the group commit.  Times are measured on the
+    store's clock: PostgreSQL's C{clock_timestamp()} for the SQL store on
+    PostgreSQL (the managers' clocks may differ), the host's clock for
+    SQLite (all its users share the host), an injected clock for the
+    memory store.  A caller only ever compares durations, never its own
+    clock with a stored time.
+    """
+
+    def registerLease(node, duration):
+        """
+        Take a new lease for C{node}, valid for C{duration} seconds: insert
+        its row with epoch 1, or bump the epoch of the existing one (which
+        fences any earlier incarnation still renewing it).
+
+        @return: a Deferred firing with the
+            L{presence.store.records.LeaseRecord} now held.
+        """
+
+    def renewLease(node, epoch, duration):
+        """
+        Extend C{node}'s lease to C{duration} seconds from now if it still
+        holds C{epoch}: C{UPDATE ... WHERE node = ? AND epoch = ?}.
+
+        @return: a Deferred firing with the renewed
+            L{presence.store.records.LeaseRecord}, or L{None} when the
+            epoch changed (another manager fenced C{node}) or the row is
+            gone.
+        """
+
+    def fenceAndAdopt(formerOwner, owner):
+        """
+        L{IStore.adoptSubscriptions}, only if C{formerOwner}'s lease has
+        expired, in one transaction: bump its epoch where
+        C{expires_at < now}, and move the subscriptions only if that
+        matched (or C{formerOwner} has no lease at all: it never ran with
+        leases).
+
+        @return: a Deferred firing, once committed, with
+            C{(records, remaining)}: the list of adopted
+            L{presence.store.records.SubscriptionRecord} and C{0.0}, or
+            L{None} and the seconds the lease still runs when it is live
+            (nothing was changed).
+        """
+
+    def loadLeases():
+        """
+        Read every lease.
+
+        @return: a Deferred firing with a list of
+            L{presence.store.records.LeaseRecord}.
+        """
+
+
 # --- billing ----------------------------------------------------------------
 
 
@@ -212,8 +287,9 @@ class IAuthorizer(Interface):
     every implementation:
 
       - every method returning a result returns a Deferred and never blocks
-        the reactor; answers may come from a cache, which lives a short
-        time and is invalidated when an account or a policy changes;
+        the reactor; answers may come from memory (a replica of the
+        billing tables, or a cache that lives a short time), which follows
+        the changes of accounts and policies;
       - values cross the interface as plain immutable data
         (L{presence.billing.records.AccountInfo}, decision strings), never
         database rows, so they can be copied over PB as they are;
@@ -242,8 +318,8 @@ class IAuthorizer(Interface):
 
     def addChangeListener(listener):
         """
-        Call C{listener(aors)} after accounts or policies changed and their
-        cached answers were dropped: C{aors} is the frozenset of AORs whose
+        Call C{listener(aors)} after accounts or policies changed and the
+        answers reflect the change: C{aors} is the frozenset of AORs whose
         account or watch rules changed, or L{None} when anything may have
         changed (the listener should then re-check everything it holds).
         """

@@ -66,13 +66,21 @@ class Node:
     A manager of the cluster under test.
     """
 
-    def __init__(self, name: str, shared: MemoryStore, names: Sequence[str], **settings: Any) -> None:
+    def __init__(
+        self, name: str, shared: Any, names: Sequence[str], groupOptions: Any = None, **settings: Any
+    ) -> None:
+        """
+        @param groupOptions: keyword arguments of L{PeerGroup} to change
+            (leases are off by default).
+        """
         self.name = name
         self.store = CountingStore(shared)
         self.harness = Harness(store=self.store, node=name, **settings)
         self.manager = self.harness.manager
         self.clock = self.harness.clock
-        self.group = PeerGroup(name, names, self.clock, adoptAfter=10.0, pageSize=200)
+        options = dict(adoptAfter=10.0, pageSize=200)
+        options.update(groupOptions or {})
+        self.group = PeerGroup(name, names, self.clock, **options)
         self.group.attach(self.manager)
 
     def notifies(self) -> List[Request]:
@@ -841,10 +849,12 @@ def test_configKeys(tmp_path):
     config = Config.fromString(
         "[manager]\nnode = m1\n[cluster]\nlisten = tcp:7400:interface=127.0.0.3\n"
         "peers = m1=tcp:127.0.0.3:7400 m2=tcp:127.0.0.4:7400\nsecret_file = %s\nadopt_after = 3\n"
-        "page_size = 50\n" % (path,)
+        "page_size = 50\nlease_time = 3\nlease_interval = 0.5\n" % (path,)
     )
     assert config.clusterPeers == (PeerSpec("m1", "tcp:127.0.0.3:7400"), PeerSpec("m2", "tcp:127.0.0.4:7400"))
     assert (config.clusterAdoptAfter, config.clusterPageSize) == (3.0, 50)
+    assert (config.clusterLeaseTime, config.clusterLeaseInterval) == (3.0, 0.5)
+    assert (Config().clusterLeaseTime, Config().clusterLeaseInterval) == (5.0, 1.0)
     assert clusterProblem(config) is None
     assert "no secret for m3" in (clusterProblem(config.replace(node="m3")) or "")
     assert clusterProblem(Config()) is None
@@ -858,6 +868,9 @@ def test_configKeys(tmp_path):
         "[cluster]\nlisten = tcp:7400\nsecret_file = x\npeers = m1=bogus:1\n",
         "[cluster]\nlisten = nope:1\n",
         "[cluster]\nadopt_after = 0\n",
+        "[cluster]\nlease_time = 2\n",
+        "[cluster]\nlease_time = 3\nlease_interval = 1.5\n",
+        "[cluster]\nlease_interval = 0\n",
     ],
 )
 def test_badConfig(text):
@@ -908,7 +921,8 @@ def test_storeGetPublication(anyStore):
 def test_concurrentAdoptionIsAtomic(pgUrl):
     """
     Two managers adopt the same dead one at the same instant, each on its
-    own connection: every subscription goes to exactly one of them.
+    own connection: every subscription goes to exactly one of them, with
+    or without a lease (L{ILeaseStore.fenceAndAdopt}).
     """
     from presence.store import SQLStore
 
@@ -927,6 +941,32 @@ def test_concurrentAdoptionIsAtomic(pgUrl):
         assert len(one | other) == 300
         owners = set(record.owner for record in (yield first.loadSubscriptions()))
         assert owners <= {"m1", "m3"}
+
+        # With leases (the database's clock): a lease already run out is
+        # fenced and exactly one adopter takes every row; a live one is
+        # fenced by neither and its rows stay.
+        yield first.registerLease("expired", -1.0)
+        yield second.registerLease("alive", 60.0)
+        yield DeferredList(
+            [first.addSubscription(sub("x%d" % n, owner="expired")) for n in range(300)]
+            + [first.addSubscription(sub("y%d" % n, owner="alive")) for n in range(50)]
+        )
+        results = yield DeferredList(
+            [first.fenceAndAdopt("expired", "m1"), second.fenceAndAdopt("expired", "m3")],
+            fireOnOneErrback=True,
+        )
+        taken = sorted(len(result[1][0]) for result in results)
+        assert taken == [0, 300] and [result[1][1] for result in results] == [0.0, 0.0]
+        results = yield DeferredList(
+            [first.fenceAndAdopt("alive", "m1"), second.fenceAndAdopt("alive", "m3")],
+            fireOnOneErrback=True,
+        )
+        assert [result[1][0] for result in results] == [None, None]
+        assert all(50.0 < result[1][1] <= 60.0 for result in results)
+        owners = [record.owner for record in (yield first.loadSubscriptions())]
+        assert owners.count("alive") == 50 and "expired" not in owners
+        epochs = {lease.node: lease.epoch for lease in (yield first.loadLeases())}
+        assert epochs["alive"] == 1 and epochs["expired"] in (2, 3)
     finally:
         yield first.stop()
         yield second.stop()

@@ -15,7 +15,10 @@ What they show: a publisher on one manager and watchers on the two
 others are all notified; a manager killed with SIGKILL under load loses
 no acknowledged subscription, its watchers are notified after the next
 publication (by the manager that adopted them, CSeq still increasing);
-restarted, it rejoins the cluster and catches up.
+restarted, it rejoins the cluster and catches up.  A manager whose PB
+links are cut (they go through L{Relay}s the test controls) but which
+keeps the database and the dispatcher keeps its lease: its watchers are
+not adopted, and get one NOTIFY per publication, from it alone.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 import uuid
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 import sqlalchemy as sa
@@ -82,17 +86,113 @@ def database() -> Iterator[str]:
         engine.dispose()
 
 
+class Relay:
+    """
+    A TCP relay on 127.0.0.1 run by a thread of the test: one manager's
+    PB link to one peer goes through it, so that the test can cut it
+    (every connection closed, new ones closed at once) and heal it.
+    """
+
+    def __init__(self, target: Tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self._pairs: List[Tuple[socket.socket, socket.socket]] = []
+        self._drop = threading.Event()
+        self._dropped = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            if self._drop.is_set():
+                self._closeAll()
+                self._drop.clear()
+                self._dropped.set()
+            sockets = [self.listener] + [s for pair in self._pairs for s in pair]
+            readable = select.select(sockets, [], [], 0.05)[0]
+            for s in readable:
+                if s is self.listener:
+                    self._accept()
+                    continue
+                pair = next((p for p in self._pairs if s in p), None)
+                if pair is None:
+                    continue
+                other = pair[1] if s is pair[0] else pair[0]
+                try:
+                    data = s.recv(65536)
+                    if data:
+                        other.sendall(data)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._close(pair)
+        self._closeAll()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        if not self.open:
+            conn.close()
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=2)
+        except OSError:
+            conn.close()
+            return
+        self._pairs.append((conn, upstream))
+
+    def _close(self, pair: Tuple[socket.socket, socket.socket]) -> None:
+        if pair in self._pairs:
+            self._pairs.remove(pair)
+        for s in pair:
+            s.close()
+
+    def _closeAll(self) -> None:
+        for pair in list(self._pairs):
+            self._close(pair)
+
+    def cut(self) -> None:
+        """
+        Close every connection through the relay, and each new one.
+        """
+        self.open = False
+        self._dropped.clear()
+        self._drop.set()
+        assert self._dropped.wait(5), "the relay did not cut its connections"
+
+    def heal(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+
+
 class Cluster:
     """
     The processes, and how to (re)start a manager on the same ports.
+
+    @ivar relays: C{(manager, peer)} to the L{Relay} the manager's link
+        to that peer goes through, when the cluster was built with them.
     """
 
-    def __init__(self, workdir: str, database: str) -> None:
+    def __init__(self, workdir: str, database: str, relays: bool = False) -> None:
         self.workdir = workdir
         self.database = database
         self.managers: Dict[str, ServerProcess] = {}
         self.sipPorts: Dict[str, int] = {}
         self.pbPorts = {name: _freePort(MANAGERS[name]) for name in NAMES}
+        self.relays: Dict[Tuple[str, str], Relay] = {}
+        if relays:
+            for name in NAMES:
+                for peer in NAMES:
+                    if peer != name:
+                        self.relays[(name, peer)] = Relay((MANAGERS[peer], self.pbPorts[peer]))
         self.dispatcher: Optional[ServerProcess] = None
         self.secretFile = os.path.join(workdir, "cluster-secrets")
         with open(self.secretFile, "w") as f:
@@ -102,7 +202,12 @@ class Cluster:
     def startManager(self, name: str) -> ServerProcess:
         host = MANAGERS[name]
         config = os.path.join(self.workdir, name + ".ini")
-        peers = " ".join("%s=tcp:%s:%d" % (n, MANAGERS[n], self.pbPorts[n]) for n in NAMES)
+        peers = " ".join(
+            "%s=tcp:127.0.0.1:%d" % (n, self.relays[(name, n)].port)
+            if (name, n) in self.relays
+            else "%s=tcp:%s:%d" % (n, MANAGERS[n], self.pbPorts[n])
+            for n in NAMES
+        )
         with open(config, "w") as f:
             # These user agents do not authenticate: example.test is
             # trusted here (authentication is billing's test).
@@ -111,6 +216,7 @@ class Cluster:
                 "[billing]\nno_auth_domains = example.test\n"
                 "[cluster]\nlisten = tcp:%d:interface=%s\npeers = %s\nsecret_file = %s\n"
                 "adopt_after = 2\nping_interval = 0.5\nretry_delay = 0.2\n"
+                "lease_time = 3\nlease_interval = 0.5\n"
                 % (name, self.pbPorts[name], host, peers, self.secretFile)
             )
         port = self.sipPorts.get(name, 0)
@@ -170,8 +276,23 @@ class Cluster:
         process = self.managers.pop(name)
         assert process.stop(signal.SIGKILL) == -signal.SIGKILL
 
+    def isolate(self, name: str) -> None:
+        """
+        Cut every PB link of manager C{name}, both ways; it keeps the
+        database and the dispatcher.
+        """
+        for (first, second), relay in self.relays.items():
+            if name in (first, second):
+                relay.cut()
+
+    def heal(self) -> None:
+        for relay in self.relays.values():
+            relay.heal()
+
     def stop(self) -> List[str]:
         problems = []
+        for relay in self.relays.values():
+            relay.close()
         processes = ([self.dispatcher] if self.dispatcher else []) + list(self.managers.values())
         for process in processes:
             try:
@@ -181,11 +302,10 @@ class Cluster:
         return problems
 
 
-@pytest.fixture
-def cluster(tmp_path, database):
+def _startCluster(tmp_path: Any, database: str, relays: bool = False) -> Iterator[Cluster]:
     if not _loopbackUsable():
         skipOrFail("cannot bind 127.0.0.2: the loopback interface does not answer for 127/8")
-    cluster = Cluster(str(tmp_path), database)
+    cluster = Cluster(str(tmp_path), database, relays)
     try:
         for name in NAMES:
             cluster.startManager(name)
@@ -198,6 +318,16 @@ def cluster(tmp_path, database):
     finally:
         problems = cluster.stop()
         assert not problems, problems
+
+
+@pytest.fixture
+def cluster(tmp_path, database):
+    yield from _startCluster(tmp_path, database)
+
+
+@pytest.fixture
+def relayedCluster(tmp_path, database):
+    yield from _startCluster(tmp_path, database, relays=True)
 
 
 Dialog = Tuple[str, str]
@@ -470,3 +600,71 @@ def _waitAfter(process: ServerProcess, text: str, start: int, timeout: float = 1
             if remaining <= 0:
                 raise AssertionError("timed out waiting for %r:\n%s" % (text, process.log()))
             process._changed.wait(remaining)
+
+
+def test_partitionedManagerKeepsItsWatchers(relayedCluster):
+    """
+    m2's PB links are cut both ways while it keeps the database and the
+    dispatcher.  m1 and m3 (a quorum) find its lease live and do not
+    adopt its watchers; a publication m2 takes reaches each of them
+    exactly once, from m2.  Healed, the cluster resynchronises and the
+    next publication, taken by m1, again reaches every watcher once.
+    """
+    cluster = relayedCluster
+    victim = "m2"
+    agents = Agents(cluster.dispatcher.ports["UDP"])
+    presentity = "sip:dana@example.test"
+    try:
+        calls = [agents.subscribe(presentity, "sip:w%d@example.test" % (i,)) for i in range(6)]
+        agents.waitUntil(lambda: all(c in agents.ok for c in calls), 10, "every 200")
+        dialogs = {c: agents.dialogOf(c) for c in calls}
+        agents.waitUntil(lambda: all(agents.latest(d) is not None for d in dialogs.values()), 10, "initial NOTIFYs")
+        onVictim = [c for c in calls if agents.managerOf(c) == victim]
+        assert onVictim, [agents.managerOf(c) for c in calls]
+
+        starts = {name: len(process.output) for name, process in cluster.managers.items()}
+        cluster.isolate(victim)
+        for name in NAMES:
+            if name != victim:
+                _waitAfter(cluster.managers[name], "Cluster peer %s is down" % (victim,), starts[name])
+                # adopt_after (2s), then the lease is found live.
+                _waitAfter(
+                    cluster.managers[name], "Not adopting the subscriptions of %s: unreachable, but its lease is live"
+                    % (victim,), starts[name],
+                )
+        # Past a second attempt of each survivor.
+        agents.pump(4.0)
+        owners = cluster.owners()
+        assert all(owners[dialogs[c]] == victim for c in onVictim), owners
+        victimLog = "\n".join(cluster.managers[victim].output[starts[victim]:])
+        assert "NOTIFYs held back" not in victimLog, victimLog
+
+        direct = (MANAGERS[victim], cluster.sipPorts[victim])
+        published = agents.publish(presentity, "open", "while-partitioned", direct)
+        agents.waitUntil(lambda: published in agents.ok, 10, "PUBLISH 200 at the partitioned manager")
+        agents.waitUntil(
+            lambda: all(agents.withNote(dialogs[c], "while-partitioned") for c in onVictim), 10,
+            "its watchers notified",
+        )
+        agents.pump(1.0)
+        for callId in onVictim:
+            assert len(agents.withNote(dialogs[callId], "while-partitioned")) == 1, callId
+
+        start = len(cluster.managers["m1"].output)
+        cluster.heal()
+        _waitAfter(cluster.managers["m1"], "Resynchronised from %s" % (victim,), start, 15.0)
+        published = agents.publish(presentity, "closed", "after-heal", (MANAGERS["m1"], cluster.sipPorts["m1"]))
+        agents.waitUntil(lambda: published in agents.ok, 10, "PUBLISH 200 at m1")
+        agents.waitUntil(
+            lambda: all(agents.withNote(d, "after-heal") for d in dialogs.values()), 15, "every watcher notified"
+        )
+        agents.pump(1.0)
+        for callId, dialog in dialogs.items():
+            assert len(agents.withNote(dialog, "after-heal")) == 1, callId
+            # One manager notified each watcher, all along.
+            contacts = set(n.header("contact") for n in agents.notifies[dialog].values())
+            assert len(contacts) == 1, (callId, contacts)
+        owners = cluster.owners()
+        assert all(owners[dialogs[c]] == victim for c in onVictim), owners
+    finally:
+        agents.close()

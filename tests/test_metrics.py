@@ -334,3 +334,184 @@ def test_scrapeAfterTraffic(tmp_path):
         assert not [line for line in server.output if '"GET /metrics HTTP' in line], "access log written"
     finally:
         server.stopCleanly()
+
+
+# The dispatching node and the cluster, driven at unit level.
+
+
+def test_dispatcherMetrics():
+    """
+    A dispatcher's scrape: requests relayed by direction and method,
+    responses relayed by class, 430, 503 and forged-route refusals, and
+    each manager's health; no manager or cluster family.
+    """
+    from presence.sip.message import Response
+    from tests.test_dispatcher import (
+        Node, StreamPeer, UA, answerFrom, forwardedOnce, notify, subscribe,
+    )
+
+    node = Node(policy="round_robin")
+    root = _tree(sip={"core": node.core}, dispatcher={"dispatcher": node.dispatcher})
+    samples = parseExposition(collect(LiveObjects(root)))
+    assert value(samples, "presence_dispatcher_managers_up") == 3
+    for name in ("m1", "m2", "m3"):
+        assert value(samples, "presence_dispatcher_manager_up", manager=name) == 1
+        assert value(samples, "presence_dispatcher_manager_pings_total", manager=name) == 1
+        assert value(samples, "presence_dispatcher_manager_ping_answers_total", manager=name) == 1
+    assert value(samples, "presence_dispatcher_no_manager_total") == 0
+    assert not [key for key in samples if key[0] == "presence_dispatcher_requests_relayed_total"]
+
+    # A watcher over TCP: its SUBSCRIBE and the 200, a NOTIFY and its 200.
+    peer = StreamPeer(node.core)
+    peer.send(subscribe(transport="TCP"))
+    forwarded, owner = forwardedOnce(node)
+    recordRoute = forwarded.header("record-route") or ""
+    answerFrom(node, owner, forwarded, 200)
+    peer.received()
+    node.receive(notify([recordRoute]), node.fromManager(owner))
+    [relayed] = peer.received()
+    peer.send(Response.forRequest(relayed, 200))
+    node.takeNonPing()
+    # The watcher leaves: the next NOTIFY is answered 430.
+    peer.close()
+    node.receive(notify([recordRoute]), node.fromManager(owner))
+    node.takeNonPing()
+    # A PUBLISH that its first manager answers 503, another 200; a
+    # SUBSCRIBE left waiting; a forged route.
+    node.receive(subscribe(method="PUBLISH", callId="pub-1"), UA)
+    publish, first = forwardedOnce(node)
+    answerFrom(node, first, publish, 503)
+    publish, second = forwardedOnce(node)
+    assert second != first
+    answerFrom(node, second, publish, 200)
+    node.takeNonPing()
+    node.receive(subscribe(callId="waiting"), UA)
+    forwardedOnce(node)
+    forged = recordRoute.replace("m=" + owner, "m=" + ("m1" if owner != "m1" else "m2"))
+    node.receive(subscribe(toTag="mgrtag", route=[forged], callId="forged"), UA)
+    node.takeNonPing()
+
+    samples = parseExposition(collect(LiveObjects(root)))
+    relayedTotal = "presence_dispatcher_requests_relayed_total"
+    assert value(samples, relayedTotal, direction="manager", method="SUBSCRIBE") == 2
+    assert value(samples, relayedTotal, direction="manager", method="PUBLISH") == 2
+    assert value(samples, relayedTotal, direction="user_agent", method="NOTIFY") == 1
+    assert value(samples, "presence_dispatcher_responses_relayed_total", **{"class": "2xx"}) == 3
+    assert value(samples, "presence_dispatcher_failovers_total") == 1
+    assert value(samples, "presence_dispatcher_flow_failed_total") == 1
+    assert value(samples, "presence_dispatcher_forged_routes_total") == 1
+    inFlight = "presence_dispatcher_manager_in_flight"
+    assert sum(value(samples, inFlight, manager=n) for n in ("m1", "m2", "m3")) == 1
+    others = ("presence_manager", "presence_subscriptions", "presence_cluster", "presence_store")
+    assert not [key for key in samples if key[0].startswith(others)]
+
+    # One manager stops answering: out of rotation; then all of them: 503.
+    node.advance(1.6, answering=["m1", "m2"])
+    samples = parseExposition(collect(LiveObjects(root)))
+    assert value(samples, "presence_dispatcher_managers_up") == 2
+    assert value(samples, "presence_dispatcher_manager_up", manager="m3") == 0
+    assert value(samples, "presence_dispatcher_manager_up", manager="m1") == 1
+    node.advance(1.6)
+    node.take()
+    node.receive(subscribe(callId="late"), UA)
+    [(response, _, _)] = node.takeNonPing()
+    assert response.code == 503
+    samples = parseExposition(collect(LiveObjects(root)))
+    assert value(samples, "presence_dispatcher_managers_up") == 0
+    # The waiting SUBSCRIBE failed over as its managers died, then found
+    # none left, like the late one.
+    assert value(samples, "presence_dispatcher_no_manager_total") == 2
+    assert value(samples, "presence_dispatcher_responses_relayed_total", **{"class": "2xx"}) == 3
+    node.dispatcher.stop()
+
+
+def test_clusterMetrics():
+    """
+    A cluster manager's scrape: peers connected and each peer's link,
+    updates replicated both ways, stale and duplicate ones ignored,
+    resyncs, and the adoption of a dead peer's subscriptions.
+    """
+    from tests.test_cluster import Cluster, update, watch
+
+    cluster = Cluster(("a", "b", "c"))
+    try:
+        cluster.linkAll()
+        a, b, c = cluster["a"], cluster["b"], cluster["c"]
+        root = _tree(cluster={"group": a.group})
+        samples = parseExposition(collect(LiveObjects(root)))
+        assert value(samples, "presence_cluster_peers_connected") == 2
+        assert value(samples, "presence_cluster_peer_up", peer="b") == 1
+        assert value(samples, "presence_cluster_resyncs_total") == 2
+        assert value(samples, "presence_cluster_updates_sent_total") == 0
+        assert not [key for key in samples if key[0].startswith(("presence_dispatcher", "presence_sip"))]
+
+        watch(b, uri="sip:carol@example.test")
+        a.harness.published()
+        cluster.flush()
+        now = a.clock.seconds()
+        late = update(etag="late", expiresAt=now + 600, modifiedAt=now, origin="c")
+        a.group.receive([late], "c")
+        a.group.receive([late], "c")  # a duplicate
+        a.group.receive([update(etag="old", expiresAt=now - 1, modifiedAt=now - 100, origin="c")], "c")
+        b.crash()
+        cluster.cut("a", "b")
+        cluster.cut("b", "c")
+        cluster.advance(11)
+
+        samples = parseExposition(collect(LiveObjects(root)))
+        assert value(samples, "presence_cluster_peers_connected") == 1
+        assert value(samples, "presence_cluster_peer_up", peer="b") == 0
+        assert value(samples, "presence_cluster_peer_up", peer="c") == 1
+        assert value(samples, "presence_cluster_updates_sent_total") == 2  # one publication, two peers
+        assert value(samples, "presence_cluster_updates_received_total") == 3
+        assert value(samples, "presence_cluster_updates_applied_total") == 1
+        assert value(samples, "presence_cluster_updates_ignored_total") == 2
+        assert value(samples, "presence_cluster_updates_refused_total") == 0
+        assert value(samples, "presence_cluster_resync_pages_total") == 2
+        assert value(samples, "presence_cluster_adoptions_total") == 1
+        adopted = value(samples, "presence_cluster_subscriptions_adopted_total")
+        assert adopted + c.group.counters["adopted"] == 1
+        assert value(samples, "presence_cluster_tombstones") == 0
+    finally:
+        cluster.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_clusterLeaseMetrics():
+    """
+    A cluster manager's lease in the scrape: safe while renewals commit,
+    fenced (and the failed writes counted) when they cannot, safe again
+    once they do.
+    """
+    from twisted.internet.task import Clock
+
+    from presence.store import MemoryStore
+    from tests.test_cluster_lease import LeaseCluster
+
+    db = Clock()
+    db.advance(1_000_000)
+    cluster = LeaseCluster(MemoryStore(clock=db), db)
+    try:
+        yield cluster.settle()
+        cluster.linkAll()
+        yield cluster.advance(2.0)
+        b = cluster["b"]
+        root = _tree(cluster={"group": b.group})
+        samples = parseExposition(collect(LiveObjects(root)))
+        assert value(samples, "presence_cluster_lease_safe") == 1
+        assert value(samples, "presence_cluster_lease_registrations_total") == 1
+        assert value(samples, "presence_cluster_lease_renewals_total") >= 2
+        assert value(samples, "presence_cluster_fenced_total") == 0
+        cluster.faults["b"].failing = True
+        yield cluster.advance(4.0)
+        samples = parseExposition(collect(LiveObjects(root)))
+        assert value(samples, "presence_cluster_lease_safe") == 0
+        assert value(samples, "presence_cluster_lease_failures_total") >= 1
+        assert value(samples, "presence_cluster_fenced_total") == 1
+        cluster.faults["b"].failing = False
+        yield cluster.advance(1.0)
+        samples = parseExposition(collect(LiveObjects(root)))
+        assert value(samples, "presence_cluster_lease_safe") == 1
+    finally:
+        cluster.stop()
+        yield cluster.settle()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -129,6 +131,48 @@ def test_adminCheckconfig(tmp_path):
     bad.write_text("[sip]\nt1 = -1\n")
     code, out, err = _admin("--config", str(bad), "checkconfig")
     assert code == 1 and "[sip] t1 = '-1': must be a positive number" in err
+
+
+def _literalBlocks(text: str):
+    """
+    The literal blocks of reStructuredText C{text}: the indented lines
+    after a line ending with C{::}, dedented.
+    """
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if not line.rstrip().endswith("::"):
+            continue
+        base = len(line) - len(line.lstrip())
+        block = []
+        for following in lines[index + 1:]:
+            if following.strip() and len(following) - len(following.lstrip()) <= base:
+                break
+            block.append(following)
+        yield textwrap.dedent("\n".join(block)).strip("\n")
+
+
+def test_readmeNamesOnlyKnownSettings():
+    """
+    Every INI snippet of README.rst that uses our sections is a valid
+    configuration (known sections and keys, good values), and every
+    ``[section] key`` the text names exists.
+    """
+    from presence.config import SCHEMA, Config
+
+    with open(os.path.join(REPO, "README.rst"), encoding="utf-8") as f:
+        text = f.read()
+    snippets = 0
+    for block in _literalBlocks(text):
+        sections = re.findall(r"^\[([^\]]+)\]\s*$", block, re.M)
+        if not any(section in SCHEMA for section in sections):
+            continue  # a softphone's configuration, not ours
+        snippets += 1
+        Config.fromString(block, "README.rst snippet")
+    assert snippets >= 5
+    named = re.findall(r"``\[(\w+)\]\s+(\w+)", text)
+    assert len(named) >= 10
+    for section, key in named:
+        assert key in SCHEMA.get(section, {}), "README.rst names [%s] %s, which does not exist" % (section, key)
 
 
 def test_adminUsage():

@@ -831,7 +831,7 @@ def test_schemaStep3KeepsData(tmp_path: Any) -> Any:
     store = SQLStore(url)
     yield store.start()
     try:
-        assert store.schemaVersion == 3
+        assert store.schemaVersion == schema.CURRENT_VERSION
         yield store.putBinding(binding(1))
         assert len((yield store.loadBindings())) == 1
         accounts = yield store.runRead(lambda conn: conn.execute(sa.text("SELECT aor FROM accounts")).scalars().all())

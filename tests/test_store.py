@@ -302,6 +302,32 @@ def test_publicationRoundTrip(anyStore: Any) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
+def test_replacePublication(anyStore: Any) -> Any:
+    """
+    replacePublication swaps an entity-tag for a new one only while the
+    old one is stored: of two replacements of one tag issued together
+    (two managers refreshing it at once), the first wins and the second
+    fails with NoSuchRecord, changing nothing.
+    """
+    yield anyStore.putPublication(pub("e1"))
+    yield anyStore.putPublication(pub("e9", presentity="sip:carol@example.test"))
+    assert (yield anyStore.replacePublication("e1", pub("e2", version=2))) is None
+    assert sorted(r.etag for r in (yield anyStore.loadPublications())) == ["e2", "e9"]
+    with pytest.raises(NoSuchRecord):
+        yield anyStore.replacePublication("e1", pub("e3"))
+    results = yield defer.DeferredList(
+        [
+            anyStore.replacePublication("e2", pub("e4", version=3)),
+            anyStore.replacePublication("e2", pub("e5", version=3)),
+            anyStore.putPublication(pub("e6", presentity="sip:dave@example.test")),
+        ],
+        consumeErrors=True,
+    )
+    assert _outcomes(results) == [None, NoSuchRecord, None]
+    assert sorted(r.etag for r in (yield anyStore.loadPublications())) == ["e4", "e6", "e9"]
+
+
+@pytest_twisted.inlineCallbacks
 def test_removeExpired(anyStore: Any) -> Any:
     yield anyStore.addSubscription(sub(1, expiresAt=100.0))
     yield anyStore.addSubscription(sub(2, expiresAt=200.0))
@@ -424,6 +450,35 @@ def test_writesOfOneTurnShareABatch(sqlStore: SQLStore) -> Any:
     assert sqlStore.batchCount - batches == 1
     assert sqlStore.commitCount - commits == 1
     assert sqlStore.lastBatchSize == 3
+
+
+@pytest_twisted.inlineCallbacks
+def test_replacePublicationAcrossStores(sqlStore: SQLStore, sqlUrl: str) -> Any:
+    """
+    Two stores on one database (two managers of a cluster) replacing the
+    same entity-tag at once: exactly one succeeds, the database keeps its
+    replacement only.
+    """
+    other = SQLStore(sqlUrl)
+    yield other.start()
+    try:
+        for round in range(5):
+            old = "r%d" % (round,)
+            yield sqlStore.putPublication(pub(old))
+            results = yield defer.DeferredList(
+                [
+                    sqlStore.replacePublication(old, pub(old + "-a")),
+                    other.replacePublication(old, pub(old + "-b")),
+                ],
+                consumeErrors=True,
+            )
+            outcomes = _outcomes(results)
+            assert sorted(outcomes, key=repr) == sorted([None, NoSuchRecord], key=repr)
+            winner = old + ("-a" if outcomes[0] is None else "-b")
+            etags = {r.etag for r in (yield other.loadPublications()) if r.etag.startswith(old)}
+            assert etags == {winner}
+    finally:
+        yield other.stop()
 
 
 @pytest_twisted.inlineCallbacks
@@ -653,6 +708,39 @@ def test_refusesNewerSchema(sqlUrl: str) -> Any:
     with pytest.raises(StoreNotRunning):
         yield store.getSubscription("sub-1")
     yield store.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_schemaStep4AddsLeases(sqlUrl: str) -> Any:
+    """
+    A version-3 database (subscriptions, publications, billing, bindings)
+    takes step 4 (the managers' leases) with its rows intact, and records
+    version 4.
+    """
+    assert _withEngine(sqlUrl, lambda conn: schema.upgrade(conn, target=3)) == 3
+
+    def fill(conn: Any) -> None:
+        assert not sa.inspect(conn).has_table("manager_leases")
+        conn.execute(sa.insert(schema.subscriptions), [dict(
+            {column: getattr(sub(1), name) for name, column in schema.SUBSCRIPTION_COLUMNS.items()},
+            route_set="[]",
+        )])
+
+    _withEngine(sqlUrl, fill)
+    store = SQLStore(sqlUrl)
+    yield store.start()
+    try:
+        assert store.schemaVersion == CURRENT_VERSION >= 4
+        assert [r.id for r in (yield store.loadSubscriptions())] == ["sub-1"]
+        lease = yield store.registerLease("manager-a", 5.0)
+        assert lease.epoch == 1 and (yield store.loadLeases()) == [lease]
+    finally:
+        yield store.stop()
+
+    def check(conn: Any) -> Any:
+        return schema.getSchemaVersion(conn), schema.upgrade(conn)
+
+    assert _withEngine(sqlUrl, check) == (CURRENT_VERSION, CURRENT_VERSION)
 
 
 @pytest_twisted.inlineCallbacks

@@ -4,7 +4,7 @@ format (version 0.0.4), served by twisted.web.
 
 Why not C{prometheus_client}: it is not installed, and what we export are
 numbers the server already keeps (counters on the SIP core, the manager,
-the notifier and the store).  Rendering them at scrape time costs nothing
+the notifier, the store, the dispatcher and the cluster group).  Rendering them at scrape time costs nothing
 between scrapes and needs no registry mirroring them; the format is a few
 lines of text.  The price is that we write the escaping ourselves (below,
 tested) and have no C{process_*} metrics.
@@ -179,7 +179,9 @@ def _managerMetrics(out: Exposition, manager: Any) -> None:
 
 def _billingMetrics(out: Exposition, manager: Any) -> None:
     """
-    Authentication at the manager's door and the authorizer's cache.
+    Authentication at the manager's door, and the authorizer: the
+    in-memory replica of the embedded one, or the cache in front of a
+    remote billing node (each reports only the metrics it has).
     """
     gate = getattr(manager, "gate", None)
     if gate is not None:
@@ -219,6 +221,55 @@ def _billingMetrics(out: Exposition, manager: Any) -> None:
     authorizer = getattr(manager, "authorizer", None)
     counters = getattr(authorizer, "counters", None)
     if counters is not None:
+        # The embedded authorizer (presence.billing.authorizer).
+        out.single(
+            "presence_authorization_lookups_total", "counter",
+            "Billing lookups (accounts and watch decisions) answered from memory.",
+            counters.get("lookups"),
+        )
+        out.single(
+            "presence_authorization_waits_total", "counter",
+            "Billing lookups that had to wait for the accounts to be loaded.", counters.get("waited"),
+        )
+        out.single(
+            "presence_authorization_wait_timeouts_total", "counter",
+            "Billing lookups that failed because the accounts were still not loaded.",
+            counters.get("waitTimeouts"),
+        )
+        loaded = getattr(authorizer, "loaded", None)
+        out.single(
+            "presence_authorization_loaded", "gauge",
+            "1 once the accounts and watch rules are in memory, 0 until then.",
+            None if loaded is None else int(loaded),
+        )
+        out.single(
+            "presence_authorization_accounts", "gauge",
+            "Accounts held in memory.", getattr(authorizer, "accountCount", None),
+        )
+        out.single(
+            "presence_authorization_rules", "gauge",
+            "Watch rules held in memory.", getattr(authorizer, "ruleCount", None),
+        )
+        out.single(
+            "presence_authorization_changes_applied_total", "counter",
+            "Rows of the billing change log applied to the accounts and rules in memory.",
+            counters.get("changes"),
+        )
+        out.single(
+            "presence_authorization_reloads_total", "counter",
+            "Complete loads of the accounts and rules (the first one, then after pruned changes).",
+            counters.get("reloads"),
+        )
+        out.single(
+            "presence_authorization_load_errors_total", "counter",
+            "Attempts at the first load of the accounts that failed (retried with a growing delay).",
+            counters.get("loadErrors"),
+        )
+        out.single(
+            "presence_authorization_poll_errors_total", "counter",
+            "Polls of the billing change log that failed.", counters.get("pollErrors"),
+        )
+        # The cache in front of a remote billing node (presence.billing.remote).
         out.single(
             "presence_authorization_cache_hits_total", "counter",
             "Billing lookups (accounts and watch decisions) answered from the cache.",
@@ -226,7 +277,7 @@ def _billingMetrics(out: Exposition, manager: Any) -> None:
         )
         out.single(
             "presence_authorization_cache_misses_total", "counter",
-            "Billing lookups that had to read the database.", counters.get("misses"),
+            "Billing lookups that had to ask the billing node.", counters.get("misses"),
         )
         out.single(
             "presence_authorization_cache_entries", "gauge",
@@ -236,10 +287,6 @@ def _billingMetrics(out: Exposition, manager: Any) -> None:
             "presence_authorization_invalidated_total", "counter",
             "Cached billing answers dropped because an account or policy changed.",
             counters.get("invalidated"),
-        )
-        out.single(
-            "presence_authorization_poll_errors_total", "counter",
-            "Polls of the billing change log that failed.", counters.get("pollErrors"),
         )
     managerCounters = getattr(manager, "counters", {})
     out.single(
@@ -251,6 +298,218 @@ def _billingMetrics(out: Exposition, manager: Any) -> None:
         "presence_billing_errors_total", "counter",
         "Requests answered 500 because billing could not be reached.",
         managerCounters.get("billingErrors"),
+    )
+
+
+# (metric, help, key in Dispatcher.counters): counters.
+_DISPATCHER_COUNTERS = (
+    (
+        "presence_dispatcher_flow_failed_total",
+        "Requests from managers answered 430 Flow Failed: the user agent's TCP or TLS flow had closed.",
+        "flowFailed",
+    ),
+    (
+        "presence_dispatcher_no_manager_total",
+        "Requests answered 503 because no live manager was left to try.",
+        "unavailable",
+    ),
+    (
+        "presence_dispatcher_failovers_total",
+        "Requests sent to another manager after a 503 or the death of the one they waited on.",
+        "failovers",
+    ),
+    (
+        "presence_dispatcher_forged_routes_total",
+        "Requests refused 403 because their Route carried a bad signature.",
+        "forged",
+    ),
+    (
+        "presence_dispatcher_timeouts_total",
+        "Relayed requests that got no final response in time (not answered upstream, RFC 4320).",
+        "timeouts",
+    ),
+)
+
+
+def _dispatcherMetrics(out: Exposition, dispatcher: Any) -> None:
+    """
+    The dispatching node: what it relayed which way, its refusals, and
+    each configured manager's health (manager names come from the
+    configuration, so the label set is bounded).
+    """
+    out.family(
+        "presence_dispatcher_requests_relayed_total",
+        "counter",
+        "Requests sent on, by direction (manager: from user agents, every attempt, failovers "
+        "included; user_agent: from managers, their NOTIFYs) and method.",
+        [
+            ((("direction", direction), ("method", method)), count)
+            for (direction, method), count in sorted(dispatcher.requestsRelayed.items())
+        ],
+    )
+    out.family(
+        "presence_dispatcher_responses_relayed_total",
+        "counter",
+        "Responses relayed back to whoever sent the request, by status class "
+        "(100 Trying is hop by hop: not relayed).",
+        [
+            ((("class", "%dxx" % (kind,)),), count)
+            for kind, count in sorted(dispatcher.responsesRelayed.items())
+        ],
+    )
+    counters = dispatcher.counters
+    for name, help, key in _DISPATCHER_COUNTERS:
+        out.single(name, "counter", help, counters.get(key))
+    managers = list(dispatcher.managers)
+    out.single(
+        "presence_dispatcher_managers_up", "gauge",
+        "Managers answering the health check, of those configured.",
+        sum(1 for manager in managers if manager.up),
+    )
+    out.family(
+        "presence_dispatcher_manager_up",
+        "gauge",
+        "1 while the manager answers the health check (in rotation), 0 while it is out.",
+        [((("manager", manager.name),), int(manager.up)) for manager in managers],
+    )
+    out.family(
+        "presence_dispatcher_manager_in_flight",
+        "gauge",
+        "Requests forwarded to the manager and still waiting for a final response.",
+        [((("manager", manager.name),), manager.inFlight) for manager in managers],
+    )
+    out.family(
+        "presence_dispatcher_manager_pings_total",
+        "counter",
+        "Health-check OPTIONS sent to the manager.",
+        [((("manager", manager.name),), manager.pings) for manager in managers],
+    )
+    out.family(
+        "presence_dispatcher_manager_ping_answers_total",
+        "counter",
+        "Health-check OPTIONS the manager answered.",
+        [((("manager", manager.name),), manager.answers) for manager in managers],
+    )
+
+
+# (metric, help, key in PeerGroup.counters): counters.
+_CLUSTER_COUNTERS = (
+    (
+        "presence_cluster_updates_sent_total",
+        "Publication updates replicated to peers (one per update and peer).",
+        "sent",
+    ),
+    (
+        "presence_cluster_updates_received_total",
+        "Publication updates received from peers (resync pages included) or read from the store.",
+        "received",
+    ),
+    (
+        "presence_cluster_updates_applied_total",
+        "Received updates that changed this manager's state.",
+        "applied",
+    ),
+    (
+        "presence_cluster_updates_ignored_total",
+        "Received updates ignored as stale or duplicate (known, removed or expired publication).",
+        "ignored",
+    ),
+    (
+        "presence_cluster_updates_refused_total",
+        "Received publications refused because their PIDF body does not parse.",
+        "refused",
+    ),
+    ("presence_cluster_resyncs_total", "Resynchronisations pulled from a peer that (re)appeared.", "resyncs"),
+    ("presence_cluster_resync_pages_total", "Pages pulled by resynchronisations.", "pages"),
+    (
+        "presence_cluster_adoptions_total",
+        "Adoption runs completed: taking over the stored subscriptions of a peer gone for adopt_after.",
+        "adoptions",
+    ),
+    (
+        "presence_cluster_adoptions_postponed_total",
+        "Adoptions put off because fewer managers than the quorum were reachable.",
+        "adoptionsPostponed",
+    ),
+    (
+        "presence_cluster_subscriptions_adopted_total",
+        "Subscriptions taken over from dead peers.",
+        "adopted",
+    ),
+    (
+        "presence_cluster_subscriptions_handed_over_total",
+        "Subscriptions handed over to a live peer that got a request of their dialog.",
+        "handedOver",
+    ),
+    (
+        "presence_cluster_subscriptions_taken_over_total",
+        "Subscriptions a live peer handed over to this manager.",
+        "takenOver",
+    ),
+    (
+        "presence_cluster_adoptions_lease_live_total",
+        "Adoptions put off because the silent peer's lease in the database was still live.",
+        "adoptionsLeaseLive",
+    ),
+    (
+        "presence_cluster_fenced_total",
+        "Times this manager stopped notifying because its own lease was no longer safe.",
+        "fenced",
+    ),
+    (
+        "presence_cluster_subscriptions_dropped_total",
+        "Subscriptions this manager dropped because a peer adopted them while it was fenced.",
+        "dropped",
+    ),
+)
+
+# (metric, help, ManagerLease counter)
+_LEASE_COUNTERS = (
+    ("presence_cluster_lease_registrations_total", "Leases registered (a new epoch) by this manager.", "registrations"),
+    ("presence_cluster_lease_renewals_total", "Lease renewals committed.", "renewals"),
+    ("presence_cluster_lease_failures_total", "Lease writes that failed.", "failures"),
+    (
+        "presence_cluster_lease_lost_total",
+        "Renewals that found the lease taken over (epoch changed by an adopter).",
+        "fenced",
+    ),
+    ("presence_cluster_lease_ran_out_total", "Times the lease ran out before a renewal committed.", "ranOut"),
+)
+
+
+def _clusterMetrics(out: Exposition, group: Any) -> None:
+    """
+    This manager's cluster links and replication (peer names come from
+    the configuration: a bounded label set).
+    """
+    names = sorted(group.peerNames)
+    out.single(
+        "presence_cluster_peers_connected", "gauge",
+        "Peers this manager is logged in to, of those configured.",
+        sum(1 for name in names if name in group.peers),
+    )
+    out.family(
+        "presence_cluster_peer_up",
+        "gauge",
+        "1 while this manager is logged in to the peer, 0 while it cannot reach it.",
+        [((("peer", name),), int(name in group.peers)) for name in names],
+    )
+    counters = group.counters
+    for name, help, key in _CLUSTER_COUNTERS:
+        out.single(name, "counter", help, counters.get(key))
+    lease = getattr(group, "lease", None)
+    if lease is not None:
+        out.single(
+            "presence_cluster_lease_safe", "gauge",
+            "1 while this manager's lease is safe and it sends NOTIFYs, 0 while fenced.",
+            int(bool(lease.holding)),
+        )
+        for name, help, key in _LEASE_COUNTERS:
+            out.single(name, "counter", help, lease.counters.get(key))
+    out.single(
+        "presence_cluster_tombstones", "gauge",
+        "Removed publications remembered so that late updates cannot bring them back.",
+        len(group.tombstones),
     )
 
 
@@ -290,7 +549,9 @@ def collect(live: LiveObjects) -> str:
     """
     The metrics of the running parts of the server, as exposition text.
     Parts that are not running (a manager still loading, a process without
-    a store) are simply absent; C{presence_manager_ready} tells the first.
+    a store, a manager's families in a dispatcher and the dispatcher's in
+    a manager, the cluster's before it has joined) are simply absent;
+    C{presence_manager_ready} tells the first.
     """
     out = Exposition()
     core = live.core
@@ -306,6 +567,12 @@ def collect(live: LiveObjects) -> str:
         if manager is not None:
             _managerMetrics(out, manager)
             _billingMetrics(out, manager)
+    dispatcher = getattr(live.service("dispatcher"), "dispatcher", None)
+    if dispatcher is not None:
+        _dispatcherMetrics(out, dispatcher)
+    group = getattr(live.service("cluster"), "group", None)
+    if group is not None:
+        _clusterMetrics(out, group)
     store = live.store
     if store is not None:
         _storeMetrics(out, store)

@@ -53,37 +53,91 @@ sends their NOTIFYs.  When a peer's link has been down for C{adoptAfter}
 seconds (or was never up since we started), and this node reaches a
 quorum of the cluster (a strict majority by default, itself included: a
 manager cut off from the others must not take the subscriptions they
-still serve), it moves all the peer's subscriptions to itself in one
-statement (L{IStore.adoptSubscriptions}: of two survivors trying at
-once, each row goes to one), loads them (NOTIFY CSeqs continue above the
+still serve), and the peer's lease has expired (see "Fencing" below), it
+moves all the peer's subscriptions to itself in one statement
+(L{ILeaseStore.fenceAndAdopt}: of two survivors trying at once, each row
+goes to one), loads them (NOTIFY CSeqs continue above the
 stored ceiling) and sends each active watcher the current state, which
 it may have missed while its manager was dead.  It then tells every
 peer, and the former owner when it comes back, which drops whatever it
 still held of them.
 
-What this does not fence: a manager cut off from its peers but not from
-the database or the dispatcher, in a cluster where the others still
-form a quorum, keeps notifying the watchers it lost until its links
-come back.  Fencing that needs liveness kept in the database itself (a
-lease per manager), not in the PB links.
+Fencing
+=======
+
+PB links tell whether two managers can talk, not whether one is alive: a
+manager cut off from its peers may still reach the database and the
+dispatcher, and serve its watchers.  So liveness is also kept in the
+database itself, as a lease per manager (L{presence.cluster.lease},
+table C{manager_leases}), when C{leaseTime} is set (C{[cluster]
+lease_time}; L{presence.cluster.service.ClusterService} always sets it):
+
+  - each manager renews its lease every C{leaseInterval} seconds for
+    C{leaseTime} seconds, through the store's writer.  It starts fenced
+    (NOTIFYs held back, L{presence.manager.notifier.Notifier.fence})
+    until its first registration (a new epoch) is done and it has
+    dropped whatever the store no longer says is its own;
+  - a survivor adopts a peer only if, in the same transaction, the
+    peer's lease has expired by the database's clock: it bumps the
+    peer's epoch and moves the subscriptions
+    (L{ILeaseStore.fenceAndAdopt}).  A peer whose lease is live is alive,
+    links or not, and keeps its watchers: adoption is tried again once
+    the lease would have run out.  A peer without a lease row (it never
+    ran with leases) is adopted as before.  The quorum rule still
+    applies on top, and a manager whose own lease is not safe adopts
+    nothing;
+  - a manager that has not completed a renewal for C{leaseTime -
+    leaseInterval} seconds (counted from when the last good one was
+    issued) holds its NOTIFYs back: no survivor may have adopted yet,
+    since the stored expiry is later still.  It resumes, sending each
+    held subscription its current state once, when a renewal with its
+    epoch succeeds again.  If a renewal finds its epoch changed (it was
+    fenced and adopted), it drops every subscription the store gives to
+    someone else (the same path as the C{adopted} message of a peer),
+    with the final NOTIFYs it held for them, registers a new epoch and
+    resumes.
+
+Clocks: on PostgreSQL every lease time is read from the server's
+C{clock_timestamp()}, so the managers' clocks may disagree; the local
+clock only measures durations (renewal issued, deadline), so it need
+only run at the right rate.  SQLite is one host's file, whose clock all
+its processes share.
+
+What this still does not fence: a NOTIFY already in flight when a
+manager fences itself (its retransmissions go on); a margin of one
+C{leaseInterval} separates the last NOTIFY a fenced manager sends from
+the earliest adoption, so a NOTIFY queued longer than that in the
+dispatcher or the network may still arrive after the adopter's first.
+A database that loses the lease table's writes (asynchronous replica
+promoted) loses the fencing with them.  A manager whose process is
+frozen (SIGSTOP, a long GC pause) for more than the margin between a
+check and a send may send one NOTIFY late.  A subscription a fenced
+manager ends on its own (expiry) is still deleted from the store by it.
+A manager whose lease is live but whose links are down keeps its
+watchers without the publications the other managers accept (they are
+not replicated to it) until its links come back and it resynchronises:
+stale but never duplicated.  An in-dialog request for its dialogs that
+the dispatcher sends to another manager meanwhile is not adopted there
+(481: the watcher subscribes again, on a manager that reaches it).
 
 An in-dialog request for a dialog this node does not hold (the
 dispatcher sends a dead owner's dialogs to any live manager, and a
 restarted owner gets back dialogs that were adopted meanwhile) is looked
-up in the store: a dead owner's subscriptions are adopted at once, a live
-peer hands the subscription over (L{IPeer.handOver}), and the request is
-served here.
+up in the store: a dead owner's subscriptions are adopted at once (once
+its lease has expired), a live peer hands the subscription over
+(L{IPeer.handOver}), and the request is served here.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from presence.cluster.lease import ManagerLease
 from presence.cluster.messages import MAX_BATCH_BYTES, PublicationUpdate, batches, checkUpdates
 from presence.interfaces import IPeer, IPeerGroup
 from presence.manager.expiry import ExpiryWheel
@@ -98,6 +152,10 @@ TOMBSTONE_SLACK = 60.0
 
 #: Most updates per page a peer may ask for.
 MAX_PAGE = 1000
+
+#: Seconds after a peer's live lease would run out before adoption is
+#: tried again.
+LEASE_RETRY_SLACK = 0.25
 
 
 def updateOf(pub: Publication, origin: str, replaces: str = "") -> PublicationUpdate:
@@ -141,6 +199,8 @@ class PeerGroup:
         adoptAfter: float = 10.0,
         pageSize: int = 200,
         quorum: int = 0,
+        leaseTime: float = 0.0,
+        leaseInterval: float = 1.0,
     ) -> None:
         """
         @param quorum: how many managers, this one included, must be
@@ -149,6 +209,10 @@ class PeerGroup:
             the others must not take their subscriptions while they still
             serve them; a two-manager cluster that wants adoption at all
             has to accept that risk with C{quorum = 1}.
+        @param leaseTime: seconds each renewal of this manager's lease
+            runs (see "Fencing" above); 0 runs without a lease (tests of
+            other parts only: nothing is fenced).
+        @param leaseInterval: seconds between renewals.
         """
         self.node = node
         self.peerNames = frozenset(peerNames) - {node}
@@ -156,6 +220,11 @@ class PeerGroup:
         self.adoptAfter = adoptAfter
         self.pageSize = min(pageSize, MAX_PAGE)
         self.quorum = quorum or (len(self.peerNames) + 1) // 2 + 1
+        if leaseTime and not leaseTime > 2 * leaseInterval > 0:
+            raise ValueError("leaseTime must be more than twice leaseInterval")
+        self.leaseTime = leaseTime
+        self.leaseInterval = leaseInterval
+        self.lease: Optional[ManagerLease] = None
         self.pageBytes = MAX_BATCH_BYTES
         self.manager: Any = None
         self.store: Any = None
@@ -167,6 +236,7 @@ class PeerGroup:
         self._adoptTimers: Dict[str, Any] = {}
         self._adopting: Dict[str, Deferred] = {}
         self._adoptedFrom: Set[str] = set()
+        self._leaseLive: Set[str] = set()
         self._resyncing: Dict[str, bool] = {}
         self._syncWaiters: Dict[str, List[Deferred]] = {}
         self.counters: Dict[str, int] = {
@@ -178,8 +248,13 @@ class PeerGroup:
             "resyncs": 0,
             "pages": 0,
             "adopted": 0,
+            "adoptions": 0,
+            "adoptionsPostponed": 0,
+            "adoptionsLeaseLive": 0,
             "handedOver": 0,
             "takenOver": 0,
+            "fenced": 0,
+            "dropped": 0,
         }
 
     # Life cycle.
@@ -193,14 +268,24 @@ class PeerGroup:
         self.manager = manager
         self.store = manager.store
         manager.cluster = self
+        if self.leaseTime:
+            manager.notifier.fence()
+            self.lease = ManagerLease(
+                self.node, self.store, self.clock, self, self.leaseTime, self.leaseInterval
+            )
+            self.lease.start()
         for name in sorted(self.peerNames):
             if name not in self.peers:
                 self._armAdoption(name)
 
     def stop(self) -> None:
         """
-        Detach from the manager and cancel every timer.
+        Detach from the manager and cancel every timer.  A manager with a
+        lease stays fenced: nothing renews its lease any more.
         """
+        if self.lease is not None:
+            self.lease.stop()
+            self.lease = None
         if self.manager is not None and self.manager.cluster is self:
             self.manager.cluster = None
         self.manager = None
@@ -552,11 +637,13 @@ class PeerGroup:
 
     # Adoption.
 
-    def _armAdoption(self, name: str) -> None:
+    def _armAdoption(self, name: str, delay: Optional[float] = None) -> None:
         call = self._adoptTimers.get(name)
         if call is not None and call.active():
             return
-        self._adoptTimers[name] = self.clock.callLater(self.adoptAfter, self._adoptionDue, name)
+        if delay is None:
+            delay = self.adoptAfter
+        self._adoptTimers[name] = self.clock.callLater(delay, self._adoptionDue, name)
 
     def _adoptionDue(self, name: str) -> None:
         self._adoptTimers.pop(name, None)
@@ -564,6 +651,7 @@ class PeerGroup:
             return
         reachable = len(self.peers) + 1
         if reachable < self.quorum:
+            self.counters["adoptionsPostponed"] += 1
             self.log.warn(
                 "Not adopting the subscriptions of {peer}: only {reachable} of {size} managers "
                 "reachable, {quorum} needed",
@@ -575,25 +663,57 @@ class PeerGroup:
 
     def adopt(self, name: str) -> Deferred:
         """
-        Take every subscription C{name} still owns in the store.
+        Take every subscription C{name} still owns in the store, if its
+        lease has expired (or it has none); otherwise try again once it
+        would have.  Nothing is taken while our own lease is not safe.
 
         @return: a Deferred firing with how many were adopted (0 when the
             store fails: logged).
         """
         pending = self._adopting.get(name)
         if pending is None:
-            pending = self._adopting[name] = self.store.adoptSubscriptions(name, self.node)
-            pending.addCallback(self._adopted, name)
+            if self.lease is not None and not self.lease.holding:
+                self.log.warn(
+                    "Not adopting the subscriptions of {peer}: our own lease is not safe", peer=name
+                )
+                if name not in self.peers and self.manager is not None:
+                    self._armAdoption(name, self.leaseInterval)
+                return succeed(0)
+            pending = self._adopting[name] = self.store.fenceAndAdopt(name, self.node)
+            pending.addCallback(self._fenced, name)
             pending.addErrback(self._adoptionFailed, name)
         d: Deferred = Deferred()
         pending.addBoth(lambda result: (d.callback(result), result)[1])
         return d
+
+    def _fenced(self, result: Tuple[Optional[List[Any]], float], name: str) -> int:
+        """
+        The store fenced C{name} and gave us its subscriptions, or found
+        its lease live (C{records} L{None}): it is alive, links or not.
+        """
+        records, remaining = result
+        if records is not None:
+            self._leaseLive.discard(name)
+            return self._adopted(records, name)
+        self._adopting.pop(name, None)
+        self.counters["adoptionsLeaseLive"] += 1
+        log = self.log.debug if name in self._leaseLive else self.log.warn
+        self._leaseLive.add(name)
+        log(
+            "Not adopting the subscriptions of {peer}: unreachable, but its lease is live "
+            "for {remaining:.1f}s more (it still serves its watchers)",
+            peer=name, remaining=remaining,
+        )
+        if name not in self.peers and self.manager is not None:
+            self._armAdoption(name, remaining + LEASE_RETRY_SLACK)
+        return 0
 
     def _adopted(self, records: List[Any], name: str) -> int:
         self._adopting.pop(name, None)
         manager = self.manager
         if manager is None:
             return 0
+        self.counters["adoptions"] += 1
         count = manager.adopt(records)
         if not records:
             return 0
@@ -621,24 +741,81 @@ class PeerGroup:
         subscription the store no longer says is ours, so that one
         manager only notifies each watcher.
         """
-        manager = self.manager
-        if formerOwner != self.node or manager is None:
+        if formerOwner != self.node or self.manager is None:
             return succeed(0)
-        held = set(manager.subscriptions)
+        return self._dropLost(owner)
 
-        def owned(records: List[Any]) -> int:
+    def _dropLost(self, owner: str) -> Deferred:
+        """
+        Drop from memory every subscription the store no longer says is
+        ours, and the NOTIFYs held back for those another manager now
+        owns (final ones included).
+
+        @param owner: who took them, for the log.
+        @return: a Deferred firing with how many were dropped.
+        """
+        manager = self.manager
+        held = set(manager.subscriptions)
+        finals = [i for i in manager.notifier.held if i not in manager.subscriptions]
+
+        def owned(records: List[Any]) -> Any:
             if self.manager is not manager:
                 return 0
             lost = held - set(record.id for record in records)
             count = manager.disown(lost)
             if count:
+                self.counters["dropped"] += count
                 self.log.warn(
                     "{owner} adopted {count} of our subscriptions: dropped them",
                     owner=owner, count=count,
                 )
-            return count
+            if not finals:
+                return count
+            # Subscriptions we ended while fenced: their final NOTIFY is
+            # the new owner's to send if the row went to another manager.
+            reads = [self.store.getSubscription(i) for i in finals]
+
+            def checked(rows: List[Any]) -> int:
+                taken = [r.id for r in rows if r is not None and r.owner != self.node]
+                manager.notifier.drop(taken)
+                return count
+
+            return gatherResults(reads, consumeErrors=True).addCallback(checked)
 
         return self.store.loadSubscriptions(self.node).addCallback(owned)
+
+    # The lease's holder (presence.cluster.lease).
+
+    def leaseLost(self, reason: str) -> None:
+        """
+        Our lease is not safe any more: hold NOTIFYs back.
+        """
+        self.counters["fenced"] += 1
+        if self.manager is not None:
+            self.manager.notifier.fence()
+        self.log.warn("Lease of {node} {reason}: NOTIFYs held back", node=self.node, reason=reason)
+
+    def leaseTaken(self, epoch: int) -> Deferred:
+        """
+        A new epoch is ours: drop what was adopted meanwhile.
+        """
+        if self.manager is None:
+            return succeed(0)
+        return self._dropLost("a peer")
+
+    def leaseHeld(self) -> None:
+        """
+        Our lease is registered, reconciled and renewed in time: notify.
+        """
+        manager = self.manager
+        if manager is None:
+            return
+        held = len(manager.notifier.held)
+        manager.notifier.unfence()
+        self.log.info(
+            "Lease of {node} held (epoch {epoch}): notifying, {held} held NOTIFYs sent",
+            node=self.node, epoch=self.lease.epoch if self.lease is not None else 0, held=held,
+        )
 
     def handOver(self, subscriptionId: str, to: str) -> Deferred:
         """

@@ -4,7 +4,9 @@ The service that joins a subscription manager to its cluster
 
 Once the manager has loaded its state from the store and serves, it
 builds the L{PeerGroup}, listens for its peers' PB logins and opens a
-L{PeerLink} to each of them.  Only the configuration is pickled into a
+L{PeerLink} to each of them.  The group keeps this manager's lease in
+the store (C{[cluster] lease_time}, C{lease_interval}; see
+L{presence.cluster.lease}) from the moment it is attached.  Only the configuration is pickled into a
 C{.tap} file; the group, the listener and the links are built in
 L{ClusterService.startService}.
 """
@@ -113,6 +115,8 @@ class ClusterService(service.Service):
             adoptAfter=config.clusterAdoptAfter,
             pageSize=config.clusterPageSize,
             quorum=config.clusterQuorum,
+            leaseTime=config.clusterLeaseTime,
+            leaseInterval=config.clusterLeaseInterval,
         )
         factory = ClusterServerFactory(group, secrets)
         d = serverFromString(self.reactor, config.clusterListen).listen(factory)

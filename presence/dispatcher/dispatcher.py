@@ -181,6 +181,12 @@ class Dispatcher:
             "failovers": 0,
             "timeouts": 0,
         }
+        # For the metrics: each request sent on, by direction ("manager"
+        # or "user_agent") and method (one of FORWARDED_METHODS), every
+        # attempt counted; and each response relayed back, by status
+        # class (1 to 6).
+        self.requestsRelayed: Dict[Tuple[str, str], int] = {}
+        self.responsesRelayed: Dict[int, int] = {}
 
     # Set-up.
 
@@ -387,6 +393,7 @@ class Dispatcher:
         if relay.creating:
             request.insertHeader("Record-Route", self.recordRoute(manager.name, relay.server.source))
         self.counters["forwarded"] += 1
+        self._countRequest("manager", request.method)
         client = self.core.sendRequest(request, target)
         relay.client = client
         manager.inFlight += 1
@@ -461,6 +468,7 @@ class Dispatcher:
             request.headers.pop("route", None)
         relay = _Relay(tx, request, [], rest, info)
         self.counters["relayed"] += 1
+        self._countRequest("user_agent", request.method)
         client = self.core.sendRequest(request, target)
         relay.client = client
         client.onProvisional = partial(self._provisional, relay, client)
@@ -503,6 +511,7 @@ class Dispatcher:
         if response.code == 100 or relay.done or relay.client is not client:
             return
         if _popVia(response):
+            self._countResponse(response)
             relay.server.respond(response)
 
     def _finish(self, relay: _Relay, response: Response) -> None:
@@ -514,9 +523,20 @@ class Dispatcher:
             _abandon(relay.server)
             return
         if _popVia(response):
+            self._countResponse(response)
             relay.server.respond(response)
         else:
             _abandon(relay.server)
+
+    # Counters.
+
+    def _countRequest(self, direction: str, method: str) -> None:
+        key = (direction, method)
+        self.requestsRelayed[key] = self.requestsRelayed.get(key, 0) + 1
+
+    def _countResponse(self, response: Response) -> None:
+        kind = response.code // 100
+        self.responsesRelayed[kind] = self.responsesRelayed.get(kind, 0) + 1
 
 
 def _abandon(server: ServerTransaction) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, FrozenSet, Hashable, Iterable, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -39,6 +39,7 @@ from presence.sip.headers import HeaderError, NameAddr, parseValueParams
 from presence.sip.message import Request
 from presence.sip.transaction import COMPLETED, TERMINATED, ServerTransaction
 from presence.sip.uri import URIError, normaliseAOR, parseURI
+from presence.store.errors import NoSuchRecord
 from presence.store.records import PublicationRecord, SubscriptionRecord
 
 _ACCEPTABLE = frozenset([PIDF, "application/*", "*/*"])
@@ -668,7 +669,6 @@ class SubscriptionManager:
 
     def publishReceived(self, request: Request, tx: ServerTransaction) -> None:
         core = self.core
-        config = self.config
         parsed = self._package(request)
         if parsed is None or parsed[0] != "presence":
             core.respond(tx, 489, None, [("Allow-Events", "presence")])
@@ -761,41 +761,38 @@ class SubscriptionManager:
             pres.version += 1
             modifiedAt, version = now, pres.version
         pub = Publication(newId(), presentity, body, document, now + expires, modifiedAt, version)
-        # A new entity-tag replaces the old one (RFC 3903 §6): two writes,
-        # issued together so that group commit makes them one transaction.
-        writes = [self.store.putPublication(pub.toRecord())]
-        if old is not None:
-            writes.append(self.store.removePublication(old.etag))
-        DeferredList(writes, consumeErrors=True).addCallback(
-            self._publishWritten, tx, pub, old, expires
+        if old is None:
+            written = self.store.putPublication(pub.toRecord())
+        else:
+            # A new entity-tag replaces the old one (RFC 3903 §6), in one
+            # write that fails if another manager replaced it first.
+            written = self.store.replacePublication(old.etag, pub.toRecord())
+        written.addCallbacks(
+            self._publishWritten, self._publishNotWritten, (tx, pub, old, expires), None, (tx, pub, old)
         )
 
     def _publishWritten(
-        self,
-        results: List[Tuple[bool, Any]],
-        tx: ServerTransaction,
-        pub: Publication,
-        old: Optional[Publication],
-        expires: int,
+        self, _: Any, tx: ServerTransaction, pub: Publication, old: Optional[Publication], expires: int
+    ) -> None:
+        self._published(tx, pub, old, expires)
+
+    def _publishNotWritten(
+        self, failure: Failure, tx: ServerTransaction, pub: Publication, old: Optional[Publication]
     ) -> None:
         """
-        Both writes of a PUBLISH are done.  If either failed, undo the one
-        that committed (best effort), so that the store again holds what
-        memory holds, and answer 500.
+        The write failed.  If the entity-tag was gone from the store,
+        another manager refreshed, modified or removed it first: that one
+        won, this one is answered 412 as if we had never held the tag
+        (the cluster brings its outcome).  Anything else is a store fault.
         """
-        failures = [result for ok, result in results if not ok]
-        if not failures:
-            self._published(tx, pub, old, expires)
+        if old is not None and failure.check(NoSuchRecord):
+            pres = self.presentities.get(pub.presentity)
+            if pres is not None:
+                pres.publications.pop(old.etag, None)
+                self._release(pres)
+            self.core.respond(tx, 412)
             return
-        if results[0][0]:
-            self.store.removePublication(pub.etag).addErrback(
-                self.storeFailed, "undoing publication " + pub.etag
-            )
-        if old is not None and results[1][0]:
-            self.store.putPublication(old.toRecord()).addErrback(
-                self.storeFailed, "restoring publication " + old.etag
-            )
-        self._publishFailed(failures[0], tx, old, pub.presentity)
+        self._publishFailed(failure, tx, old, pub.presentity)
 
     def _published(
         self, tx: ServerTransaction, pub: Publication, old: Optional[Publication], expires: int

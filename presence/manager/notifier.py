@@ -7,11 +7,18 @@ minimum interval of the last one (the spirit of RFC 6446), only marks the
 subscription dirty; when the NOTIFY completes or the interval ends, one
 NOTIFY carries the latest state.  A watcher is never sent a stale state, and
 a burst of publications costs it one NOTIFY.
+
+A manager of a cluster that may no longer own its subscriptions (its
+lease ran out, or a peer fenced it: L{presence.cluster.lease}) is
+I{fenced}: every NOTIFY it would send is held back (the subscription
+stays dirty, a final NOTIFY stays due) until it is unfenced, when each
+held subscription gets one NOTIFY with the then current state, or is
+dropped if another manager adopted it meanwhile.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional
 
 from twisted.logger import Logger
 
@@ -37,7 +44,49 @@ class Notifier:
         self.clock = manager.clock
         self.minInterval = manager.config.notifyMinInterval
         self.keepOnTimeout = manager.config.keepOnTimeout
-        self.counters = {"sent": 0, "failed": 0, "coalesced": 0}
+        self.counters = {"sent": 0, "failed": 0, "coalesced": 0, "held": 0}
+        #: While set, NOTIFYs are held back in L{held}, neither sent nor
+        #: failed.
+        self.fenced = False
+        #: Subscription id to the subscription whose NOTIFY is held back.
+        self.held: Dict[str, Subscription] = {}
+
+    def fence(self) -> None:
+        """
+        Hold back every NOTIFY from now on (one already in flight goes on
+        with its retransmissions).
+        """
+        self.fenced = True
+
+    def unfence(self) -> None:
+        """
+        Send what was held back: one NOTIFY per held subscription with its
+        current state, or its final NOTIFY.
+        """
+        self.fenced = False
+        held, self.held = self.held, {}
+        for sub in held.values():
+            if sub.inFlight:
+                # Its answer sends what is due (sub.dirty or sub.final).
+                continue
+            if sub.final is not None or (sub.dirty and not sub.terminated):
+                self._send(sub)
+
+    def drop(self, subscriptionIds: Iterable[str]) -> int:
+        """
+        Forget the held-back NOTIFYs of these subscriptions (another
+        manager serves them now, final NOTIFY included).
+
+        @return: how many were held.
+        """
+        count = 0
+        for subscriptionId in subscriptionIds:
+            sub = self.held.pop(subscriptionId, None)
+            if sub is not None:
+                sub.dirty = False
+                sub.final = None
+                count += 1
+        return count
 
     def notify(self, sub: Subscription, immediate: bool = False) -> None:
         """
@@ -90,6 +139,7 @@ class Notifier:
         """
         self._cancelTimer(sub)
         sub.dirty = False
+        self.held.pop(sub.id, None)
 
     def _cancelTimer(self, sub: Subscription) -> None:
         if sub.timer is not None:
@@ -104,6 +154,12 @@ class Notifier:
             self._cancelTimer(sub)
 
     def _send(self, sub: Subscription) -> None:
+        if self.fenced:
+            if sub.id not in self.held:
+                self.counters["held"] += 1
+            self.held[sub.id] = sub
+            sub.dirty = True
+            return
         manager = self.manager
         sub.dirty = False
         sub.cseq += 1

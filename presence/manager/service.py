@@ -93,6 +93,11 @@ class ManagerService(service.Service):
             manager = SubscriptionManager(
                 core, store, self.config, self.reactor, billing.authorizer, billing.digest
             )
+        if self.config.clusterPeers:
+            # A manager of a cluster notifies only while it holds its
+            # lease: the cluster service's group unfences it once the
+            # lease is registered and what was adopted meanwhile dropped.
+            manager.notifier.fence()
         registrar = Registrar(core, store, self.config, self.reactor, manager.gate)
         manager.followRegistrations(registrar)
         d = registrar.load()

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from presence.config import Config
 from presence.sip.core import SIPCore
 from presence.sip.listen import ListenSpec
+from presence.sip.sockbuf import SYSCTL, setBuffer
 from presence.sip.transaction import TimerSettings
 from presence.sip.transport import SIPDatagramProtocol, SIPStreamFactory
 
@@ -130,12 +131,59 @@ class SIPService(service.Service):
         bound = listening.getHost()
         if spec.transport == "UDP":
             udpPorts[spec.interface] = bound.port
+            self._sizeBuffers(listening, "%s:%d" % (bound.host, bound.port))
         core.ports.setdefault(spec.transport, bound.port)
         if spec.transport == "UDP":
             self._datagramPorts.append(listening)
         else:
             self._streamPorts.append(listening)
         self.addresses.append((spec.transport, bound.host, bound.port))
+
+    def _sizeBuffers(self, listening: Any, where: str) -> None:
+        """
+        Give a UDP socket the kernel buffers of C{[sip] udp_receive_buffer}
+        and C{udp_send_buffer} (0: the kernel's default), and say what the
+        kernel granted: it caps them at C{net.core.rmem_max} and
+        C{wmem_max} unless we may force them.  Every SIP UDP socket the
+        process opens comes here, a dispatcher's included: it reaches its
+        UDP managers over them.
+        """
+        wanted = [("receive", self.config.udpReceiveBuffer), ("send", self.config.udpSendBuffer)]
+        wanted = [(direction, size) for direction, size in wanted if size]
+        getHandle = getattr(listening, "getHandle", None)
+        if not wanted or getHandle is None:
+            # Nothing asked, or a test's fake port with no socket.
+            return
+        sock = getHandle()
+        results = []
+        for direction, size in wanted:
+            try:
+                results.append(setBuffer(sock, direction, size))
+            except OSError as e:
+                self.log.warn(
+                    "UDP {where}: cannot set the {direction} buffer to {size} bytes: {error}",
+                    where=where, direction=direction, size=size, error=e.strerror or str(e),
+                )
+        if not results:
+            return
+        self.log.info(
+            "UDP {where}: {buffers}",
+            where=where,
+            buffers="; ".join(
+                "%s buffer %d bytes (asked %d%s)"
+                % (r.direction, r.granted, r.asked, ", forced" if r.forced else "")
+                for r in results
+            ),
+        )
+        for r in results:
+            if r.short:
+                self.log.warn(
+                    "UDP {where}: the kernel gave a {direction} buffer of {granted} bytes, not the "
+                    "{asked} asked: raise {sysctl} (sysctl -w {sysctl}={asked}) or datagrams will "
+                    "be dropped under bursts",
+                    where=where, direction=r.direction, granted=r.granted, asked=r.asked,
+                    sysctl=SYSCTL[r.direction],
+                )
 
     def pause(self) -> None:
         """

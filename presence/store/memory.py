@@ -10,36 +10,51 @@ deterministic.  Nothing survives the process.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from presence.interfaces import IBindingStore, IStore
+from presence.interfaces import IBindingStore, ILeaseStore, IStore
 from presence.store.errors import DuplicateRecord, NoSuchRecord, StoreNotRunning
 from presence.store.records import (
     BindingRecord,
+    LeaseRecord,
     PublicationRecord,
     SubscriptionRecord,
     checkSubscriptionChanges,
 )
 
 
-@implementer(IStore, IBindingStore)
+@implementer(IStore, IBindingStore, ILeaseStore)
 class MemoryStore:
     """
-    Subscriptions, publications and bindings in three dictionaries.
+    Subscriptions, publications, bindings and leases in dictionaries.
 
     @ivar subscriptions: id -> L{SubscriptionRecord}; tests may inspect it.
     @ivar publications: etag -> L{PublicationRecord}; tests may inspect it.
     @ivar bindings: id -> L{BindingRecord}; tests may inspect it.
+    @ivar leases: node -> L{LeaseRecord}; tests may inspect it.
+    @ivar clock: the store's clock for leases (C{seconds()}): the
+        database's clock of L{ILeaseStore}.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = None) -> None:
+        """
+        @param clock: an C{IReactorTime} whose C{seconds()} leases are
+            measured with (a test's C{Clock}); the host's clock if
+            L{None}.
+        """
         self.subscriptions: Dict[str, SubscriptionRecord] = {}
         self.publications: Dict[str, PublicationRecord] = {}
         self.bindings: Dict[str, BindingRecord] = {}
+        self.leases: Dict[str, LeaseRecord] = {}
+        self.clock = clock
         self.running = False
+
+    def _now(self) -> float:
+        return time.time() if self.clock is None else self.clock.seconds()
 
     def _check(self) -> Optional[Deferred]:
         """
@@ -113,6 +128,20 @@ class MemoryStore:
         refused = self._check()
         if refused is not None:
             return refused
+        self.publications[record.etag] = record
+        return succeed(None)
+
+    def replacePublication(self, oldEtag: str, record: PublicationRecord) -> Deferred:
+        """
+        See L{IStore.replacePublication}.
+        """
+        if not isinstance(record, PublicationRecord):
+            return fail(TypeError("expected a PublicationRecord, got %r" % (type(record),)))
+        refused = self._check()
+        if refused is not None:
+            return refused
+        if self.publications.pop(oldEtag, None) is None:
+            return fail(NoSuchRecord("no publication %r" % (oldEtag,)))
         self.publications[record.etag] = record
         return succeed(None)
 
@@ -240,3 +269,53 @@ class MemoryStore:
             r for r in self.bindings.values() if owner is None or r.owner == owner
         ]
         return succeed(result)
+
+    def registerLease(self, node: str, duration: float) -> Deferred:
+        """
+        See L{ILeaseStore.registerLease}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        current = self.leases.get(node)
+        epoch = 1 if current is None else current.epoch + 1
+        lease = self.leases[node] = LeaseRecord(node, self._now() + duration, epoch)
+        return succeed(lease)
+
+    def renewLease(self, node: str, epoch: int, duration: float) -> Deferred:
+        """
+        See L{ILeaseStore.renewLease}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        current = self.leases.get(node)
+        if current is None or current.epoch != epoch:
+            return succeed(None)
+        lease = self.leases[node] = LeaseRecord(node, self._now() + duration, epoch)
+        return succeed(lease)
+
+    def fenceAndAdopt(self, formerOwner: str, owner: str) -> Deferred:
+        """
+        See L{ILeaseStore.fenceAndAdopt}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        now = self._now()
+        current = self.leases.get(formerOwner)
+        if current is not None:
+            if current.expiresAt >= now:
+                return succeed((None, current.expiresAt - now))
+            self.leases[formerOwner] = dataclasses.replace(current, epoch=current.epoch + 1)
+        d = self.adoptSubscriptions(formerOwner, owner)
+        return d.addCallback(lambda adopted: (adopted, 0.0))
+
+    def loadLeases(self) -> Deferred:
+        """
+        See L{ILeaseStore.loadLeases}.
+        """
+        refused = self._check()
+        if refused is not None:
+            return refused
+        return succeed(list(self.leases.values()))

@@ -174,6 +174,23 @@ class BindingRecord:
     q: Optional[float] = None
 
 
+@dataclass(frozen=True)
+class LeaseRecord:
+    """
+    One manager's lease (L{presence.cluster.lease}).
+
+    @ivar node: the manager's node name.
+    @ivar expiresAt: when the lease ends unless renewed, epoch seconds on
+        the database's clock (see L{presence.interfaces.ILeaseStore}).
+    @ivar epoch: bumped each time the manager registers and each time a
+        survivor fences it; a renewal names the epoch it holds.
+    """
+
+    node: str
+    expiresAt: float
+    epoch: int
+
+
 #: Record field names, in declaration order.
 SUBSCRIPTION_FIELDS = tuple(f.name for f in fields(SubscriptionRecord))
 PUBLICATION_FIELDS = tuple(f.name for f in fields(PublicationRecord))

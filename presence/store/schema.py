@@ -209,6 +209,22 @@ BINDING_COLUMNS = {
 }
 
 
+#: Manager leases (L{presence.cluster.lease}): liveness of each manager of
+#: a cluster kept in the database itself.  A manager renews its row every
+#: lease interval while it holds C{epoch}; C{expires_at} is epoch seconds
+#: on the database's clock.  A survivor may adopt a manager's
+#: subscriptions only once its lease has expired, and bumps C{epoch} in
+#: the same transaction: the former owner's next renewal then matches no
+#: row and it knows it was fenced.
+manager_leases = sa.Table(
+    "manager_leases",
+    METADATA,
+    sa.Column("node", sa.Text, primary_key=True),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+)
+
+
 # --- history ----------------------------------------------------------------
 
 
@@ -339,6 +355,24 @@ def _createBindings(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _createLeases(conn: Connection) -> None:
+    """
+    Version 3 -> 4: the managers' leases, which fence a manager cut off
+    from its peers.
+
+    Frozen: this is what version 4 added, whatever L{METADATA} says now.
+    """
+    md = sa.MetaData()
+    sa.Table(
+        "manager_leases",
+        md,
+        sa.Column("node", sa.Text, primary_key=True),
+        sa.Column("expires_at", sa.Double, nullable=False),
+        sa.Column("epoch", sa.BigInteger, nullable=False),
+    )
+    md.create_all(conn)
+
+
 UpgradeStep = Callable[[Connection], None]
 
 #: C{UPGRADE_STEPS[n]} upgrades a version-C{n} database to version C{n+1}.
@@ -346,6 +380,7 @@ UPGRADE_STEPS: List[UpgradeStep] = [
     _createCore,
     _createBilling,
     _createBindings,
+    _createLeases,
 ]
 
 #: The schema version this code writes and reads.

@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from presence.interfaces import IBindingStore, IStore
+from presence.interfaces import IBindingStore, ILeaseStore, IStore
 from presence.store import schema
 from presence.store.driversql import DriverStatement
 from presence.store.errors import DuplicateRecord, NoSuchRecord, StoreNotRunning
@@ -58,6 +58,7 @@ from presence.store.records import (
     PUBLICATION_FIELDS,
     SUBSCRIPTION_FIELDS,
     BindingRecord,
+    LeaseRecord,
     PublicationRecord,
     SubscriptionRecord,
     checkSubscriptionChanges,
@@ -69,10 +70,13 @@ _UPDATE_SUB = "updateSubscription"
 _REMOVE_SUB = "removeSubscription"
 _PUT_PUB = "putPublication"
 _REMOVE_PUB = "removePublication"
+_REPLACE_PUB = "replacePublication"
 _EXPIRE = "removeExpired"
 _PUT_BINDING = "putBinding"
 _REMOVE_BINDING = "removeBinding"
 _ADOPT = "adoptSubscriptions"
+# Manager leases (ILeaseStore): the payload is (action, arguments).
+_LEASE = "lease"
 
 _SYNCHRONOUS_MODES = ("NORMAL", "FULL", "EXTRA")
 
@@ -262,7 +266,7 @@ class _BatchResult:
         self.latency = latency
 
 
-@implementer(IStore, IBindingStore)
+@implementer(IStore, IBindingStore, ILeaseStore)
 class SQLStore:
     """
     L{IStore} on SQLite (embedded default) or PostgreSQL (cluster database).
@@ -600,6 +604,14 @@ class SQLStore:
             return fail(TypeError("expected a PublicationRecord, got %r" % (type(record),)))
         return self._enqueue((_PUT_PUB, record.etag, record))
 
+    def replacePublication(self, oldEtag: str, record: PublicationRecord) -> Deferred:
+        """
+        See L{IStore.replacePublication}.
+        """
+        if not isinstance(record, PublicationRecord):
+            return fail(TypeError("expected a PublicationRecord, got %r" % (type(record),)))
+        return self._enqueue((_REPLACE_PUB, oldEtag, record))
+
     def removePublication(self, etag: str) -> Deferred:
         """
         See L{IStore.removePublication}.
@@ -814,6 +826,17 @@ class SQLStore:
                 _INSERT_PUB.executemany(conn, rows)
         elif kind == _REMOVE_PUB:
             _DELETE_PUB.executemany(conn, [{"p_key": op[1]} for op in group])
+        elif kind == _REPLACE_PUB:
+            # The old rows must all exist; if one is gone (another manager
+            # replaced it first) the batch fails and its replay, one
+            # operation per savepoint, fails just that replacement.
+            if _DELETE_PUB.executemany(conn, [{"p_key": op[1]} for op in group]) != len(group):
+                raise NoSuchRecord("a publication replaced in a batch of %d is gone" % (len(group),))
+            rows = [_publicationRow(op[2]) for op in group]
+            if self._upsert is not None:
+                self._upsert.executemany(conn, rows)
+            else:
+                _INSERT_PUB.executemany(conn, rows)
         elif kind == _PUT_BINDING:
             rows = [_bindingRow(op[2]) for op in group]
             if self._bindingUpsert is not None:
@@ -825,6 +848,8 @@ class SQLStore:
             _DELETE_BIND.executemany(conn, [{"p_key": op[1]} for op in group])
         elif kind == _ADOPT:
             return [self._adopt(conn, op[1], op[2]) for op in group]
+        elif kind == _LEASE:
+            return [self._applyLease(conn, op[1], op[2]) for op in group]
         elif kind == _EXPIRE:
             (op,) = group
             now = op[2]
@@ -977,3 +1002,99 @@ class SQLStore:
             return [_bindingFromRow(row) for row in conn.execute(stmt)]
 
         return self._read(load)
+
+    # --- manager leases (ILeaseStore) --------------------------------------
+
+    #: Where lease times come from, if not the database: a callable
+    #: returning epoch seconds, called on the writer thread.  Tests set it
+    #: to a C{Clock}'s C{seconds}; L{None} (production) reads the
+    #: database's clock (see L{_leaseNow}).
+    leaseClock: Optional[Callable[[], float]] = None
+
+    def registerLease(self, node: str, duration: float) -> Deferred:
+        """
+        See L{ILeaseStore.registerLease}.
+        """
+        return self._enqueue((_LEASE, node, ("register", float(duration), 0)))
+
+    def renewLease(self, node: str, epoch: int, duration: float) -> Deferred:
+        """
+        See L{ILeaseStore.renewLease}: a write like any other, so it
+        shares the group commit; a renewal stuck behind a slow batch is
+        late, which the lease keeper counts as not renewed.
+        """
+        return self._enqueue((_LEASE, node, ("renew", float(duration), int(epoch))))
+
+    def fenceAndAdopt(self, formerOwner: str, owner: str) -> Deferred:
+        """
+        See L{ILeaseStore.fenceAndAdopt}.  Atomic on both backends: on
+        PostgreSQL the fencing C{UPDATE} takes the lease row's lock, so a
+        renewal racing it either commits first (the fence then re-reads
+        the row, finds it live and matches nothing) or waits and finds
+        the epoch changed; two adopters may both fence, but the
+        subscriptions' C{UPDATE} gives each row to one.  SQLite writers
+        are serialised by C{BEGIN IMMEDIATE}.
+        """
+        return self._enqueue((_LEASE, formerOwner, ("fenceAndAdopt", 0.0, owner)))
+
+    def loadLeases(self) -> Deferred:
+        """
+        See L{ILeaseStore.loadLeases}.
+        """
+        leases = schema.manager_leases
+        stmt = sa.select(leases.c.node, leases.c.expires_at, leases.c.epoch)
+
+        def load(conn: Connection) -> List[LeaseRecord]:
+            return [LeaseRecord(row[0], float(row[1]), int(row[2])) for row in conn.execute(stmt)]
+
+        return self._read(load)
+
+    def _leaseNow(self, conn: Connection) -> float:
+        """
+        Writer thread: now, for leases.  On PostgreSQL the server's
+        C{clock_timestamp()}: every manager measures leases with the one
+        clock of the database, so their own clocks may disagree.  On
+        SQLite the host's clock, which every process using the file
+        shares.
+        """
+        clock = self.leaseClock
+        if clock is not None:
+            return float(clock())
+        if conn.dialect.name == "postgresql":
+            return float(conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar())
+        return time.time()
+
+    def _applyLease(self, conn: Connection, node: str, payload: Tuple[str, float, Any]) -> Any:
+        """
+        Writer thread: one lease operation, in the batch's transaction.
+        """
+        action, duration, argument = payload
+        leases = schema.manager_leases
+        now = self._leaseNow(conn)
+        mine = leases.c.node == node
+        if action == "register":
+            row = conn.execute(
+                sa.update(leases)
+                .where(mine)
+                .values(epoch=leases.c.epoch + 1, expires_at=now + duration)
+                .returning(leases.c.epoch)
+            ).first()
+            if row is None:
+                conn.execute(sa.insert(leases).values(node=node, expires_at=now + duration, epoch=1))
+                return LeaseRecord(node, now + duration, 1)
+            return LeaseRecord(node, now + duration, int(row[0]))
+        if action == "renew":
+            renewed = conn.execute(
+                sa.update(leases).where(mine, leases.c.epoch == argument).values(expires_at=now + duration)
+            ).rowcount
+            return LeaseRecord(node, now + duration, argument) if renewed == 1 else None
+        if action == "fenceAndAdopt":
+            fenced = conn.execute(
+                sa.update(leases).where(mine, leases.c.expires_at < now).values(epoch=leases.c.epoch + 1)
+            ).rowcount
+            if not fenced:
+                expiresAt = conn.execute(sa.select(leases.c.expires_at).where(mine)).scalar()
+                if expiresAt is not None:
+                    return (None, max(0.0, float(expiresAt) - now))
+            return (self._adopt(conn, node, argument), 0.0)
+        raise AssertionError("unknown lease operation %r" % (action,))
