@@ -142,8 +142,10 @@ def databaseProblem(url: str) -> Optional[str]:
     """
     import sqlalchemy as sa
 
+    from presence.store.sql import createEngine
+
     try:
-        engine = sa.create_engine(url)
+        engine = createEngine(url, poolSize=1)
     except Exception as e:
         return "bad database URL: %s" % (_firstLine(e),)
     try:

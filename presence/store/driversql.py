@@ -50,7 +50,7 @@ class DriverStatement:
         Run the statement once per row of named parameters.
 
         @return: the rows affected, as the driver counts them (summed over
-            C{rows} by SQLite and psycopg).
+            C{rows} by SQLite, psycopg and pg8000).
         """
         text, order = self._compile(conn)
         if order:

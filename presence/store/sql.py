@@ -197,6 +197,13 @@ def createEngine(
         raise ValueError("sqliteSynchronous must be one of %s" % (", ".join(_SYNCHRONOUS_MODES),))
     memory = isMemorySQLite(url)
     options: Dict[str, Any] = {}
+    parsed = sa.engine.make_url(url)
+    if parsed.drivername == "postgresql+pg8000" and "options" in parsed.query:
+        # pg8000 (the PostgreSQL driver on PyPy, where psycopg's ctypes
+        # binding fails) takes libpq's "options" (-csearch_path=...) as a
+        # startup parameter, not as a connection argument of its own.
+        options["connect_args"] = {"startup_params": {"options": parsed.query["options"]}}
+        url = parsed.difference_update_query(["options"])  # type: ignore[assignment]
     if memory:
         options["poolclass"] = sa.pool.StaticPool
         options["connect_args"] = {"check_same_thread": False}
