@@ -64,13 +64,16 @@ def pgUrl() -> Iterator[str]:
         _adminExecute('DROP SCHEMA "%s" CASCADE' % (name,))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-pg8000"])
 def sqlUrl(request: Any, tmp_path: Any) -> str:
     """
-    A URL of an empty database, for each SQL backend.
+    A URL of an empty database, for each SQL backend (and PostgreSQL
+    driver).
     """
     if request.param == "sqlite":
         return "sqlite:///%s" % (tmp_path / "store.sqlite",)
+    if request.param == "postgresql-pg8000":
+        return pg8000Url(request.getfixturevalue("pgUrl"))
     return request.getfixturevalue("pgUrl")
 
 

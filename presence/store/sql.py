@@ -93,12 +93,19 @@ _BIND_SELECT = sa.select(*[_binds.c[schema.BINDING_COLUMNS[f]] for f in BINDING_
 _BIND_ITEMS = tuple(schema.BINDING_COLUMNS.items())
 
 # The writes of the hot path, run through the driver (see driversql).
+def _deleteByKey(table: sa.Table, key: Any) -> DriverStatement:
+    return DriverStatement(
+        sa.delete(table).where(key == sa.bindparam("p_key")),
+        sa.delete(table).where(key == sa.func.any(sa.bindparam("p_keys"))),
+    )
+
+
 _INSERT_SUB = DriverStatement(sa.insert(_subs))
-_DELETE_SUB = DriverStatement(sa.delete(_subs).where(_subs.c.id == sa.bindparam("p_key")))
+_DELETE_SUB = _deleteByKey(_subs, _subs.c.id)
 _INSERT_PUB = DriverStatement(sa.insert(_pubs))
-_DELETE_PUB = DriverStatement(sa.delete(_pubs).where(_pubs.c.etag == sa.bindparam("p_key")))
+_DELETE_PUB = _deleteByKey(_pubs, _pubs.c.etag)
 _INSERT_BIND = DriverStatement(sa.insert(_binds))
-_DELETE_BIND = DriverStatement(sa.delete(_binds).where(_binds.c.id == sa.bindparam("p_key")))
+_DELETE_BIND = _deleteByKey(_binds, _binds.c.id)
 
 
 def _encodeRoute(routeSet: Sequence[str]) -> str:
