@@ -11,7 +11,7 @@ configuration is pickled, so it survives in a C{.tap} file.
 from __future__ import annotations
 
 import sys
-from typing import IO, Any, Dict, Optional
+from typing import IO, Any, Optional
 
 from twisted.application import service
 from twisted.logger import (
@@ -23,6 +23,7 @@ from twisted.logger import (
 )
 
 from presence.config import Config
+from presence.runtime import RuntimeService
 
 LEVELS = {
     "debug": LogLevel.debug,
@@ -32,23 +33,22 @@ LEVELS = {
 }
 
 
-class JSONLogService(service.Service):
+class JSONLogService(RuntimeService):
     """
     Writes JSON log lines to C{config.logJsonFile} (C{-} for standard
     output) at C{config.logLevel} and above.
     """
 
     name = "jsonlog"
+    runtimeAttributes = ("_observer", "_file")
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        RuntimeService.__init__(self)
+
+    def _resetRuntime(self) -> None:
         self._observer: Optional[Any] = None
         self._file: Optional[IO[str]] = None
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_observer=None, _file=None)
-        return state
 
     def startService(self) -> None:
         path = self.config.logJsonFile

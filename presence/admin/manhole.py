@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.application import service
@@ -48,6 +48,7 @@ from zope.interface import implementer
 from presence.admin.console import Console
 from presence.admin.listening import Listener, describe, isLoopback
 from presence.config import Config, ConfigError
+from presence.runtime import RuntimeService
 
 
 class ManholeError(ConfigError):
@@ -290,7 +291,7 @@ class ManholeRealm(TerminalRealm):
         return insults.ServerProtocol(manhole.ColoredManhole, self.console.namespace())
 
 
-class ManholeService(service.Service):
+class ManholeService(RuntimeService):
     """
     The manhole in the service tree (name C{"manhole"}).  Put it after the
     services it shows; it finds them through its parent.
@@ -300,6 +301,7 @@ class ManholeService(service.Service):
 
     log = Logger()
     name = "manhole"
+    runtimeAttributes = ("_listener", "address")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         """
@@ -309,25 +311,14 @@ class ManholeService(service.Service):
         if problem is not None:
             raise ConfigError(problem)
         self.config = config
-        self._reactor = reactor
+        RuntimeService.__init__(self, reactor)
+
+    def _resetRuntime(self) -> None:
+        """
+        No keys, portal nor port before start: L{startService} builds them.
+        """
         self._listener: Optional[Listener] = None
         self.address: Any = None
-
-    def __getstate__(self) -> Dict[str, Any]:
-        """
-        Keep configuration only: keys, portal and port are rebuilt at start.
-        """
-        state = service.Service.__getstate__(self)
-        state.update(_reactor=None, _listener=None, address=None)
-        return state
-
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._reactor
 
     def startService(self) -> None:
         """

@@ -61,6 +61,7 @@ from presence.billing.records import ACTIONS, ALLOW, AccountInfo
 from presence.billing.service import MIN_SECRET, BillingService, SecretError
 from presence.config import Config
 from presence.interfaces import IAuthorizer
+from presence.runtime import RuntimeService
 
 #: The PB type tag of an account copy; both sides register it.
 ACCOUNT_COPY_TAG = b"presence.billing.AccountInfo"
@@ -857,7 +858,7 @@ def _describe(failure: Failure) -> str:
 # --- services ----------------------------------------------------------------
 
 
-class BillingNodeService(service.Service):
+class BillingNodeService(RuntimeService):
     """
     The PB server of a billing node (C{--role=billing}), next to the
     L{BillingService} (name C{"billing"}) whose embedded authorizer it
@@ -869,38 +870,16 @@ class BillingNodeService(service.Service):
 
     log = Logger()
     name = "billing-node"
+    runtimeAttributes = ("server", "address", "_listener")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config
-        self._reactor = reactor
-        self._resetRuntime()
+        RuntimeService.__init__(self, reactor)
 
     def _resetRuntime(self) -> None:
         self.server: Optional[BillingNodeServer] = None
         self.address: Any = None
         self._listener: Any = None
-
-    def __getstate__(self) -> Dict[str, Any]:
-        """
-        Keep configuration only.
-        """
-        state = service.Service.__getstate__(self)
-        for name in ("_reactor", "server", "address", "_listener"):
-            state.pop(name, None)
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reactor = None
-        self._resetRuntime()
-
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._reactor
 
     def startService(self) -> None:
         """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from presence.billing.authorizer import EmbeddedAuthorizer
 from presence.config import Config
+from presence.runtime import RuntimeService
 from presence.sip.digest import DigestAuthenticator
 
 MIN_SECRET = 16
@@ -81,7 +82,7 @@ def billingProblem(config: Config) -> Optional[str]:
     return None
 
 
-class BillingService(service.Service):
+class BillingService(RuntimeService):
     """
     Runs the embedded authorizer once the store is up.
 
@@ -91,39 +92,17 @@ class BillingService(service.Service):
 
     log = Logger()
     name = "billing"
+    runtimeAttributes = ("authorizer", "digest", "_outcome", "_waiters")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config
-        self._reactor = reactor
-        self._resetRuntime()
+        RuntimeService.__init__(self, reactor)
 
     def _resetRuntime(self) -> None:
         self.authorizer: Optional[EmbeddedAuthorizer] = None
         self.digest: Optional[DigestAuthenticator] = None
         self._outcome: Any = None
         self._waiters: List[Deferred] = []
-
-    def __getstate__(self) -> Dict[str, Any]:
-        """
-        Keep configuration only.
-        """
-        state = service.Service.__getstate__(self)
-        for name in ("_reactor", "authorizer", "digest", "_outcome", "_waiters"):
-            state.pop(name, None)
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reactor = None
-        self._resetRuntime()
-
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._reactor
 
     def startService(self) -> None:
         service.Service.startService(self)

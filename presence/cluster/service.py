@@ -25,6 +25,7 @@ from presence.cluster.group import PeerGroup
 from presence.cluster.link import ClusterServerFactory, PeerLink, SecretError, loadSecrets
 from presence.cluster.messages import MAX_BODY
 from presence.config import Config
+from presence.runtime import RuntimeService
 
 
 def clusterProblem(config: Config) -> Optional[str]:
@@ -49,7 +50,7 @@ def clusterProblem(config: Config) -> Optional[str]:
     return None
 
 
-class ClusterService(service.Service):
+class ClusterService(RuntimeService):
     """
     Runs this manager's L{PeerGroup}, PB listener and links.
 
@@ -59,11 +60,11 @@ class ClusterService(service.Service):
 
     log = Logger()
     name = "cluster"
+    runtimeAttributes = ("group", "links", "port", "_factory", "_starting")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config
-        self._reactor = reactor
-        self._resetRuntime()
+        RuntimeService.__init__(self, reactor)
 
     def _resetRuntime(self) -> None:
         self.group: Optional[PeerGroup] = None
@@ -71,28 +72,6 @@ class ClusterService(service.Service):
         self.port: Any = None
         self._factory: Optional[ClusterServerFactory] = None
         self._starting: Optional[Deferred] = None
-
-    def __getstate__(self) -> Dict[str, Any]:
-        """
-        Keep configuration only.
-        """
-        state = service.Service.__getstate__(self)
-        for name in ("_reactor", "group", "links", "port", "_factory", "_starting"):
-            state.pop(name, None)
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reactor = None
-        self._resetRuntime()
-
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._reactor
 
     def startService(self) -> None:
         service.Service.startService(self)

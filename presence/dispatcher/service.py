@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from twisted.application import service
 from twisted.logger import Logger
 
 from presence.config import Config
 from presence.dispatcher.dispatcher import Dispatcher
+from presence.runtime import RuntimeService
 
 
 MIN_SECRET = 16
@@ -73,7 +74,7 @@ def dispatcherProblem(config: Config) -> Optional[str]:
     return None
 
 
-class DispatcherService(service.Service):
+class DispatcherService(RuntimeService):
     """
     Starts and stops the dispatcher with the application.
 
@@ -82,24 +83,14 @@ class DispatcherService(service.Service):
 
     log = Logger()
     name = "dispatcher"
+    runtimeAttributes = ("dispatcher",)
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config
-        self._reactor = reactor
+        RuntimeService.__init__(self, reactor)
+
+    def _resetRuntime(self) -> None:
         self.dispatcher: Optional[Dispatcher] = None
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_reactor=None, dispatcher=None)
-        return state
-
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._reactor
 
     def startService(self) -> None:
         service.Service.startService(self)

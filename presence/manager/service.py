@@ -15,7 +15,7 @@ whether they are registered.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -25,11 +25,12 @@ from twisted.python.failure import Failure
 from presence.config import Config
 from presence.manager.manager import SubscriptionManager
 from presence.registrar import Registrar
+from presence.runtime import RuntimeService
 from presence.sip.message import Request
 from presence.sip.transaction import ServerTransaction
 
 
-class ManagerService(service.Service):
+class ManagerService(RuntimeService):
     """
     Starts a L{SubscriptionManager} once its siblings are ready.
 
@@ -39,26 +40,16 @@ class ManagerService(service.Service):
 
     log = Logger()
     name = "manager"
+    runtimeAttributes = ("manager", "registrar", "_ready")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config
-        self._reactor = reactor
+        RuntimeService.__init__(self, reactor)
+
+    def _resetRuntime(self) -> None:
         self.manager: Optional[SubscriptionManager] = None
         self.registrar: Optional[Registrar] = None
         self._ready: Optional[Deferred] = None
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_reactor=None, manager=None, registrar=None, _ready=None)
-        return state
-
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._reactor
 
     def startService(self) -> None:
         service.Service.startService(self)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Hashable, List, Optional, Set, Tuple
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from presence.billing.gate import Refused
 from presence.config import Config
+from presence.manager.admission import Admission
 from presence.manager.expiry import ExpiryWheel
 from presence.registrar.binding import (
     ContactError,
@@ -54,6 +54,8 @@ class Registrar:
 
     @ivar bindings: AOR to its bindings, binding id to record.
     @ivar counters: what it did, for the admin console and metrics.
+    @ivar admission: takes each REGISTER through the gate shared with the
+        subscription manager, and its later steps (L{Admission}).
     """
 
     log = Logger()
@@ -95,8 +97,7 @@ class Registrar:
             "storeErrors": 0,
             "billingErrors": 0,
         }
-        self._awaitingBilling = 0
-        self._idleWaiters: List[Deferred] = []
+        self.admission = Admission(core, gate, clock, self.counters, self.log)
         self._installed = False
 
     # Wiring.
@@ -181,15 +182,7 @@ class Registrar:
         The core's handler: an unexpected error answers 500 rather than
         leaving the transaction unanswered.
         """
-        self._continue(tx, self.registerReceived, request, tx)
-
-    def _continue(self, tx: ServerTransaction, step: Any, *args: Any) -> None:
-        try:
-            step(*args)
-        except Exception:
-            self.log.failure("Error serving REGISTER")
-            if tx.state not in (COMPLETED, TERMINATED):
-                self.core.respond(tx, 500)
+        self.admission.proceed(tx, self.registerReceived, request, tx)
 
     def registerReceived(self, request: Request, tx: ServerTransaction) -> None:
         """
@@ -210,28 +203,9 @@ class Registrar:
         if self.domains and aor.rpartition("@")[2] not in self.domains:
             self.core.respond(tx, 404, "Not Our Domain")
             return
-        gate = self.gate
-        if gate is None:
-            self._registerAdmitted(request, tx, aor)
-            return
-        d = gate.admit(request, tx.source.host, aor)
-        d.addCallback(self._admitted, request, tx, aor)
-        d.addErrback(self._billingFailed, tx)
-        self._hold(d)
+        self.admission.admit(request, tx, aor, self._registerAdmitted, request, tx)
 
-    def _admitted(self, verdict: Any, request: Request, tx: ServerTransaction, aor: str) -> None:
-        if isinstance(verdict, Refused):
-            self.core.respond(tx, verdict.code, verdict.reason, verdict.headers)
-            return
-        self._continue(tx, self._registerAdmitted, request, tx, aor)
-
-    def _billingFailed(self, failure: Failure, tx: ServerTransaction) -> None:
-        self.counters["billingErrors"] += 1
-        self.log.failure("Billing failed for REGISTER", failure)
-        if tx.state not in (COMPLETED, TERMINATED):
-            self.core.respond(tx, 500, "Billing Unavailable", [("Retry-After", "5")])
-
-    def _registerAdmitted(self, request: Request, tx: ServerTransaction, aor: str) -> None:
+    def _registerAdmitted(self, aor: str, request: Request, tx: ServerTransaction) -> None:
         """
         Steps 6 to 8: read the contacts, decide each binding's fate, write
         them all at once, and answer with the bindings once committed.
@@ -506,42 +480,12 @@ class Registrar:
 
     # Billing waits, for an orderly shutdown.
 
-    def _hold(self, d: Deferred) -> None:
-        """
-        Count a REGISTER as taken until its billing step has fired (it has
-        then issued its writes, or been answered).
-        """
-        if d.called:
-            return
-        self._awaitingBilling += 1
-
-        def done(result: Any) -> Any:
-            self._awaitingBilling -= 1
-            if not self._awaitingBilling:
-                waiters, self._idleWaiters = self._idleWaiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
-            return result
-
-        d.addBoth(done)
-
     def whenIdle(self, timeout: float = 10.0) -> Deferred:
         """
-        Fire once no REGISTER waits for billing, or after C{timeout}.
+        Fire once no REGISTER waits for billing (each has then issued its
+        writes, or been answered), or after C{timeout}.
         """
-        if not self._awaitingBilling:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._idleWaiters.append(d)
-
-        def expired() -> None:
-            if d in self._idleWaiters:
-                self._idleWaiters.remove(d)
-                d.callback(None)
-
-        timer = self.clock.callLater(timeout, expired)
-        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
-        return d
+        return self.admission.whenIdle(timeout)
 
     # Start and stop.
 

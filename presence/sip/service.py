@@ -16,6 +16,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from presence.config import Config
+from presence.runtime import RuntimeService
 from presence.sip.core import SIPCore
 from presence.sip.listen import ListenSpec
 from presence.sip.sockbuf import SYSCTL, setBuffer
@@ -23,7 +24,7 @@ from presence.sip.transaction import TimerSettings
 from presence.sip.transport import SIPDatagramProtocol, SIPStreamFactory
 
 
-class SIPService(service.Service):
+class SIPService(RuntimeService):
     """
     Listens on the configured UDP, TCP and TLS addresses and runs the SIP
     core behind them.
@@ -34,6 +35,7 @@ class SIPService(service.Service):
 
     log = Logger()
     name = "sip"
+    runtimeAttributes = ("core", "addresses", "_datagramPorts", "_streamPorts")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None, withDatabase: bool = True) -> None:
         """
@@ -42,24 +44,13 @@ class SIPService(service.Service):
         """
         self.config = config
         self.withDatabase = withDatabase
-        self._reactor = reactor
+        RuntimeService.__init__(self, reactor)
+
+    def _resetRuntime(self) -> None:
         self.core: Optional[SIPCore] = None
         self.addresses: List[tuple] = []
         self._datagramPorts: List[Any] = []
         self._streamPorts: List[Any] = []
-
-    def __getstate__(self) -> Dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_reactor=None, core=None, addresses=[], _datagramPorts=[], _streamPorts=[])
-        return state
-
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._reactor
 
     def startService(self) -> None:
         config = self.config

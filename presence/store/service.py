@@ -8,17 +8,19 @@ reactor stops (C{MultiService.stopService} waits for the Deferred we return).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, List
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from presence.runtime import RuntimeService
+
 _PENDING = object()
 
 
-class StoreService(service.Service):
+class StoreService(RuntimeService):
     """
     Start and stop an L{IStore} with the service tree.
 
@@ -32,33 +34,21 @@ class StoreService(service.Service):
     """
 
     log = Logger()
+    runtimeAttributes = ("_outcome", "_waiters")
 
     def __init__(self, store: Any) -> None:
         """
         @param store: an L{IStore} provider, not started.
         """
         self.store = store
-        self._resetReadiness()
+        RuntimeService.__init__(self)
 
-    def _resetReadiness(self) -> None:
+    def _resetRuntime(self) -> None:
+        """
+        Fresh readiness state.
+        """
         self._outcome: Any = _PENDING
         self._waiters: List[Deferred] = []
-
-    def __getstate__(self) -> Dict[str, Any]:
-        """
-        Drop readiness state (and, via C{Service}, C{running}).
-        """
-        state = service.Service.__getstate__(self)
-        state.pop("_outcome", None)
-        state.pop("_waiters", None)
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        """
-        Restore configuration with fresh readiness state.
-        """
-        self.__dict__.update(state)
-        self._resetReadiness()
 
     def startService(self) -> None:
         """
