@@ -313,6 +313,8 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
     # (presence.cluster.lease), renewed every lease_interval seconds for
     # lease_time seconds; a peer adopts our subscriptions only once it
     # has expired, and we stop notifying lease_interval before it could.
+    # adopt_notify_rate: at most this many NOTIFYs per second to the
+    # watchers of adopted subscriptions (presence.manager.notifier pacing).
     "cluster": {
         "listen": ("clusterListen", _optionalServerEndpoint, ""),
         "peers": ("clusterPeers", _clusterPeers, ()),
@@ -324,6 +326,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "quorum": ("clusterQuorum", _clusterQuorum, 0),
         "lease_time": ("clusterLeaseTime", _positiveFloat, 5.0),
         "lease_interval": ("clusterLeaseInterval", _positiveFloat, 1.0),
+        "adopt_notify_rate": ("clusterAdoptNotifyRate", _positiveInt, 1000),
     },
 }
 

@@ -797,6 +797,213 @@ def test_unknownDialogStill481(cluster):
     assert [r.code for r in cluster["a"].harness.responses()] == [481]
 
 
+# Pacing the NOTIFYs of an adoption.
+
+
+def adoptionCluster(count: int, rate: int, presentities: int = 5) -> Cluster:
+    """
+    a and c linked, b dead with C{count} active subscriptions in the store
+    (watchers C{sip:w<i>@...} of C{presentities} presentities, round
+    robin), which a adopts when its clock reaches adopt_after (c's clock
+    is left alone, so c never tries).
+    """
+    c = Cluster(("a", "b", "c"), clusterAdoptNotifyRate=rate)
+    c.link("a", "c")
+    c["b"].crash()
+    now = c["a"].clock.seconds()
+    for i in range(count):
+        c.shared.addSubscription(
+            sub(
+                i, owner="b", watcher="sip:w%d@example.test" % (i,),
+                presentity="sip:p%d@example.test" % (i % presentities,),
+                remoteTarget="sip:w%d@192.0.2.10:5060" % (i,), expiresAt=now + 3600,
+                transport="UDP", routeSet=(), flowToken="", localCSeq=100, remoteCSeq=1,
+            )
+        )
+    return c
+
+
+def drive(node: Node, until: float) -> List[Any]:
+    """
+    Advance C{node}'s clock to C{until}, from one timer to the next (so
+    that each runs on time, as a reactor runs it), answering every NOTIFY.
+
+    @return: C{(time, NOTIFY)} for each one sent meanwhile.
+    """
+    clock = node.clock
+    sent: List[Any] = [(clock.seconds(), n) for n in node.notifies()]
+    for _ in range(100_000):
+        now = clock.seconds()
+        if now >= until:
+            return sent
+        due = [call.getTime() for call in clock.getDelayedCalls() if call.getTime() > now]
+        clock.advance(min(due + [until]) - now)
+        sent.extend((clock.seconds(), n) for n in node.notifies())
+    raise AssertionError("the clock does not get to %r" % (until,))
+
+
+def pacingCalls(node: Node) -> List[Any]:
+    notifier = node.manager.notifier
+    return [call for call in node.clock.getDelayedCalls() if call.func == notifier._releasePaced]
+
+
+def test_adoptionNotifiesPaced():
+    """
+    2,500 adopted subscriptions at adopt_notify_rate 1000: about 1,000
+    NOTIFYs in the first second, the last ones about 2.5 s after the
+    adoption, each watcher exactly one, above the stored CSeq ceiling; no
+    timer is left once all are sent.
+    """
+    c = adoptionCluster(2500, 1000)
+    try:
+        a = c["a"]
+        a.clock.advance(10)
+        start = a.clock.seconds()
+        assert a.group.counters["adopted"] == 2500
+        assert len(a.manager.notifier.paced) == 2400
+        sent = drive(a, start + 3.0)
+        firstSecond = [n for at, n in sent if at < start + 1.0 - 1e-6]
+        assert 950 <= len(firstSecond) <= 1050, len(firstSecond)
+        assert max(at for at, _ in sent) - start < 2.6
+        assert len([n for at, n in sent if at < start + 2.0 - 1e-6]) < 2100
+        calls = [n.callId for _, n in sent]
+        assert len(calls) == len(set(calls)) == 2500
+        assert min(cseqOf(n) for _, n in sent) > 100
+        # In adoption order.
+        assert calls == ["call-%d@192.0.2.10" % (i,) for i in range(2500)]
+        assert a.manager.notifier.paced == {} and pacingCalls(a) == []
+        assert a.manager.notifier.counters["paced"] == 2500
+    finally:
+        c.stop()
+
+
+def test_changeDuringPacing():
+    """
+    A publication half-way through the pacing: the watchers of that
+    presentity already notified get their normal next NOTIFY at once; the
+    others get no extra one, but their paced NOTIFY carries the new
+    state; every other watcher still gets exactly one.
+    """
+    c = adoptionCluster(2500, 1000)
+    try:
+        a = c["a"]
+        a.clock.advance(10)
+        start = a.clock.seconds()
+        before = drive(a, start + 0.55)
+        notified = set(n.callId for _, n in before)
+        assert 550 <= len(notified) <= 650
+        p0 = "sip:p0@example.test"
+        watchers = set("call-%d@192.0.2.10" % (i,) for i in range(0, 2500, 5))
+        _, immediate = a.harness.published(uri=p0, body=pidf(p0, "open"))
+        assert sorted(n.callId for n in immediate) == sorted(watchers & notified)
+        for notify in immediate:
+            assert b"<basic>open</basic>" in notify.body
+            a.harness.answer(notify)
+        after = drive(a, start + 3.0)
+        counts: Dict[str, List[Request]] = {}
+        for _, notify in before + [(0, n) for n in immediate] + after:
+            counts.setdefault(notify.callId or "", []).append(notify)
+        assert len(counts) == 2500
+        for callId, notifies in counts.items():
+            if callId in watchers and callId in notified:
+                assert len(notifies) == 2 and b"<basic>open</basic>" in notifies[1].body
+                assert cseqOf(notifies[1]) == cseqOf(notifies[0]) + 1
+            elif callId in watchers:
+                [notify] = notifies
+                assert b"<basic>open</basic>" in notify.body, callId
+            else:
+                assert len(notifies) == 1, callId
+        assert pacingCalls(a) == []
+    finally:
+        c.stop()
+
+
+def test_refreshAndUnsubscribeDuringPacing():
+    """
+    A watcher that refreshes before its paced turn gets the refresh's
+    NOTIFY and no paced one; one that un-SUBSCRIBEs gets its final NOTIFY
+    and nothing after.
+    """
+    c = adoptionCluster(40, 10, presentities=1)
+    try:
+        a = c["a"]
+        a.clock.advance(10)
+        start = a.clock.seconds()
+        before = drive(a, start + 0.05)
+        assert len(before) == 1
+        waiting = sorted(
+            (i for i in range(40) if "call-%d@192.0.2.10" % (i,) != before[0][1].callId), reverse=True
+        )
+        refreshed, ended = waiting[0], waiting[1]
+
+        def inDialog(i: int, expires: str) -> Request:
+            return subscribe(
+                "sip:p0@example.test", fromURI="sip:w%d@example.test" % (i,), fromTag="rt%d" % (i,),
+                toTag="lt%d" % (i,), callId="call-%d@192.0.2.10" % (i,), cseq=2, Expires=expires,
+            )
+
+        a.harness.receive(inDialog(refreshed, "600"))
+        a.harness.receive(inDialog(ended, "0"))
+        responses, notifies = a.harness.split()
+        assert [r.code for r in responses] == [200, 200]
+        assert [n.callId for n in notifies] == ["call-%d@192.0.2.10" % (i,) for i in (refreshed, ended)]
+        assert "terminated" in (notifies[1].header("subscription-state") or "")
+        for notify in notifies:
+            a.harness.answer(notify)
+        after = drive(a, start + 5.0)
+        calls = [n.callId for _, n in before + after]
+        assert len(calls) == len(set(calls)) == 38
+        assert not set(calls) & set(n.callId for n in notifies)
+        assert pacingCalls(a) == []
+    finally:
+        c.stop()
+
+
+def test_stopDuringPacing():
+    """
+    A manager stopped while pacing leaves no timer behind and sends
+    nothing more.
+    """
+    c = adoptionCluster(500, 100)
+    try:
+        a = c["a"]
+        a.clock.advance(10)
+        assert len(drive(a, a.clock.seconds() + 0.45)) == 50
+        assert pacingCalls(a) != []
+        a.manager.stop()
+        assert pacingCalls(a) == [] and a.manager.notifier.paced == {}
+        a.clock.advance(10)
+        assert a.notifies() == []
+    finally:
+        c.stop()
+
+
+def test_fencedDuringPacing():
+    """
+    A manager fenced while pacing stops (no timer, nothing sent, nothing
+    piled up to send at once when unfenced); unfenced, it goes on at the
+    same pace and every watcher gets exactly one NOTIFY.
+    """
+    c = adoptionCluster(500, 100)
+    try:
+        a = c["a"]
+        a.clock.advance(10)
+        before = drive(a, a.clock.seconds() + 0.45)
+        assert len(before) == 50
+        a.group.leaseLost("lost for the test")
+        assert pacingCalls(a) == []
+        assert drive(a, a.clock.seconds() + 5) == []
+        a.group.leaseHeld()
+        resumed = a.notifies()
+        assert len(resumed) == 10
+        after = drive(a, a.clock.seconds() + 10)
+        calls = [n.callId for _, n in before] + [n.callId for n in resumed] + [n.callId for _, n in after]
+        assert len(calls) == len(set(calls)) == 500
+        assert pacingCalls(a) == []
+    finally:
+        c.stop()
+
+
 def test_withoutClusterNothingChanges():
     """
     A manager without peers has no cluster and writes as before.
@@ -855,6 +1062,8 @@ def test_configKeys(tmp_path):
     assert (config.clusterAdoptAfter, config.clusterPageSize) == (3.0, 50)
     assert (config.clusterLeaseTime, config.clusterLeaseInterval) == (3.0, 0.5)
     assert (Config().clusterLeaseTime, Config().clusterLeaseInterval) == (5.0, 1.0)
+    assert Config().clusterAdoptNotifyRate == 1000
+    assert Config.fromString("[cluster]\nadopt_notify_rate = 50\n").clusterAdoptNotifyRate == 50
     assert clusterProblem(config) is None
     assert "no secret for m3" in (clusterProblem(config.replace(node="m3")) or "")
     assert clusterProblem(Config()) is None
@@ -871,6 +1080,8 @@ def test_configKeys(tmp_path):
         "[cluster]\nlease_time = 2\n",
         "[cluster]\nlease_time = 3\nlease_interval = 1.5\n",
         "[cluster]\nlease_interval = 0\n",
+        "[cluster]\nadopt_notify_rate = 0\n",
+        "[cluster]\nadopt_notify_rate = 2.5\n",
     ],
 )
 def test_badConfig(text):

@@ -5,11 +5,12 @@ linked by Perspective Broker.
 
 Layout::
 
-    127.0.0.1  the user agents (one UDP socket playing them all)
-    127.0.0.2  the dispatcher (round robin)
+    127.0.0.1  the user agents (one UDP socket playing them all, and a
+               TCP connection of their own for those that use TCP)
+    127.0.0.2  the dispatcher (round robin), on UDP and TCP
     127.0.0.3  manager m1 \\
-    127.0.0.4  manager m2  } SIP over UDP, PB on a TCP port of their own
-    127.0.0.5  manager m3 /
+    127.0.0.4  manager m2  } SIP over UDP (and TCP when the dispatcher
+    127.0.0.5  manager m3 /  reaches them over TCP), PB on a TCP port
 
 What they show: a publisher on one manager and watchers on the two
 others are all notified; a manager killed with SIGKILL under load loses
@@ -19,6 +20,10 @@ restarted, it rejoins the cluster and catches up.  A manager whose PB
 links are cut (they go through L{Relay}s the test controls) but which
 keeps the database and the dispatcher keeps its lease: its watchers are
 not adopted, and get one NOTIFY per publication, from it alone.
+Adoption works across transports: a watcher over its own TCP connection
+to the dispatcher is notified by the adopter over that same connection,
+and so is one over UDP when the dispatcher reaches the managers over
+TCP.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import sqlalchemy as sa
 
 from presence.sip.headers import NameAddr
 from presence.sip.message import Request, Response
-from presence.sip.parser import parseMessage
+from presence.sip.parser import StreamFramer, parseMessage
 from presence.sip.uri import SipURI
 from tests.conftest import requirePostgres, skipOrFail
 from tests.serverprocess import ServerProcess
@@ -181,9 +186,14 @@ class Cluster:
         to that peer goes through, when the cluster was built with them.
     """
 
-    def __init__(self, workdir: str, database: str, relays: bool = False) -> None:
+    def __init__(self, workdir: str, database: str, relays: bool = False, transport: str = "udp") -> None:
+        """
+        @param transport: how the dispatcher reaches the managers,
+            C{"udp"} or C{"tcp"} (its C{[dispatcher] managers} entries).
+        """
         self.workdir = workdir
         self.database = database
+        self.transport = transport
         self.managers: Dict[str, ServerProcess] = {}
         self.sipPorts: Dict[str, int] = {}
         self.pbPorts = {name: _freePort(MANAGERS[name]) for name in NAMES}
@@ -220,13 +230,17 @@ class Cluster:
                 % (name, self.pbPorts[name], host, peers, self.secretFile)
             )
         port = self.sipPorts.get(name, 0)
+        listen = ["--listen", "udp:%d:interface=%s" % (port, host)]
+        if self.transport == "tcp":
+            # Port 0 takes the UDP port for TCP too.
+            listen += ["--listen", "tcp:%d:interface=%s" % (port, host)]
         process = ServerProcess(
             self.workdir,
             [
                 "--role=manager",
                 "--config", config,
                 "--database", self.database,
-                "--listen", "udp:%d:interface=%s" % (port, host),
+            ] + listen + [
                 "--advertise", host,
                 "--domain", "example.test",
             ],
@@ -237,7 +251,9 @@ class Cluster:
 
     def startDispatcher(self) -> ServerProcess:
         config = os.path.join(self.workdir, "dispatcher.ini")
-        managers = " ".join("%s=udp:%s:%d" % (n, MANAGERS[n], self.sipPorts[n]) for n in NAMES)
+        managers = " ".join(
+            "%s=%s:%s:%d" % (n, self.transport, MANAGERS[n], self.sipPorts[n]) for n in NAMES
+        )
         secret = os.path.join(self.workdir, "route-secret")
         with open(secret, "w") as f:
             f.write("cluster integration route secret\n")
@@ -250,7 +266,7 @@ class Cluster:
         process = ServerProcess(
             self.workdir,
             ["--role=dispatcher", "--config", config, "--listen", "udp:0:interface=" + DISPATCHER,
-             "--advertise", DISPATCHER],
+             "--listen", "tcp:0:interface=" + DISPATCHER, "--advertise", DISPATCHER],
         ).start("Dispatcher ready")
         for name in NAMES:
             process.waitFor("Manager %s is up" % (name,))
@@ -302,10 +318,10 @@ class Cluster:
         return problems
 
 
-def _startCluster(tmp_path: Any, database: str, relays: bool = False) -> Iterator[Cluster]:
+def _startCluster(tmp_path: Any, database: str, relays: bool = False, transport: str = "udp") -> Iterator[Cluster]:
     if not _loopbackUsable():
         skipOrFail("cannot bind 127.0.0.2: the loopback interface does not answer for 127/8")
-    cluster = Cluster(str(tmp_path), database, relays)
+    cluster = Cluster(str(tmp_path), database, relays, transport)
     try:
         for name in NAMES:
             cluster.startManager(name)
@@ -328,6 +344,15 @@ def cluster(tmp_path, database):
 @pytest.fixture
 def relayedCluster(tmp_path, database):
     yield from _startCluster(tmp_path, database, relays=True)
+
+
+@pytest.fixture
+def transportCluster(request, tmp_path, database):
+    """
+    A cluster whose dispatcher reaches the managers over
+    C{request.param} (C{"udp"} or C{"tcp"}).
+    """
+    yield from _startCluster(tmp_path, database, transport=request.param)
 
 
 Dialog = Tuple[str, str]
@@ -668,3 +693,148 @@ def test_partitionedManagerKeepsItsWatchers(relayedCluster):
         assert all(owners[dialogs[c]] == victim for c in onVictim), owners
     finally:
         agents.close()
+
+
+class TCPWatcher:
+    """
+    One user agent with its own TCP connection from 127.0.0.1 to the
+    dispatcher: it subscribes over it, answers every NOTIFY that comes
+    down it 200, and files them by CSeq.  The connection is never
+    re-opened: a NOTIFY that arrives came over the flow the SUBSCRIBE
+    created.
+    """
+
+    def __init__(self, dispatcherPort: int) -> None:
+        self.sock = socket.create_connection((DISPATCHER, dispatcherPort), timeout=5, source_address=("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.framer = StreamFramer()
+        self.closed = False
+        self.ok: Optional[Response] = None
+        self.notifies: Dict[int, Request] = {}
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def subscribe(self, presentity: str, watcher: str) -> Request:
+        request = newRequest(
+            "SUBSCRIBE", presentity, self.port, transport="TCP", Event="presence", Expires="600",
+            Accept="application/pidf+xml", fromURI=watcher,
+        )
+        self.sock.sendall(request.toBytes())
+        return request
+
+    def pump(self, timeout: float) -> None:
+        """
+        Handle what arrives until nothing has for C{timeout} seconds.
+        """
+        while not self.closed and select.select([self.sock], [], [], timeout)[0]:
+            data = self.sock.recv(65536)
+            if not data:
+                self.closed = True
+                return
+            for item in self.framer.dataReceived(data):
+                if not isinstance(item, bytes):
+                    continue  # a keep-alive
+                message = parseMessage(item, stream=True)
+                if isinstance(message, Request):
+                    self.sock.sendall(answer(message).toBytes())
+                    if message.method == "NOTIFY":
+                        self.notifies[message.cseq().number] = message
+                elif message.code >= 200 and message.cseq().method == "SUBSCRIBE":
+                    self.ok = message
+
+    def waitUntil(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert not self.closed, "the dispatcher closed the watcher's connection"
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for " + what)
+            self.pump(0.05)
+
+    def withNote(self, note: str) -> List[Request]:
+        return [n for n in self.notifies.values() if note.encode() in (n.body or b"")]
+
+
+@pytest.mark.parametrize(
+    "transportCluster,watcherTransport",
+    [("udp", "tcp"), ("tcp", "udp"), ("tcp", "tcp")],
+    indirect=["transportCluster"],
+)
+def test_adoptionAcrossTransports(transportCluster, watcherTransport):
+    """
+    A watcher subscribes through the dispatcher over C{watcherTransport}
+    (TCP: a connection of its own), the dispatcher reaching the managers
+    over the other transport (or TCP too); its manager is killed with
+    SIGKILL.  A survivor adopts the subscription once the lease has run
+    out and notifies the watcher over the same flow (the same TCP
+    connection), CSeq above any it saw; so does the NOTIFY of the next
+    publication, with its state.
+    """
+    cluster = transportCluster
+    agents = Agents(cluster.dispatcher.ports["UDP"])
+    tcp: Optional[TCPWatcher] = None
+    presentity = "sip:erin@example.test"
+    watcher = "sip:tw@example.test"
+    try:
+        if watcherTransport == "tcp":
+            tcp = TCPWatcher(cluster.dispatcher.ports["TCP"])
+            request = tcp.subscribe(presentity, watcher)
+            callId = request.callId or ""
+            tcp.waitUntil(lambda: tcp.ok is not None and bool(tcp.notifies), 10, "200 and the first NOTIFY")
+            ok = tcp.ok
+            assert ok is not None and ok.code == 200, ok
+            notifies = tcp.notifies
+        else:
+            callId = agents.subscribe(presentity, watcher)
+            agents.waitUntil(lambda: callId in agents.ok, 10, "200")
+            ok = agents.ok[callId]
+            dialog = agents.dialogOf(callId)
+            agents.waitUntil(lambda: agents.latest(dialog) is not None, 10, "the first NOTIFY")
+            notifies = agents.notifies[dialog]
+        route = NameAddr.fromString(ok.header("record-route") or "").uri
+        params = SipURI.fromString(route).params
+        assert params["t"] == watcherTransport, route
+        victim = params["m"] or ""
+        dialogKey = (callId, ok.toAddr().tag or "")
+        first = max(notifies)
+
+        def pump(timeout: float) -> None:
+            agents.pump(timeout)
+            if tcp is not None:
+                tcp.pump(timeout)
+
+        cluster.kill(victim)
+        deadline = time.monotonic() + 15
+        while cluster.owners().get(dialogKey) == victim:
+            assert time.monotonic() < deadline, "the subscription was not adopted"
+            pump(0.2)
+        adopter = cluster.owners().get(dialogKey)
+        assert adopter in NAMES and adopter != victim, "the subscription was lost (%s)" % (adopter,)
+
+        def notified(after: int, note: str = "") -> bool:
+            pump(0.05)
+            return any(cseq > after and note.encode() in (n.body or b"") for cseq, n in notifies.items())
+
+        # The adopter's NOTIFY of the current state (adopt_notify_rate).
+        deadline = time.monotonic() + 10
+        while not notified(first):
+            assert time.monotonic() < deadline, "no NOTIFY from the adopter"
+        adopted = max(notifies)
+        assert notifies[adopted].header("contact") != notifies[first].header("contact")
+
+        published = agents.publish(presentity, "open", "after-adoption")
+        agents.waitUntil(lambda: published in agents.ok, 10, "PUBLISH 200")
+        deadline = time.monotonic() + 10
+        while not notified(adopted, "after-adoption"):
+            assert time.monotonic() < deadline, "no NOTIFY of the publication"
+        [notify] = [n for n in notifies.values() if b"after-adoption" in (n.body or b"")]
+        assert notify.cseq().number > adopted > first
+        assert b"<basic>open</basic>" in (notify.body or b"")
+        via = notify.topVia()
+        assert (via.transport.upper(), via.host) == (watcherTransport.upper(), DISPATCHER)
+        if tcp is not None:
+            assert not tcp.closed
+    finally:
+        agents.close()
+        if tcp is not None:
+            tcp.close()

@@ -472,6 +472,31 @@ def test_clusterMetrics():
         adopted = value(samples, "presence_cluster_subscriptions_adopted_total")
         assert adopted + c.group.counters["adopted"] == 1
         assert value(samples, "presence_cluster_tombstones") == 0
+        assert value(samples, "presence_cluster_adopt_notifies_pending") == 0
+        assert value(samples, "presence_cluster_adopt_notifies_total") == adopted
+    finally:
+        cluster.stop()
+
+
+def test_adoptNotifyPacingMetrics():
+    """
+    While the NOTIFYs of an adoption are paced, the scrape shows how many
+    adopted watchers still wait for theirs.
+    """
+    from tests.test_cluster import adoptionCluster, drive
+
+    cluster = adoptionCluster(30, 10, presentities=1)
+    try:
+        a = cluster["a"]
+        a.clock.advance(10)
+        root = _tree(cluster={"group": a.group})
+        samples = parseExposition(collect(LiveObjects(root)))
+        assert value(samples, "presence_cluster_adopt_notifies_pending") == 29
+        assert value(samples, "presence_cluster_adopt_notifies_total") == 1
+        drive(a, a.clock.seconds() + 5)
+        samples = parseExposition(collect(LiveObjects(root)))
+        assert value(samples, "presence_cluster_adopt_notifies_pending") == 0
+        assert value(samples, "presence_cluster_adopt_notifies_total") == 30
     finally:
         cluster.stop()
 

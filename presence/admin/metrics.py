@@ -21,7 +21,7 @@ port are built in L{MetricsService.startService}.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -30,6 +30,7 @@ from twisted.web import resource, server
 from presence.admin.console import LiveObjects
 from presence.admin.listening import Listener, describe, isLoopback
 from presence.config import Config
+from presence.runtime import RuntimeService
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -511,6 +512,18 @@ def _clusterMetrics(out: Exposition, group: Any) -> None:
         "Removed publications remembered so that late updates cannot bring them back.",
         len(group.tombstones),
     )
+    notifier = getattr(getattr(group, "manager", None), "notifier", None)
+    if notifier is not None:
+        out.single(
+            "presence_cluster_adopt_notifies_pending", "gauge",
+            "Adopted subscriptions still waiting for their paced NOTIFY ([cluster] adopt_notify_rate).",
+            len(notifier.paced),
+        )
+        out.single(
+            "presence_cluster_adopt_notifies_total", "counter",
+            "Paced NOTIFYs sent to the watchers of adopted subscriptions.",
+            notifier.counters.get("paced"),
+        )
 
 
 # (metric, type, help, store attribute)
@@ -634,7 +647,7 @@ class QuietSite(server.Site):
         pass
 
 
-class MetricsService(service.Service):
+class MetricsService(RuntimeService):
     """
     The metrics endpoint in the service tree (name C{"metrics"}).  It finds
     the parts it reports on through its parent.
@@ -644,28 +657,18 @@ class MetricsService(service.Service):
 
     log = Logger()
     name = "metrics"
+    runtimeAttributes = ("_listener", "address")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config
-        self._reactor = reactor
+        RuntimeService.__init__(self, reactor)
+
+    def _resetRuntime(self) -> None:
+        """
+        No site and no port before start: L{startService} builds them.
+        """
         self._listener: Optional[Listener] = None
         self.address: Any = None
-
-    def __getstate__(self) -> Dict[str, Any]:
-        """
-        Keep configuration only: the site and the port are rebuilt at start.
-        """
-        state = service.Service.__getstate__(self)
-        state.update(_reactor=None, _listener=None, address=None)
-        return state
-
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self._reactor
 
     def startService(self) -> None:
         """

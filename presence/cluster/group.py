@@ -58,7 +58,9 @@ moves all the peer's subscriptions to itself in one statement
 (L{ILeaseStore.fenceAndAdopt}: of two survivors trying at once, each row
 goes to one), loads them (NOTIFY CSeqs continue above the
 stored ceiling) and sends each active watcher the current state, which
-it may have missed while its manager was dead.  It then tells every
+it may have missed while its manager was dead, paced at C{[cluster]
+adopt_notify_rate} NOTIFYs per second (L{Notifier.pace
+<presence.manager.notifier.Notifier.pace>}).  It then tells every
 peer, and the former owner when it comes back, which drops whatever it
 still held of them.
 

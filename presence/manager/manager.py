@@ -26,9 +26,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from presence.billing.gate import AuthGate, FailureLimiter, Refused
+from presence.billing.gate import AuthGate, FailureLimiter
 from presence.billing.records import ALLOW, BLOCK
 from presence.config import Config
+from presence.manager.admission import Admission
 from presence.manager.expiry import ExpiryWheel
 from presence.manager.notifier import PIDF, Notifier
 from presence.manager.state import DialogKey, Presentity, Publication, Subscription
@@ -37,7 +38,7 @@ from presence.sip.core import SIPCore
 from presence.sip.digest import DigestAuthenticator
 from presence.sip.headers import HeaderError, NameAddr, parseValueParams
 from presence.sip.message import Request
-from presence.sip.transaction import COMPLETED, TERMINATED, ServerTransaction
+from presence.sip.transaction import ServerTransaction
 from presence.sip.uri import URIError, normaliseAOR, parseURI
 from presence.store.errors import NoSuchRecord
 from presence.store.records import PublicationRecord, SubscriptionRecord
@@ -65,6 +66,8 @@ class SubscriptionManager:
         when the manager runs without billing (every request allowed).
     @ivar gate: the L{AuthGate} in front of both handlers, or L{None}
         without billing.
+    @ivar admission: takes both handlers' requests through the gate and
+        their later steps (L{Admission}).
     @ivar registrations: the registrar whose bindings give presence to a
         presentity without publication (L{followRegistrations}), or
         L{None}.
@@ -107,9 +110,6 @@ class SubscriptionManager:
         self.gate: Optional[AuthGate] = None
         self.registrations: Any = None
         self._billingEpoch = 0
-        # Requests taken but waiting for billing, and who waits for none.
-        self._awaitingBilling = 0
-        self._idleWaiters: List[Deferred] = []
         if authorizer is None:
             self.log.warn(
                 "Subscription manager {node} runs without billing: nothing is authenticated",
@@ -122,6 +122,7 @@ class SubscriptionManager:
                 )
             limiter = FailureLimiter(clock, config.billingMaxAuthFailures, config.billingAuthFailureWindow)
             self.gate = AuthGate(authorizer, digest, clock, config.billingNoAuthDomains, limiter)
+        self.admission = Admission(core, self.gate, clock, self.counters, self.log)
 
     def install(self) -> None:
         """
@@ -142,99 +143,16 @@ class SubscriptionManager:
         """
 
         def serve(request: Request, tx: ServerTransaction) -> None:
-            try:
-                handler(request, tx)
-            except Exception:
-                self.log.failure("Error serving {method}", method=request.method)
-                if tx.state not in (COMPLETED, TERMINATED):
-                    self.core.respond(tx, 500)
+            self.admission.proceed(tx, handler, request, tx)
 
         return serve
-
-    def _continue(self, tx: ServerTransaction, step: Any, *args: Any) -> None:
-        """
-        Run the next step of a request whose handling went asynchronous,
-        with the same guarantee as L{_guarded}: an error answers 500.
-        """
-        try:
-            step(*args)
-        except Exception:
-            self.log.failure("Error serving {method}", method=tx.request.method)
-            if tx.state not in (COMPLETED, TERMINATED):
-                self.core.respond(tx, 500)
-
-    def _admit(self, request: Request, tx: ServerTransaction, aor: str, step: Any, *args: Any) -> None:
-        """
-        Authenticate the sender of C{request} as C{aor} (its From), then
-        call C{step(aor, *args)}; or answer the gate's refusal.  Without
-        billing, C{step(None, *args)} at once.
-        """
-        gate = self.gate
-        if gate is None:
-            step(None, *args)
-            return
-        d = gate.admit(request, tx.source.host, aor)
-        d.addCallback(self._admitted, tx, step, args)
-        d.addErrback(self._billingFailed, tx)
-        self._hold(d)
-
-    def _hold(self, d: Deferred) -> None:
-        """
-        Count a request as taken until C{d} (its billing step, which ends
-        by issuing its next step) has fired: an orderly shutdown waits for
-        these before the store stops taking writes (L{whenIdle}).
-        """
-        if d.called:
-            return
-        self._awaitingBilling += 1
-
-        def done(result: Any) -> Any:
-            self._awaitingBilling -= 1
-            if not self._awaitingBilling:
-                waiters, self._idleWaiters = self._idleWaiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
-            return result
-
-        d.addBoth(done)
 
     def whenIdle(self, timeout: float = 10.0) -> Deferred:
         """
         Fire once no request waits for billing (each has then issued its
         store write, or been answered), or after C{timeout} seconds.
         """
-        if not self._awaitingBilling:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._idleWaiters.append(d)
-
-        def expired() -> None:
-            if d in self._idleWaiters:
-                self._idleWaiters.remove(d)
-                self.log.warn(
-                    "Stopping with {count} requests still waiting for billing",
-                    count=self._awaitingBilling,
-                )
-                d.callback(None)
-
-        timer = self.clock.callLater(timeout, expired)
-        d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
-        return d
-
-    def _admitted(self, verdict: Any, tx: ServerTransaction, step: Any, args: Tuple[Any, ...]) -> None:
-        if isinstance(verdict, Refused):
-            self.core.respond(tx, verdict.code, verdict.reason, verdict.headers)
-            return
-        self._continue(tx, step, verdict.aor, *args)
-
-    def _billingFailed(self, failure: Failure, tx: ServerTransaction) -> None:
-        """
-        Billing could not answer: decide nothing, ask the UA to retry.
-        """
-        self.counters["billingErrors"] += 1
-        self.log.failure("Billing failed for {method}", failure, method=tx.request.method)
-        if tx.state not in (COMPLETED, TERMINATED):
-            self.core.respond(tx, 500, "Billing Unavailable", [("Retry-After", "5")])
+        return self.admission.whenIdle(timeout)
 
     # State shared by both handlers.
 
@@ -376,7 +294,7 @@ class SubscriptionManager:
             except URIError as e:
                 core.respond(tx, 400, str(e) or "Bad From")
                 return
-            self._admit(request, tx, sender, self._inDialog, request, tx, key, expires, cseq)
+            self.admission.admit(request, tx, sender, self._inDialog, request, tx, key, expires, cseq)
             return
         accepts = [value.split(";")[0].strip().lower() for value in request.headerValues("accept")]
         if accepts and not _ACCEPTABLE.intersection(accepts):
@@ -397,7 +315,7 @@ class SubscriptionManager:
         except (HeaderError, URIError) as e:
             core.respond(tx, 400, str(e) or "Bad Contact")
             return
-        self._admit(
+        self.admission.admit(
             request, tx, watcher, self._authorizeWatch,
             request, tx, watcher, presentity, remoteTarget, remoteTag, eventId, expires, cseq,
         )
@@ -424,11 +342,11 @@ class SubscriptionManager:
             d = self.cluster.dialogMissing(request, key)
             if d is not None:
                 d.addBoth(
-                    lambda _: self._continue(
+                    lambda _: self.admission.proceed(
                         tx, self._inDialog, sender, request, tx, key, expires, cseq, False
                     )
                 )
-                self._hold(d)
+                self.admission.hold(d)
                 return
         if sub is None or sub.terminated:
             self.core.respond(tx, 481)
@@ -460,9 +378,11 @@ class SubscriptionManager:
             return
         epoch = self._billingEpoch
         d = self.authorizer.watchDecision(watcher, presentity)
-        d.addCallback(lambda decision: self._continue(tx, self._newSubscription, decision, epoch, *args))
-        d.addErrback(self._billingFailed, tx)
-        self._hold(d)
+        d.addCallback(
+            lambda decision: self.admission.proceed(tx, self._newSubscription, decision, epoch, *args)
+        )
+        d.addErrback(self.admission.billingFailed, tx)
+        self.admission.hold(d)
 
     def _newSubscription(
         self,
@@ -685,7 +605,7 @@ class SubscriptionManager:
         except (HeaderError, URIError) as e:
             core.respond(tx, 400, str(e) or "Bad From")
             return
-        self._admit(request, tx, publisher, self._publishAdmitted, request, tx, presentity)
+        self.admission.admit(request, tx, publisher, self._publishAdmitted, request, tx, presentity)
 
     def _publishAdmitted(
         self,
@@ -733,11 +653,11 @@ class SubscriptionManager:
                 d = self.cluster.publicationMissing(ifMatch)
                 if d is not None:
                     d.addBoth(
-                        lambda _: self._continue(
+                        lambda _: self.admission.proceed(
                             tx, self._publishAdmitted, publisher, request, tx, presentity, False
                         )
                     )
-                    self._hold(d)
+                    self.admission.hold(d)
                     return
             if old is None or old.presentity != presentity:
                 core.respond(tx, 412)
@@ -961,12 +881,16 @@ class SubscriptionManager:
         continue above the stored ceiling, so above any the former owner
         sent.
 
-        @param notify: send each active watcher the current state at once
-            (after a death: it may have missed changes).
+        @param notify: send each active watcher the current state (after
+            a death: it may have missed changes), paced in order at
+            C{[cluster] adopt_notify_rate} NOTIFYs per second
+            (L{Notifier.pace}) so that a large adoption does not flood
+            the dispatcher.
         @return: how many are now served (expired ones end instead).
         """
         now = self.clock.seconds()
         count = 0
+        toNotify: List[Subscription] = []
         for record in records:
             if record.id in self.subscriptions:
                 continue
@@ -978,7 +902,9 @@ class SubscriptionManager:
             self._keep(sub)
             count += 1
             if notify and sub.state == "active":
-                self.notifier.notify(sub)
+                toNotify.append(sub)
+        if toNotify:
+            self.notifier.pace(toNotify)
         return count
 
     def _keep(self, sub: Subscription) -> None:

@@ -14,11 +14,25 @@ I{fenced}: every NOTIFY it would send is held back (the subscription
 stays dirty, a final NOTIFY stays due) until it is unfenced, when each
 held subscription gets one NOTIFY with the then current state, or is
 dropped if another manager adopted it meanwhile.
+
+Subscriptions a manager adopts from a dead peer all need a NOTIFY with the
+current state (their watchers may have missed changes), tens of thousands
+at once: sent in one burst they would flood the dispatcher (UDP drops,
+retransmissions, NOTIFY timeouts that end subscriptions).  So they are
+I{paced} (L{Notifier.pace}): each is marked dirty and queued, and a
+cooperative loop on the manager's clock releases them in order, at most
+C{[cluster] adopt_notify_rate} per second.  A queued subscription behaves
+like one held back by rate control: a change meanwhile only keeps it
+dirty, so its paced NOTIFY carries the latest state, once; one that is
+sent by another path first (a refresh's immediate NOTIFY) or ends leaves
+the queue, so it gets no duplicate.  The loop pauses while the manager
+is fenced and ends with L{Notifier.stop}.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, Optional
 
 from twisted.logger import Logger
 
@@ -30,6 +44,10 @@ if TYPE_CHECKING:
     from presence.manager.manager import SubscriptionManager
 
 PIDF = "application/pidf+xml"
+
+#: Seconds between two releases of paced NOTIFYs (at rates under
+#: 1 / PACE_TICK per second, one NOTIFY per release, further apart).
+PACE_TICK = 0.1
 
 
 class Notifier:
@@ -44,19 +62,31 @@ class Notifier:
         self.clock = manager.clock
         self.minInterval = manager.config.notifyMinInterval
         self.keepOnTimeout = manager.config.keepOnTimeout
-        self.counters = {"sent": 0, "failed": 0, "coalesced": 0, "held": 0}
+        self.counters = {"sent": 0, "failed": 0, "coalesced": 0, "held": 0, "paced": 0}
         #: While set, NOTIFYs are held back in L{held}, neither sent nor
         #: failed.
         self.fenced = False
         #: Subscription id to the subscription whose NOTIFY is held back.
         self.held: Dict[str, Subscription] = {}
+        #: At most this many paced NOTIFYs per second (L{pace}).
+        self.paceRate = manager.config.clusterAdoptNotifyRate
+        #: Subscription id to the subscription waiting for its paced turn.
+        self.paced: Dict[str, Subscription] = {}
+        # The paced subscriptions in order; entries of those that left
+        # L{paced} meanwhile are skipped (a dict popped from the front
+        # would cost quadratic time).
+        self._paceQueue: Deque[Subscription] = deque()
+        self._paceCall: Any = None
 
     def fence(self) -> None:
         """
         Hold back every NOTIFY from now on (one already in flight goes on
-        with its retransmissions).
+        with its retransmissions).  Pacing pauses: the paced subscriptions
+        wait in their queue, not in L{held}, so that unfencing does not
+        send them in one burst.
         """
         self.fenced = True
+        self._cancelPacing()
 
     def unfence(self) -> None:
         """
@@ -71,6 +101,8 @@ class Notifier:
                 continue
             if sub.final is not None or (sub.dirty and not sub.terminated):
                 self._send(sub)
+        if self.paced and self._paceCall is None:
+            self._releasePaced()
 
     def drop(self, subscriptionIds: Iterable[str]) -> int:
         """
@@ -81,6 +113,7 @@ class Notifier:
         """
         count = 0
         for subscriptionId in subscriptionIds:
+            self.paced.pop(subscriptionId, None)
             sub = self.held.pop(subscriptionId, None)
             if sub is not None:
                 sub.dirty = False
@@ -98,6 +131,10 @@ class Notifier:
             The NOTIFY in flight, if any, is still waited for.
         """
         if sub.terminated and sub.final is None:
+            return
+        if not immediate and sub.id in self.paced:
+            # Its paced turn sends the latest state.
+            sub.dirty = True
             return
         if sub.inFlight:
             if not sub.dirty:
@@ -127,6 +164,64 @@ class Notifier:
         if not sub.inFlight:
             self._send(sub)
 
+    def pace(self, subs: Iterable[Subscription]) -> int:
+        """
+        Send each of C{subs} a NOTIFY with its current state, in order, at
+        most L{paceRate} per second: the first ones at once, the others
+        as the clock moves on (see the module docstring).
+
+        @return: how many were queued (ended ones and those queued already
+            are not).
+        """
+        count = 0
+        queue = self._paceQueue
+        for sub in subs:
+            if sub.terminated or sub.id in self.paced:
+                continue
+            sub.dirty = True
+            self.paced[sub.id] = sub
+            queue.append(sub)
+            count += 1
+        if count and self._paceCall is None and not self.fenced:
+            self._releasePaced()
+        return count
+
+    def _releasePaced(self) -> None:
+        """
+        Send the next chunk of paced NOTIFYs, and come back for the next
+        one while any is left.
+        """
+        self._paceCall = None
+        if self.fenced:
+            return
+        rate = self.paceRate
+        size = max(1, int(rate * PACE_TICK + 0.5))
+        chunk = size
+        queue, paced = self._paceQueue, self.paced
+        while chunk and queue:
+            sub = queue.popleft()
+            if paced.get(sub.id) is not sub:
+                continue
+            del paced[sub.id]
+            if sub.inFlight or sub.terminated or not sub.dirty:
+                # Its answer sends what is due; or nothing is.
+                continue
+            self.counters["paced"] += 1
+            self._send(sub)
+            chunk -= 1
+        if not paced:
+            queue.clear()
+            return
+        # size NOTIFYs every size / rate seconds: the rate, whatever the
+        # rounding of size.
+        self._paceCall = self.clock.callLater(size / rate, self._releasePaced)
+
+    def _cancelPacing(self) -> None:
+        if self._paceCall is not None:
+            if self._paceCall.active():
+                self._paceCall.cancel()
+            self._paceCall = None
+
     def _release(self, sub: Subscription) -> None:
         sub.timer = None
         if sub.dirty and not sub.inFlight and not sub.terminated:
@@ -140,6 +235,7 @@ class Notifier:
         self._cancelTimer(sub)
         sub.dirty = False
         self.held.pop(sub.id, None)
+        self.paced.pop(sub.id, None)
 
     def _cancelTimer(self, sub: Subscription) -> None:
         if sub.timer is not None:
@@ -149,11 +245,18 @@ class Notifier:
     def stop(self, subs: Any) -> None:
         """
         Cancel every held-back NOTIFY (shutdown): the state is in the store.
+        Paced ones are forgotten too: a restarted manager does not notify
+        the subscriptions it reloads.
         """
         for sub in subs:
             self._cancelTimer(sub)
+        self._cancelPacing()
+        self.paced.clear()
+        self._paceQueue.clear()
 
     def _send(self, sub: Subscription) -> None:
+        # Whatever sends it (or holds it back) serves its paced turn too.
+        self.paced.pop(sub.id, None)
         if self.fenced:
             if sub.id not in self.held:
                 self.counters["held"] += 1
