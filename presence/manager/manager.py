@@ -208,7 +208,14 @@ class SubscriptionManager:
     def _changed(self, pres: Presentity) -> None:
         """
         Recompose; notify the watchers only if the document changed.
+        Without watchers nothing is composed now: the document is
+        composed when first asked for (L{documentOf}), which a presentity
+        nobody watches may never be.
         """
+        if not pres.watchers:
+            pres.document = None
+            self._release(pres)
+            return
         before = pres.document
         if pres.compose() != before:
             subs = self.subscriptions
