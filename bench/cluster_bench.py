@@ -39,9 +39,17 @@ Every step runs on a fresh deployment and a fresh schema.  Each step
 also reports every process's CPU and the datagrams the kernel dropped on
 each server's UDP socket (C{/proc/net/udp}): the dispatcher carries every
 message of every manager, and a burst it cannot read at once overflows
-the default 208 KiB receive buffer.  C{--udp-rcvbuf BYTES} runs the
-servers with a larger one (a what-if patch in the server processes, not
-product code) to show what that costs.
+its receive buffer.  That buffer is the product's own setting,
+C{[sip] udp_receive_buffer} (default 4 MiB), and each step records the
+size every process's log says the kernel granted.  C{--udp-rcvbuf BYTES}
+writes another size into every server's configuration, 0 for the
+kernel's default (about 208 KiB), to show what the buffer is worth.
+Figures taken before the product had the setting had C{--udp-rcvbuf}
+as a what-if patch of the servers' UDP sockets and the kernel's default
+without it: an old run without the option compares with
+C{--udp-rcvbuf 0} now.  The patch set plain
+C{SO_RCVBUF}, which the kernel caps at C{net.core.rmem_max}; the product
+forces the size past that cap when it may.
 
 All processes share the machine: on two cores, a dispatcher and three
 managers that each handle every publication cannot beat one process;
@@ -52,7 +60,7 @@ Run from the repository root::
 
     python bench/cluster_bench.py --duration 10 --json /tmp/cluster.json
     python bench/cluster_bench.py --workloads latency --publish-rate 100
-    python bench/cluster_bench.py --udp-rcvbuf 4194304
+    python bench/cluster_bench.py --udp-rcvbuf 0
 """
 
 from __future__ import annotations
@@ -87,6 +95,7 @@ from bench.loadtools import (  # noqa: E402
     stopOnSignals,
     treeState,
 )
+from presence.config import MAX_BYTE_SIZE, SCHEMA  # noqa: E402
 from presence.sip.message import Request, Response  # noqa: E402
 from presence.sip.parser import parseMessage  # noqa: E402
 
@@ -95,6 +104,8 @@ DISPATCHER = "127.0.0.2"
 MANAGERS = {"m1": "127.0.0.3", "m2": "127.0.0.4", "m3": "127.0.0.5"}
 NO_AUTH = "[billing]\nno_auth_domains = example.test\n"
 DEFAULT_RATES = {"subscribe": [100, 200, 300, 500, 750], "publish": [250, 500, 750, 1000, 1500]}
+#: What every server asks for when C{--udp-rcvbuf} is not given.
+PRODUCT_RCVBUF = SCHEMA["sip"]["udp_receive_buffer"][2]
 
 PIDF = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -135,36 +146,30 @@ def udpDrops(addresses: Sequence[Tuple[str, int]]) -> Dict[str, int]:
     return result
 
 
-_RCVBUF_BOOT = (
-    "import socket\n"
-    "from twisted.internet import udp\n"
-    "_create = udp.Port.createInternetSocket\n"
-    "def createInternetSocket(self):\n"
-    "    s = _create(self)\n"
-    "    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, %d)\n"
-    "    return s\n"
-    "udp.Port.createInternetSocket = createInternetSocket\n"
-    "from twisted.scripts.twistd import run; run()\n"
-)
+def bufferSize(text: str) -> int:
+    """
+    C{--udp-rcvbuf}: a whole number of bytes the product's
+    C{[sip] udp_receive_buffer} takes (0 to 1 GiB), checked here rather
+    than by a server refusing its configuration.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a whole number of bytes: %r" % (text,))
+    if not 0 <= value <= MAX_BYTE_SIZE:
+        raise argparse.ArgumentTypeError("must be 0 to %d bytes" % (MAX_BYTE_SIZE,))
+    return value
 
 
 class Process(Server):
     """
     A L{Server} that waits for a line of our choosing (a dispatcher never
-    says "Subscription manager ... ready"), and can run with larger UDP
-    receive buffers (C{--udp-rcvbuf}: a what-if, not product code).
+    says "Subscription manager ... ready").
     """
 
-    def __init__(self, *args: Any, ready: str = "Subscription manager", rcvbuf: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ready: str = "Subscription manager", **kwargs: Any) -> None:
         Server.__init__(self, *args, **kwargs)
         self.ready = ready
-        self.rcvbuf = rcvbuf
-
-    def command(self) -> List[str]:
-        command = Server.command(self)
-        if self.rcvbuf:
-            command[command.index("-c") + 1] = _RCVBUF_BOOT % (self.rcvbuf,)
-        return command
 
     def start(self, timeout: float = 120.0) -> float:
         env = dict(os.environ)
@@ -198,7 +203,28 @@ class Deployment:
         self.front: Tuple[str, int] = ("", 0)
 
     def managerConfig(self) -> str:
-        return "[manager]\nnotify_min_interval = 0\n" + NO_AUTH
+        return "[manager]\nnotify_min_interval = 0\n" + NO_AUTH + self.sipConfig()
+
+    def sipConfig(self) -> str:
+        """
+        The C{[sip]} section every server gets: C{--udp-rcvbuf} when given,
+        else nothing (the product's default buffer).
+        """
+        if self.options.udp_rcvbuf is None:
+            return ""
+        return "[sip]\nudp_receive_buffer = %d\n" % (self.options.udp_rcvbuf,)
+
+    def receiveBuffers(self) -> List[Optional[int]]:
+        """
+        The UDP receive buffer each process's log says the kernel granted,
+        in bytes, in the order of L{processes}; L{None} when it logged
+        none: asked for 0, it kept the kernel's default.
+        """
+        result: List[Optional[int]] = []
+        for process in self.processes:
+            m = process.find(r"receive buffer (\d+) bytes")
+            result.append(int(m.group(1)) if m else None)
+        return result
 
     def start(self) -> None:
         url = self.database.create()
@@ -206,7 +232,6 @@ class Deployment:
         if self.mode == "single":
             server = Process(
                 self.workdir, url, python=python, host=FRONT_SINGLE, config=self.managerConfig(),
-                rcvbuf=self.options.udp_rcvbuf,
             )
             self.processes.append(server)
             server.start()
@@ -231,7 +256,6 @@ class Deployment:
             process = Process(
                 workdir, url, python=python, host=host, config=config,
                 extraArgs=["--role=manager", "--advertise", host], ready="Cluster node %s listening" % (name,),
-                rcvbuf=self.options.udp_rcvbuf,
             )
             process.start()
             managers.append((name, host, process))
@@ -250,11 +274,10 @@ class Deployment:
             " ".join("%s=udp:%s:%d" % (name, host, p.port) for name, host, p in managers),
             self.options.policy,
             routeSecret,
-        )
+        ) + self.sipConfig()
         dispatcher = Process(
             dispatcherDir, url, python=python, host=DISPATCHER, config=config,
             extraArgs=["--role=dispatcher", "--advertise", DISPATCHER], ready="Dispatcher ready",
-            rcvbuf=self.options.udp_rcvbuf,
         )
         dispatcher.start()
         for name in MANAGERS:
@@ -462,6 +485,7 @@ class Bench:
         result["processCpuPercent"] = [c["cpuPercent"] for c in cpu]
         result["hostBusyPercent"] = cpu[0]["hostBusyPercent"] if cpu else None
         result["udpDrops"] = {key: after.get(key, 0) - drops.get(key, 0) for key in after}
+        result["udpReceiveBuffer"] = deployment.receiveBuffers()
         failed = summary.get("failedPercent")
         result["passed"] = bool(
             summary.get("calls") and failed is not None and failed < 1.0 and summary["achievedRate"] >= 0.9 * rate
@@ -504,6 +528,7 @@ class Bench:
                 "processCpuPercent": [c["cpuPercent"] for c in cpu],
                 "hostBusyPercent": cpu[0]["hostBusyPercent"] if cpu else None,
                 "udpDrops": {key: after.get(key, 0) - drops.get(key, 0) for key in after},
+                "udpReceiveBuffer": deployment.receiveBuffers(),
             }
         finally:
             if driver is not None:
@@ -544,6 +569,9 @@ class Bench:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "tree": treeState(),
             "options": vars(self.options),
+            "udpReceiveBufferAsked": (
+                PRODUCT_RCVBUF if self.options.udp_rcvbuf is None else self.options.udp_rcvbuf
+            ),
             "bestPassing": best,
             "results": self.results,
         }
@@ -564,8 +592,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--publish-rate", type=float, default=100.0)
     parser.add_argument("--keep-going", action="store_true")
     parser.add_argument(
-        "--udp-rcvbuf", type=int, default=0,
-        help="what-if: SO_RCVBUF of every server's UDP socket, in bytes (default: the kernel's)",
+        "--udp-rcvbuf", type=bufferSize, default=None, metavar="BYTES",
+        help="every server's [sip] udp_receive_buffer, in bytes; 0: the kernel's default "
+        "(default: the product's, %d)" % (PRODUCT_RCVBUF,),
     )
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
     parser.add_argument("--python", default=sys.executable)

@@ -70,6 +70,7 @@ from typing import Any, Dict, List, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.experiments import EXPERIMENTS  # noqa: E402
 from bench.loadtools import (  # noqa: E402
     DEFAULT_PG_URL,
     CPUMeter,
@@ -475,9 +476,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="watchers workload: the server's [manager] notify_min_interval")
     parser.add_argument("--experiment", default="",
                         help="comma-separated what-if patches from bench/experiments.py, applied in the "
-                        "server process only: nodebug, viacache, coalesce, fastids, memorybilling")
+                        "server process only: %s" % (", ".join(sorted(EXPERIMENTS)),))
     parser.add_argument("--profile", metavar="DIR", help="record each step with py-spy (raw stacks) into DIR")
     options = parser.parse_args(argv)
+    unknown = [e for e in options.experiment.split(",") if e and e not in EXPERIMENTS]
+    if unknown:
+        # Checked here: in the server it would be a KeyError before twistd runs.
+        parser.error("unknown experiment %s (known: %s)" % (", ".join(unknown), ", ".join(sorted(EXPERIMENTS))))
     if options.database in ("postgresql", "both"):
         reason = postgresAvailable(options.pg_url)
         if reason:

@@ -12,9 +12,10 @@ by sipp (SUBSCRIBE -> 200 -> initial NOTIFY -> 200, Expires 7200, one new
 dialog per call) at C{--rate} calls a second, topped up by further sipp
 runs if some calls failed.  By default the calls cycle through C{--pool}
 (presentity, watcher) pairs (C{bench/sipp/subscribe_pool.xml}: 100,000
-subscriptions over 10,000 presentities) so that the billing cache is warm;
+subscriptions over 10,000 presentities, ten dialogs a pair);
 C{--pool 0} gives every call its own presentity and watcher
-(C{bench/sipp/subscribe.xml}), each then read from the database.  Then:
+(C{bench/sipp/subscribe.xml}), so the server holds as many presentities
+as subscriptions.  Billing answers from memory either way.  Then:
 
 * RSS: C{VmRSS} (and the peak, C{VmHWM}) of the server from
   C{/proc/PID/status}, before the load and with every subscription live;
@@ -178,9 +179,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--count", type=int, default=100000, help="subscriptions to hold")
     parser.add_argument("--rate", type=float, default=800.0, help="SUBSCRIBE calls a second while loading")
     parser.add_argument("--pool", type=int, default=10000,
-                        help="(presentity, watcher) pairs the SUBSCRIBEs cycle through (subscribe_pool.xml), "
-                        "so the billing cache is warm; 0: a new presentity and watcher per call "
-                        "(subscribe.xml, every call reads billing from the database)")
+                        help="(presentity, watcher) pairs the SUBSCRIBEs cycle through (subscribe_pool.xml); "
+                        "0: a new presentity and watcher per call (subscribe.xml), as many presentities "
+                        "as subscriptions")
     parser.add_argument("--settle", type=float, default=35.0,
                         help="seconds to wait after the load before measuring RSS (Timer F is 32 s)")
     parser.add_argument("--python", default=sys.executable, help="interpreter running the server")
