@@ -52,6 +52,8 @@ Run from the repository root::
     python bench/presence_bench.py --database both --duration 15 --json out.json
     python bench/presence_bench.py --workloads subscribe --rates 500,1000,2000
     python bench/presence_bench.py --workloads publish --rates 1000 --profile /tmp/prof
+    python bench/presence_bench.py --python /opt/presence-pypy/bin/python --warmup 8 \
+        --pg-url postgresql+pg8000://postgres@127.0.0.1:5432/test --database both
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class Bench:
                     os.path.join(self.root, tag, "pairs.csv"),
                     [("pp%d" % (i,), "pw%d" % (i,)) for i in range(pool)],
                 )
+            self._warmUp(server, scenario, rate, injection, workload)
             sipp = SippRun(
                 scenario,
                 (HOST, server.port),
@@ -200,6 +203,36 @@ class Bench:
                     result["callsPerBatch"] = round(result["successful"] / max(1, int(m.group(1))), 2)
         assert result is not None
         return result
+
+    def _warmUp(
+        self, server: Server, scenario: str, rate: float, injection: Optional[str], workload: str
+    ) -> None:
+        """
+        Run the step's own load for C{--warmup} seconds on the fresh
+        server before measuring (other user names, unmeasured): PyPy's JIT
+        compiles the hot path in the first seconds, and a long-running
+        server is measured in its steady state, not while it compiles.
+        """
+        seconds = self.options.warmup
+        if seconds <= 0:
+            return
+        warm = SippRun(
+            scenario,
+            (HOST, server.port),
+            rate,
+            int(rate * seconds),
+            timeout=seconds * 2 + 20,
+            service="%swarm%dx" % (workload[:3], rate),
+            injection=injection,
+            limit=max(200, int(rate * 3)),
+        )
+        try:
+            warm.start()
+            warm.wait()
+        finally:
+            warm.cleanup()
+        # Let the warm-up's last transactions finish.
+        time.sleep(2.0)
 
     def _profile(self, server: Server, tag: str, duration: float) -> Optional[subprocess.Popen]:
         if not self.options.profile:
@@ -462,6 +495,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--pool", type=int, default=1000,
                         help="subscribe-warm: (presentity, watcher) pairs cycled through")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate step")
+    parser.add_argument("--warmup", type=float, default=0.0,
+                        help="subscribe/publish: seconds of the same load before each measured step "
+                        "(unmeasured; lets PyPy's JIT warm up)")
     parser.add_argument("--rates", default="",
                         help="comma-separated sipp rates (calls/s) for every workload; "
                         "default per workload: %s" % (DEFAULT_RATES,))
