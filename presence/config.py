@@ -226,6 +226,13 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "publish_max_expires": ("publishMaxExpires", _positiveInt, 86400),
         "notify_min_interval": ("notifyMinInterval", _seconds, 1.0),
         "keep_on_timeout": ("keepOnTimeout", _boolean, False),
+        # Overload (presence.manager.overload): new SUBSCRIBE and PUBLISH
+        # get 503 with Retry-After while more writes than this wait for
+        # the database, or the reactor runs this many seconds late; 0
+        # turns a signal off.
+        "max_pending_writes": ("maxPendingWrites", _nonNegativeInt, 20000),
+        "max_reactor_lag": ("maxReactorLag", _seconds, 1.0),
+        "overload_retry_after": ("overloadRetryAfter", _positiveInt, 5),
     },
     # The registrar (presence.registrar): REGISTER at a manager, whose
     # bindings give presence to an AOR that publishes none.

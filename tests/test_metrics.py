@@ -321,6 +321,9 @@ def test_scrapeAfterTraffic(tmp_path):
         assert value(samples, "presence_notify_sent_total") == 2
         assert value(samples, "presence_notify_failed_total") == 0
         assert value(samples, "presence_manager_store_errors_total") == 0
+        assert value(samples, "presence_overload_shed_total") == 0
+        assert value(samples, "presence_store_pending_writes") == 0
+        assert 0 <= value(samples, "presence_reactor_lag_seconds") < 1
         assert value(samples, "presence_store_commits_total") >= 2
         assert value(samples, "presence_store_writes_total") >= 2
         assert value(samples, "presence_store_batches_total") >= 2

@@ -464,7 +464,9 @@ def test_writesOfOneTurnShareABatch(sqlStore: SQLStore) -> Any:
     """
     batches, commits = sqlStore.batchCount, sqlStore.commitCount
     ds = [sqlStore.addSubscription(sub(i)) for i in range(3)]
+    assert sqlStore.pendingWrites == 3
     yield defer.gatherResults(ds)
+    assert sqlStore.pendingWrites == 0
     assert sqlStore.batchCount - batches == 1
     assert sqlStore.commitCount - commits == 1
     assert sqlStore.lastBatchSize == 3

@@ -176,6 +176,25 @@ def _managerMetrics(out: Exposition, manager: Any) -> None:
         "Store writes of the subscription manager that failed.",
         manager.counters.get("storeErrors"),
     )
+    overload = getattr(manager, "overload", None)
+    if overload is not None:
+        out.single(
+            "presence_overload_shed_total", "counter",
+            "New SUBSCRIBEs and PUBLISHes answered 503 because the manager was overloaded.",
+            overload.counters.get("shed"),
+        )
+        out.single(
+            "presence_overload_episodes_total", "counter",
+            "Times the manager started shedding new requests.", overload.counters.get("episodes"),
+        )
+        out.single(
+            "presence_reactor_lag_seconds", "gauge",
+            "How late the manager's last reactor probe ran.", overload.lag,
+        )
+        out.single(
+            "presence_store_pending_writes", "gauge",
+            "Writes queued or being committed.", overload.backlog(),
+        )
 
 
 def _billingMetrics(out: Exposition, manager: Any) -> None:

@@ -32,6 +32,7 @@ from presence.config import Config
 from presence.manager.admission import Admission
 from presence.manager.expiry import ExpiryWheel
 from presence.manager.notifier import PIDF, Notifier
+from presence.manager.overload import OverloadGuard
 from presence.manager.state import DialogKey, Presentity, Publication, Subscription
 from presence.pidf import PidfError, parsePidf
 from presence.sip.core import SIPCore
@@ -103,6 +104,13 @@ class SubscriptionManager:
         self.presentities: Dict[str, Presentity] = {}
         self.expiry = ExpiryWheel(clock, self._expired)
         self.notifier = Notifier(self)
+        self.overload = OverloadGuard(
+            clock,
+            lambda: getattr(store, "pendingWrites", 0),
+            config.maxPendingWrites,
+            config.maxReactorLag,
+            config.overloadRetryAfter,
+        )
         self.counters = {"storeErrors": 0, "billingErrors": 0, "rejected": 0}
         # The cluster (an IPeerGroup) when this manager has peers.
         self.cluster: Any = None
@@ -302,6 +310,8 @@ class SubscriptionManager:
                 core.respond(tx, 400, str(e) or "Bad From")
                 return
             self.admission.admit(request, tx, sender, self._inDialog, request, tx, key, expires, cseq)
+            return
+        if self._shed(tx):
             return
         accepts = [value.split(";")[0].strip().lower() for value in request.headerValues("accept")]
         if accepts and not _ACCEPTABLE.intersection(accepts):
@@ -594,6 +604,16 @@ class SubscriptionManager:
 
     # PUBLISH (RFC 3903 §6).
 
+    def _shed(self, tx: ServerTransaction) -> bool:
+        """
+        Refuse a request that would create state while overloaded (see
+        L{presence.manager.overload}): 503 with Retry-After.
+        """
+        if not self.overload.overloaded():
+            return False
+        self.core.respond(tx, 503, "Overloaded", [("Retry-After", str(self.overload.retryAfter))])
+        return True
+
     def publishReceived(self, request: Request, tx: ServerTransaction) -> None:
         core = self.core
         parsed = self._package(request)
@@ -603,6 +623,8 @@ class SubscriptionManager:
         presentity = self._presentityOf(request)
         if presentity is None:
             core.respond(tx, 404)
+            return
+        if "sip-if-match" not in request.headers and self._shed(tx):
             return
         if self.gate is None:
             self._publishAdmitted(None, request, tx, presentity)
@@ -1031,5 +1053,6 @@ class SubscriptionManager:
             self.registrations.removeListener(self.registrationChanged)
         self.expiry.stop()
         self.notifier.stop(self.subscriptions.values())
+        self.overload.stop()
         if self.authorizer is not None:
             self.authorizer.removeChangeListener(self.billingChanged)

@@ -103,6 +103,7 @@ class ManagerService(RuntimeService):
             self.registrar = registrar
             manager.install()
             registrar.install()
+            manager.overload.start()
             self.log.info("Subscription manager {node} ready", node=self.config.node)
 
         return d.addCallback(loaded)

@@ -53,6 +53,9 @@ class MemoryStore:
         self.clock = clock
         self.running = False
 
+    #: Writes waiting: none, every write here completes at once.
+    pendingWrites = 0
+
     def _now(self) -> float:
         return time.time() if self.clock is None else self.clock.seconds()
 

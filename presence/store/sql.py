@@ -360,6 +360,7 @@ class SQLStore:
         self._queue: List[Tuple[Tuple[Any, ...], Deferred]] = []
         self._busy = False
         self._turnCall: Any = None
+        self._inFlight = 0
         self._running = False
         self._starting = False
         self._stopping: Optional[Deferred] = None
@@ -674,6 +675,14 @@ class SQLStore:
             self._turnCall = self._reactor.callLater(0, self._turnEnded)
         return d
 
+    @property
+    def pendingWrites(self) -> int:
+        """
+        Writes queued or being committed now: how far the database is
+        behind (see L{presence.manager.overload}).
+        """
+        return len(self._queue) + self._inFlight
+
     def _turnEnded(self) -> None:
         """
         The reactor turn that queued the first write since the writer was
@@ -700,6 +709,7 @@ class SQLStore:
         batch = self._queue[: self.maxBatchSize]
         del self._queue[: self.maxBatchSize]
         self._busy = True
+        self._inFlight = len(batch)
         assert self._writePool is not None
         d = deferToThreadPool(self._reactor, self._writePool, self._writeBatch, [op for op, _ in batch])
         d.addBoth(self._batchDone, batch)
@@ -710,6 +720,7 @@ class SQLStore:
         next batch.  Writes issued by those callbacks join the next batch.
         """
         self.batchCount += 1
+        self._inFlight = 0
         self.lastBatchSize = len(batch)
         self.writeCount += len(batch)
         if isinstance(result, Failure):
