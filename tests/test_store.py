@@ -502,6 +502,25 @@ def test_replacePublicationAcrossStores(sqlStore: SQLStore, sqlUrl: str) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
+def test_leaseWritesJumpTheQueue(sqlUrl: str) -> Any:
+    """
+    A lease registration or renewal issued behind a backlog of writes goes
+    in the next batch, not after the backlog: a busy manager must not
+    fence itself for want of a timely renewal.
+    """
+    store = SQLStore(sqlUrl, maxBatchSize=10)
+    yield store.start()
+    try:
+        order: List[str] = []
+        writes = [store.addSubscription(sub(i)).addCallback(lambda _: order.append("sub")) for i in range(60)]
+        lease = store.registerLease("m1", 5.0).addCallback(lambda _: order.append("lease"))
+        yield defer.gatherResults(writes + [lease])
+        assert order.index("lease") <= 10
+    finally:
+        yield store.stop()
+
+
+@pytest_twisted.inlineCallbacks
 def test_maxBatchSize(sqlUrl: str) -> Any:
     """
     A batch never carries more than maxBatchSize writes.

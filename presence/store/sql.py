@@ -662,15 +662,23 @@ class SQLStore:
         """
         return self._enqueue((_ADOPT, formerOwner, owner))
 
-    def _enqueue(self, op: Tuple[Any, ...]) -> Deferred:
+    def _enqueue(self, op: Tuple[Any, ...], first: bool = False) -> Deferred:
         """
         Queue one write and start a batch if the writer is idle.
+
+        @param first: put it at the head of the queue, ahead of the
+            writes already waiting (a lease renewal must not wait behind
+            a backlog of subscription writes, or a busy manager would
+            fence itself).
         """
         refused = self._refuse()
         if refused is not None:
             return refused
         d = Deferred()
-        self._queue.append((op, d))
+        if first:
+            self._queue.insert(0, (op, d))
+        else:
+            self._queue.append((op, d))
         if not self._busy and self._turnCall is None:
             self._turnCall = self._reactor.callLater(0, self._turnEnded)
         return d
@@ -1040,15 +1048,17 @@ class SQLStore:
         """
         See L{ILeaseStore.registerLease}.
         """
-        return self._enqueue((_LEASE, node, ("register", float(duration), 0)))
+        return self._enqueue((_LEASE, node, ("register", float(duration), 0)), first=True)
 
     def renewLease(self, node: str, epoch: int, duration: float) -> Deferred:
         """
         See L{ILeaseStore.renewLease}: a write like any other, so it
-        shares the group commit; a renewal stuck behind a slow batch is
-        late, which the lease keeper counts as not renewed.
+        shares the group commit, at the head of the queue (it waits for
+        the batch in flight, not for the backlog); a renewal stuck behind
+        a slow batch is late, which the lease keeper counts as not
+        renewed.
         """
-        return self._enqueue((_LEASE, node, ("renew", float(duration), int(epoch))))
+        return self._enqueue((_LEASE, node, ("renew", float(duration), int(epoch))), first=True)
 
     def fenceAndAdopt(self, formerOwner: str, owner: str) -> Deferred:
         """
