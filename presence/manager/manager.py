@@ -102,7 +102,10 @@ class SubscriptionManager:
         self.dialogs: Dict[DialogKey, Subscription] = {}
         self.publications: Dict[str, Publication] = {}
         self.presentities: Dict[str, Presentity] = {}
-        self.expiry = ExpiryWheel(clock, self._expired)
+        # Two wheels keyed by the subscription id and the entity-tag
+        # themselves: no key string of its own per entry.
+        self.expiry = ExpiryWheel(clock, self._subscriptionsExpired)
+        self.publicationExpiry = ExpiryWheel(clock, self._publicationsExpired)
         self.notifier = Notifier(self)
         self.overload = OverloadGuard(
             clock,
@@ -468,7 +471,7 @@ class SubscriptionManager:
             return
         self.subscriptions[sub.id] = sub
         self.presentity(sub.presentity).watchers.add(sub.id)
-        self.expiry.set("s" + sub.id, sub.expiresAt)
+        self.expiry.set(sub.id, sub.expiresAt)
         self._accepted(tx, sub, expires)
         self.notifier.notify(sub)
 
@@ -551,7 +554,7 @@ class SubscriptionManager:
         sub.expiresAt = expiresAt
         sub.remoteTarget = remoteTarget
         sub.target = target
-        self.expiry.set("s" + sub.id, sub.expiresAt)
+        self.expiry.set(sub.id, sub.expiresAt)
         self._accepted(tx, sub, expires)
         # RFC 6665 §4.2 (RFC 3265 §3.1.6.2): a refresh is answered with a
         # NOTIFY at once, whatever the rate control.
@@ -577,7 +580,7 @@ class SubscriptionManager:
         self.notifier.cancel(sub)
         self.subscriptions.pop(sub.id, None)
         self.dialogs.pop(sub.dialogKey, None)
-        self.expiry.discard("s" + sub.id)
+        self.expiry.discard(sub.id)
         pres = self.presentities.get(sub.presentity)
         if pres is not None:
             pres.watchers.discard(sub.id)
@@ -693,7 +696,7 @@ class SubscriptionManager:
                 return
             # Claim the entity-tag: a racing PUBLISH naming it gets 412.
             del self.publications[ifMatch]
-            self.expiry.discard("p" + ifMatch)
+            self.publicationExpiry.discard(ifMatch)
         if expires == 0:
             assert old is not None
             self.store.removePublication(old.etag).addCallbacks(
@@ -752,7 +755,7 @@ class SubscriptionManager:
             pres.publications.pop(old.etag, None)
         pres.publications[pub.etag] = pub
         self.publications[pub.etag] = pub
-        self.expiry.set("p" + pub.etag, pub.expiresAt)
+        self.publicationExpiry.set(pub.etag, pub.expiresAt)
         self.core.respond(tx, 200, None, [("SIP-ETag", pub.etag), ("Expires", str(expires))])
         if self.cluster is not None:
             self.cluster.publicationChanged(pub, old)
@@ -780,7 +783,7 @@ class SubscriptionManager:
         if pres is not None:
             if old is not None and old.etag in pres.publications:
                 self.publications[old.etag] = old
-                self.expiry.set("p" + old.etag, old.expiresAt)
+                self.publicationExpiry.set(old.etag, old.expiresAt)
             self._release(pres)
         self.storeFailed(failure, "publication")
         self.core.respond(tx, 500, "Database Unavailable", [("Retry-After", "5")])
@@ -848,27 +851,27 @@ class SubscriptionManager:
 
     # Expiry.
 
-    def _expired(self, keys: List[Hashable]) -> None:
-        for key in keys:
-            kind, ident = key[0], key[1:]  # type: ignore[index]
-            if kind == "s":
-                sub = self.subscriptions.get(ident)
-                if sub is not None:
-                    self.terminate(sub, "timeout")
-            else:
-                pub = self.publications.pop(ident, None)
-                if pub is not None:
-                    # A replicated publication is its origin's to remove
-                    # from the store; every manager expires it in memory.
-                    if not pub.origin:
-                        self.store.removePublication(pub.etag).addErrback(
-                            self.storeFailed, "expired publication " + pub.etag
-                        )
-                        if self.cluster is not None:
-                            self.cluster.publicationRemoved(pub)
-                    pres = self.presentity(pub.presentity)
-                    pres.publications.pop(pub.etag, None)
-                    self._changed(pres)
+    def _subscriptionsExpired(self, ids: List[Hashable]) -> None:
+        for ident in ids:
+            sub = self.subscriptions.get(ident)  # type: ignore[arg-type]
+            if sub is not None:
+                self.terminate(sub, "timeout")
+
+    def _publicationsExpired(self, etags: List[Hashable]) -> None:
+        for etag in etags:
+            pub = self.publications.pop(etag, None)  # type: ignore[arg-type]
+            if pub is not None:
+                # A replicated publication is its origin's to remove
+                # from the store; every manager expires it in memory.
+                if not pub.origin:
+                    self.store.removePublication(pub.etag).addErrback(
+                        self.storeFailed, "expired publication " + pub.etag
+                    )
+                    if self.cluster is not None:
+                        self.cluster.publicationRemoved(pub)
+                pres = self.presentity(pub.presentity)
+                pres.publications.pop(pub.etag, None)
+                self._changed(pres)
 
     # The cluster (presence.cluster): what peers send, and the
     # subscriptions that change owner.
@@ -886,7 +889,7 @@ class SubscriptionManager:
         count = 0
         for presentity, etag in removes:
             pub = self.publications.pop(etag, None)
-            self.expiry.discard("p" + etag)
+            self.publicationExpiry.discard(etag)
             pres = self.presentities.get(pub.presentity if pub is not None else presentity)
             if pres is not None and pres.publications.pop(etag, None) is not None:
                 changed[pres.aor] = pres
@@ -896,7 +899,7 @@ class SubscriptionManager:
             pres.version = max(pres.version, pub.version)
             pres.publications[pub.etag] = pub
             self.publications[pub.etag] = pub
-            self.expiry.set("p" + pub.etag, pub.expiresAt)
+            self.publicationExpiry.set(pub.etag, pub.expiresAt)
             changed[pres.aor] = pres
             count += 1
         for pres in changed.values():
@@ -944,7 +947,7 @@ class SubscriptionManager:
         self.subscriptions[sub.id] = sub
         self.dialogs[sub.dialogKey] = sub
         self.presentity(sub.presentity).watchers.add(sub.id)
-        self.expiry.set("s" + sub.id, sub.expiresAt)
+        self.expiry.set(sub.id, sub.expiresAt)
 
     def release(self, subscriptionId: str, owner: str) -> Deferred:
         """
@@ -1019,7 +1022,7 @@ class SubscriptionManager:
             pres.publications[pub.etag] = pub
             pres.version = max(pres.version, pub.version)
             self.publications[pub.etag] = pub
-            self.expiry.set("p" + pub.etag, pub.expiresAt)
+            self.publicationExpiry.set(pub.etag, pub.expiresAt)
         for pres in self.presentities.values():
             pres.compose()
 
@@ -1035,7 +1038,7 @@ class SubscriptionManager:
                 continue
             self.subscriptions[sub.id] = sub
             self.presentity(sub.presentity).watchers.add(sub.id)
-            self.expiry.set("s" + sub.id, sub.expiresAt)
+            self.expiry.set(sub.id, sub.expiresAt)
         self.log.info(
             "Loaded {subscriptions} subscriptions and {publications} publications "
             "({expired} subscriptions had expired)",
@@ -1052,6 +1055,7 @@ class SubscriptionManager:
         if self.registrations is not None:
             self.registrations.removeListener(self.registrationChanged)
         self.expiry.stop()
+        self.publicationExpiry.stop()
         self.notifier.stop(self.subscriptions.values())
         self.overload.stop()
         if self.authorizer is not None:
