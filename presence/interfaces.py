@@ -124,11 +124,15 @@ class IStore(Interface):
             L{presence.store.records.SubscriptionRecord} or C{None}.
         """
 
-    def loadSubscriptions(owner=None):
+    def loadSubscriptions(owner=None, after=None, limit=None):
         """
-        Read all subscriptions, or only those of one manager node.
+        Read all subscriptions, or only those of one manager node; or one
+        page of them, in id order.
 
         @param owner: a manager node name, or C{None} for all.
+        @param after: only ids above this one (the last id of the
+            previous page), or C{None}.
+        @param limit: at most this many (ordered by id), or C{None} for all.
         @return: a Deferred firing with a list of
             L{presence.store.records.SubscriptionRecord}.
         """

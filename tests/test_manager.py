@@ -1355,6 +1355,37 @@ def test_restartKeepsLiveAndDropsExpired(make):
     assert len(h.store.subscriptions) == 1
 
 
+def test_restartLoadsInPages(make, monkeypatch):
+    """
+    Subscriptions are reloaded a page at a time (the store is asked for
+    pages in id order, never for everything at once), expired ones ended
+    on every page.
+    """
+    from presence.manager.manager import SubscriptionManager
+
+    monkeypatch.setattr(SubscriptionManager, "loadPageSize", 2)
+    h = make()
+    for i in range(5):
+        h.subscribed(Expires="3600", fromURI="sip:w%d@example.test" % (i,))
+    h.subscribed(Expires="600", fromURI="sip:late@example.test")
+    asked = []
+    load = h.store.loadSubscriptions
+
+    def paged(owner=None, after=None, limit=None):
+        asked.append((after is not None, limit))
+        return load(owner, after, limit)
+
+    h.store.loadSubscriptions = paged
+    h.crash()
+    h.clock.advance(1000)
+    m = h.restart()
+    (final,) = h.take()
+    assert final.toAddr().uri == "sip:late@example.test"
+    assert len(m.subscriptions) == 5
+    # Six stored, pages of two: three full pages, then an empty one.
+    assert asked == [(False, 2), (True, 2), (True, 2), (True, 2)]
+
+
 # Hostile or odd requests: a precise error, no state.
 
 

@@ -246,6 +246,24 @@ def test_loadSubscriptionsByOwner(anyStore: Any) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
+def test_loadSubscriptionsInPages(anyStore: Any) -> Any:
+    """
+    Pages of one owner's subscriptions in id order: after the last id of
+    the previous page, at most limit of them.
+    """
+    for i in range(7):
+        yield anyStore.addSubscription(sub(i, owner="m1" if i != 3 else "m2"))
+    pages, after = [], None
+    while True:
+        page = yield anyStore.loadSubscriptions("m1", after, 4)
+        pages.append([r.id for r in page])
+        if len(page) < 4:
+            break
+        after = page[-1].id
+    assert pages == [["sub-0", "sub-1", "sub-2", "sub-4"], ["sub-5", "sub-6"]]
+
+
+@pytest_twisted.inlineCallbacks
 def test_updateSubscription(anyStore: Any) -> Any:
     """
     Only the named fields change.

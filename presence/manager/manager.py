@@ -999,9 +999,31 @@ class SubscriptionManager:
         """
         d = self.store.loadPublications()
         d.addCallback(self._loadPublications)
-        d.addCallback(lambda _: self.store.loadSubscriptions(self.node))
-        d.addCallback(self._loadSubscriptions)
+        d.addCallback(lambda _: self._loadSubscriptionPages(None, [0]))
         return d
+
+    #: Subscriptions read per page when loading: the rows of one page are
+    #: garbage before the next is read, so a restart with 100,000 of them
+    #: does not hold them all twice (rows and objects) at once.
+    loadPageSize = 5000
+
+    def _loadSubscriptionPages(self, after: Optional[str], expired: List[int]) -> Deferred:
+        d = self.store.loadSubscriptions(self.node, after, self.loadPageSize)
+
+        def loaded(records: List[SubscriptionRecord]) -> Any:
+            expired[0] += self._loadSubscriptions(records)
+            if len(records) >= self.loadPageSize:
+                return self._loadSubscriptionPages(records[-1].id, expired)
+            self.log.info(
+                "Loaded {subscriptions} subscriptions and {publications} publications "
+                "({expired} subscriptions had expired)",
+                subscriptions=len(self.subscriptions),
+                publications=len(self.publications),
+                expired=expired[0],
+            )
+            return None
+
+        return d.addCallback(loaded)
 
     def _loadPublications(self, records: Iterable[PublicationRecord]) -> None:
         now = self.clock.seconds()
@@ -1026,7 +1048,12 @@ class SubscriptionManager:
         for pres in self.presentities.values():
             pres.compose()
 
-    def _loadSubscriptions(self, records: Iterable[SubscriptionRecord]) -> None:
+    def _loadSubscriptions(self, records: Iterable[SubscriptionRecord]) -> int:
+        """
+        Put loaded subscriptions in memory; end those that expired.
+
+        @return: how many had expired.
+        """
         now = self.clock.seconds()
         expired = 0
         for record in records:
@@ -1039,13 +1066,7 @@ class SubscriptionManager:
             self.subscriptions[sub.id] = sub
             self.presentity(sub.presentity).watchers.add(sub.id)
             self.expiry.set(sub.id, sub.expiresAt)
-        self.log.info(
-            "Loaded {subscriptions} subscriptions and {publications} publications "
-            "({expired} subscriptions had expired)",
-            subscriptions=len(self.subscriptions),
-            publications=len(self.publications),
-            expired=expired,
-        )
+        return expired
 
     def stop(self) -> None:
         """

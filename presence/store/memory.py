@@ -183,7 +183,9 @@ class MemoryStore:
             return refused
         return succeed(self.subscriptions.get(subscriptionId))
 
-    def loadSubscriptions(self, owner: Optional[str] = None) -> Deferred:
+    def loadSubscriptions(
+        self, owner: Optional[str] = None, after: Optional[str] = None, limit: Optional[int] = None
+    ) -> Deferred:
         """
         See L{IStore.loadSubscriptions}.
         """
@@ -193,6 +195,10 @@ class MemoryStore:
         result: List[SubscriptionRecord] = [
             r for r in self.subscriptions.values() if owner is None or r.owner == owner
         ]
+        if after is not None or limit is not None:
+            result = sorted((r for r in result if after is None or r.id > after), key=lambda r: r.id)
+            if limit is not None:
+                result = result[:limit]
         return succeed(result)
 
     def loadPublications(self) -> Deferred:

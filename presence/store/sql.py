@@ -979,11 +979,19 @@ class SQLStore:
 
         return self._read(get)
 
-    def loadSubscriptions(self, owner: Optional[str] = None) -> Deferred:
+    def loadSubscriptions(
+        self, owner: Optional[str] = None, after: Optional[str] = None, limit: Optional[int] = None
+    ) -> Deferred:
         """
         See L{IStore.loadSubscriptions}.
         """
         stmt = _SUB_SELECT if owner is None else _SUB_SELECT.where(_subs.c.owner == owner)
+        if after is not None:
+            stmt = stmt.where(_subs.c.id > after)
+        if after is not None or limit is not None:
+            stmt = stmt.order_by(_subs.c.id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
 
         def load(conn: Connection) -> List[SubscriptionRecord]:
             return [_subscriptionFromRow(row) for row in conn.execute(stmt)]
