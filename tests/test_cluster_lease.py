@@ -29,13 +29,13 @@ from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from presence.cluster.group import LocalPeer, PeerGroup
+from presence.cluster.group import PeerGroup
 from presence.cluster.lease import ManagerLease
 from presence.interfaces import ILeaseStore
 from presence.store import MemoryStore, SQLStore, StoreError
 from presence.store.records import LeaseRecord
 from tests.harness import pidf
-from tests.test_cluster import BOB, Node, update
+from tests.test_cluster import BOB, Cluster, Node, update
 from tests.test_store import noStoreThreadsLeft, pgUrl, sub  # noqa: F401 (fixtures)
 
 #: The database's clock starts far from the managers' (1_000_000): lease
@@ -261,9 +261,10 @@ class LeaseFaults:
                 d.callback(result)
 
 
-class LeaseCluster:
+class LeaseCluster(Cluster):
     """
-    Managers sharing one store, each keeping its lease in it.
+    Managers sharing one store, each keeping its lease in it (links made
+    and cut as in L{Cluster}).
     """
 
     def __init__(self, store: Any, dbClock: Clock, names: Sequence[str] = ("a", "b", "c")) -> None:
@@ -273,24 +274,6 @@ class LeaseCluster:
         self.nodes: Dict[str, Node] = {
             name: Node(name, self.faults[name], names, groupOptions=LEASE) for name in names
         }
-
-    def __getitem__(self, name: str) -> Node:
-        return self.nodes[name]
-
-    def link(self, first: str, second: str) -> None:
-        a, b = self.nodes[first], self.nodes[second]
-        a.group.peerUp(second, LocalPeer(b.group, first))
-        b.group.peerUp(first, LocalPeer(a.group, second))
-
-    def linkAll(self) -> None:
-        names = sorted(self.nodes)
-        for i, first in enumerate(names):
-            for second in names[i + 1:]:
-                self.link(first, second)
-
-    def cut(self, first: str, second: str) -> None:
-        self.nodes[first].group.peerDown(second)
-        self.nodes[second].group.peerDown(first)
 
     def isolate(self, name: str) -> None:
         """

@@ -7,13 +7,14 @@ publication refreshes.
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
 
 from presence.manager.overload import OverloadGuard
-from tests.harness import PUBLISHER, Harness, HeldStore, publish, refresh, subscribe
+from tests.harness import PUBLISHER, HeldStore, publish, refresh, subscribe
+from tests.test_manager import make  # noqa: F401 (fixture)
 
 
 class Backlog:
@@ -77,21 +78,7 @@ def test_lagSignalOffStartsNoTimer() -> None:
     assert clock.getDelayedCalls() == []
 
 
-@pytest.fixture
-def harness() -> Any:
-    made: List[Harness] = []
-
-    def factory(**kw: Any) -> Harness:
-        h = Harness(**kw)
-        made.append(h)
-        return h
-
-    yield factory
-    for h in made:
-        h.stop()
-
-
-def test_newRequestsShedInDialogServed(harness: Any) -> None:
+def test_newRequestsShedInDialogServed(make: Any) -> None:
     """
     With the store's backlog past max_pending_writes: a new SUBSCRIBE and
     an initial PUBLISH get 503 with Retry-After and create nothing; a
@@ -100,7 +87,7 @@ def test_newRequestsShedInDialogServed(harness: Any) -> None:
     """
     store = HeldStore()
     store.holding = False
-    h = harness(store=store, maxPendingWrites=1000, overloadRetryAfter=7)
+    h = make(store=store, maxPendingWrites=1000, overloadRetryAfter=7)
     sub, ok, _ = h.subscribed(Expires="600")
     etag, _ = h.published()
     store.pendingWrites = 5000
