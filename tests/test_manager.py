@@ -782,6 +782,29 @@ def test_publishRemove(make):
     assert [r.code for r in h.responses()] == [412]
 
 
+def test_plainClosedDocumentNotKept(make):
+    """
+    A watched presentity with nothing published keeps no composed
+    document (it is the closed one, composed when needed); one with a
+    publication keeps it; and the watcher hears each real change once.
+    """
+    h = make()
+    sub, ok, first = h.subscribed()
+    assert basics(first) == ["closed"]
+    pres = h.manager.presentities[BOB]
+    assert pres.document is None
+    etag, (notify,) = h.published(body=presenceDoc())
+    h.answer(notify)
+    assert basics(notify) == ["open"] and pres.document is not None
+    h.receive(publish(body=b"", SIP_If_Match=etag, Expires="0"), PUBLISHER)
+    (removed,), (notify,) = h.split()
+    h.answer(notify)
+    assert basics(notify) == ["closed"] and pres.document is None
+    h.receive(refresh(sub, ok, 2, Expires="600"))
+    (refreshed,), (notify,) = h.split()
+    assert refreshed.code == 200 and basics(notify) == ["closed"]
+
+
 @pytest.mark.parametrize("expires, body", [("600", b""), ("600", None), ("0", b"")])
 def test_publishUnknownETag(make, expires, body):
     h = make()

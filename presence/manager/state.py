@@ -205,7 +205,8 @@ class Presentity:
 
     @ivar publications: entity-tag to publication.
     @ivar watchers: the ids of the subscriptions to this presentity.
-    @ivar document: the composed PIDF document, as sent in NOTIFYs.
+    @ivar document: the composed PIDF document, as sent in NOTIFYs, or
+        L{None} when it is the plain closed one or not composed yet.
     @ivar version: bumped by every change of publications.
     @ivar registered: the contact of the presentity's preferred live
         registration binding, or L{None} when it has none: without a
@@ -233,11 +234,19 @@ class Presentity:
         Without a publication, a live registration binding makes the
         presentity open (with the binding's contact), no binding closed.
 
-        @return: the composed document, also kept in L{document}.
+        @return: the composed document, also kept in L{document} unless
+            it is the plain closed one.
         """
-        if not self.publications and self.registered is not None:
-            self.document = openDocument(self.aor, contact=self.registered)
-            return self.document
+        if not self.publications:
+            if self.registered is not None:
+                self.document = openDocument(self.aor, contact=self.registered)
+                return self.document
+            # Closed with nothing published: a function of the AOR alone,
+            # composed again when asked rather than kept (in a large
+            # deployment most watched presentities are offline; keeping
+            # it cost a fifth of a subscription's memory).
+            self.document = None
+            return composePidf(self.aor, [])
         live: List[Publication] = sorted(
             self.publications.values(), key=lambda p: (-p.modifiedAt, -p.version, p.etag)
         )
