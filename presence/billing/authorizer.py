@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presence.billing import db
+from presence.billing.listeners import ChangeListener, ChangeListeners
 from presence.billing.policy import decide
 from presence.billing.records import ALLOW, AccountInfo
 from presence.interfaces import IAuthorizer
@@ -55,7 +56,6 @@ from presence.interfaces import IAuthorizer
 #: returns a Deferred of its (plain) result: C{SQLStore.runRead}.
 Reader = Callable[[Callable[[Any], Any]], Deferred]
 
-ChangeListener = Callable[[Optional[FrozenSet[str]]], None]
 
 #: The rules of a presentity that has none.
 _NO_RULES: Mapping[str, str] = MappingProxyType({})
@@ -95,7 +95,7 @@ class ConnectionReader:
 
 
 @implementer(IAuthorizer)
-class EmbeddedAuthorizer:
+class EmbeddedAuthorizer(ChangeListeners):
     """
     L{IAuthorizer} from memory: every account and watch rule, loaded from
     the SQL store and kept current by polling its change log.
@@ -434,26 +434,6 @@ class EmbeddedAuthorizer:
 
     # Listeners.
 
-    def _tell(self, aors: Optional[FrozenSet[str]]) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(aors)
-            except Exception:
-                self.log.failure("Billing change listener failed")
-
-    def addChangeListener(self, listener: ChangeListener) -> None:
-        """
-        See L{IAuthorizer.addChangeListener}.
-        """
-        if listener not in self._listeners:
-            self._listeners.append(listener)
-
-    def removeChangeListener(self, listener: ChangeListener) -> None:
-        """
-        See L{IAuthorizer.removeChangeListener}.
-        """
-        if listener in self._listeners:
-            self._listeners.remove(listener)
 
     # Lookups.
 

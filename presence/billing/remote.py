@@ -57,6 +57,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from presence.billing.cache import _MISSING, TTLCache
+from presence.billing.listeners import ChangeListener, ChangeListeners
 from presence.billing.records import ACTIONS, ALLOW, AccountInfo
 from presence.billing.service import MIN_SECRET, BillingService, SecretError
 from presence.config import Config
@@ -479,7 +480,7 @@ def _defaultRetryPolicy() -> Callable[[int], float]:
 
 
 @implementer(IAuthorizer)
-class RemoteAuthorizer:
+class RemoteAuthorizer(ChangeListeners):
     """
     L{IAuthorizer} answered by a billing node over PB, with a TTL cache.
 
@@ -537,7 +538,7 @@ class RemoteAuthorizer:
         self._decisions = TTLCache(clock, cacheTtl, maxEntries)
         self._waiting: Dict[Hashable, List[Deferred]] = {}
         self._generation = 0
-        self._listeners: List[Callable[[Optional[FrozenSet[str]]], None]] = []
+        self._listeners: List[ChangeListener] = []
         self._mind = _Mind(self)
         self._service: Optional[ClientService] = None
         self._broker: Optional[pb.Broker] = None
@@ -711,26 +712,6 @@ class RemoteAuthorizer:
         self._decisions.clear()
         self._tell(None)
 
-    def _tell(self, aors: Optional[FrozenSet[str]]) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(aors)
-            except Exception:
-                self.log.failure("Billing change listener failed")
-
-    def addChangeListener(self, listener: Callable[[Optional[FrozenSet[str]]], None]) -> None:
-        """
-        See L{IAuthorizer.addChangeListener}.
-        """
-        if listener not in self._listeners:
-            self._listeners.append(listener)
-
-    def removeChangeListener(self, listener: Callable[[Optional[FrozenSet[str]]], None]) -> None:
-        """
-        See L{IAuthorizer.removeChangeListener}.
-        """
-        if listener in self._listeners:
-            self._listeners.remove(listener)
 
     # Lookups.
 
