@@ -8,9 +8,11 @@ C{PRESENCE_REQUIRE_ALL=1}, which turns those skips into failures.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from typing import Optional
+import uuid
+from typing import Iterator, Optional
 
 import pytest
 
@@ -69,6 +71,33 @@ def requirePostgres() -> str:
     if _postgresChecked:
         skipOrFail(_postgresChecked)
     return POSTGRES_URL
+
+
+@contextlib.contextmanager
+def postgresSchema(prefix: str) -> Iterator[str]:
+    """
+    A fresh PostgreSQL schema, dropped afterwards: yields the URL of the
+    test server whose search_path is that schema (skips, or fails in CI,
+    without PostgreSQL).
+    """
+    import sqlalchemy
+
+    base = requirePostgres()
+    name = "%s_%s" % (prefix, uuid.uuid4().hex[:12])
+
+    def execute(statement: str) -> None:
+        engine = sqlalchemy.create_engine(base, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(statement)
+        finally:
+            engine.dispose()
+
+    execute('CREATE SCHEMA "%s"' % (name,))
+    try:
+        yield "%s%soptions=-csearch_path%%3D%s" % (base, "&" if "?" in base else "?", name)
+    finally:
+        execute('DROP SCHEMA "%s" CASCADE' % (name,))
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
@@ -40,7 +39,7 @@ from presence.interfaces import IAuthorizer
 from presence.sip.digest import MD5, SHA256, computeHA1
 from presence.store import SQLStore, schema
 from presence.store.sql import createEngine
-from tests.conftest import requirePostgres
+from tests.conftest import postgresSchema
 
 ALICE = "sip:alice@example.test"
 BOB = "sip:bob@example.test"
@@ -48,15 +47,6 @@ CAROL = "sip:carol@other.test"
 
 
 # Databases.
-
-
-def _adminExecute(url: str, statement: str) -> None:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(statement)
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -69,15 +59,9 @@ def url(request: Any, tmp_path: Any) -> Iterator[str]:
         _upgrade(value)
         yield value
         return
-    base = requirePostgres()
-    name = "billing_test_%s" % (uuid.uuid4().hex[:12],)
-    _adminExecute(base, 'CREATE SCHEMA "%s"' % (name,))
-    try:
-        value = "%s%soptions=-csearch_path%%3D%s" % (base, "&" if "?" in base else "?", name)
+    with postgresSchema("billing_test") as value:
         _upgrade(value)
         yield value
-    finally:
-        _adminExecute(base, 'DROP SCHEMA "%s" CASCADE' % (name,))
 
 
 def _upgrade(url: str) -> None:

@@ -7,8 +7,6 @@ configuration keys and the service wiring.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import pickle
 from typing import Any, List, Optional
@@ -43,6 +41,7 @@ from presence.billing.remote import (
 from presence.billing.service import SecretError
 from presence.config import Config, ConfigError
 from presence.interfaces import IAuthorizer
+from tests.certs import selfSigned
 
 SECRET = b"0123456789abcdef-shared-secret"
 ALICE = "sip:alice@example.test"
@@ -623,43 +622,6 @@ def test_stopLetsOutstandingLookupsFinish():
         yield node.stop()
 
 
-def _selfSigned(directory: Any) -> Any:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "billing.example.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("billing.example.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    keyPath, certPath = directory / "key.pem", directory / "cert.pem"
-    keyPath.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    keyPath.chmod(0o600)
-    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    roots = directory / "roots"
-    roots.mkdir()
-    (roots / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return keyPath, certPath, roots
-
-
 @pytest_twisted.inlineCallbacks
 def test_overTLS(tmp_path):
     """
@@ -669,7 +631,7 @@ def test_overTLS(tmp_path):
     """
     from twisted.internet import reactor
 
-    keyPath, certPath, roots = _selfSigned(tmp_path)
+    keyPath, certPath, roots = selfSigned(tmp_path, ["billing.example.test"])
     node = Node(description="ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (keyPath, certPath))
     authorizer = RemoteAuthorizer(
         clientFromString(reactor, "tls:127.0.0.1:%d:trustRoots=%s" % (node.port, roots)),
@@ -677,7 +639,7 @@ def test_overTLS(tmp_path):
     )
     other = tmp_path / "other"
     other.mkdir()
-    _, _, otherRoots = _selfSigned(other)
+    _, _, otherRoots = selfSigned(other, ["billing.example.test"])
     retries = Retries(delay=60.0)
     stranger = RemoteAuthorizer(
         clientFromString(reactor, "tls:127.0.0.1:%d:trustRoots=%s" % (node.port, otherRoots)),

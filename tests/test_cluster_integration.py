@@ -34,8 +34,7 @@ import signal
 import socket
 import threading
 import time
-import uuid
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import sqlalchemy as sa
@@ -44,7 +43,7 @@ from presence.sip.headers import NameAddr
 from presence.sip.message import Request, Response
 from presence.sip.parser import StreamFramer, parseMessage
 from presence.sip.uri import SipURI
-from tests.conftest import requirePostgres, skipOrFail
+from tests.conftest import postgresSchema, skipOrFail
 from tests.serverprocess import ServerProcess
 from tests.sipclient import answer, newRequest
 
@@ -78,17 +77,8 @@ def _loopbackUsable() -> bool:
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    base = requirePostgres()
-    schema = "cluster_%s" % (uuid.uuid4().hex[:12],)
-    engine = sa.create_engine(base)
-    with engine.begin() as conn:
-        conn.execute(sa.text("CREATE SCHEMA %s" % (schema,)))
-    try:
-        yield base + "?options=-csearch_path%%3D%s" % (schema,)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP SCHEMA %s CASCADE" % (schema,)))
-        engine.dispose()
+    with postgresSchema("cluster") as url:
+        yield url
 
 
 class Relay:

@@ -11,7 +11,6 @@ groups and links run on the reactor.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable, Dict, List, Sequence
 
@@ -26,6 +25,7 @@ from presence.cluster.messages import PublicationUpdate
 from presence.sip.message import Request
 from presence.store import MemoryStore
 from tests.harness import Harness
+from tests.certs import selfSigned
 
 SECRETS = {"a": b"secret of a, 20+ bytes", "b": b"secret of b, 20+ bytes"}
 NOTE = "x" * 40_000
@@ -234,48 +234,6 @@ def test_deadPeerReportedDown(pair):
     assert a.links["b"].running
 
 
-def selfSignedForLoopback(directory: Any) -> Any:
-    """
-    A key and a certificate for 127.0.0.1 (an IP address SAN, what a
-    C{tls:127.0.0.1:PORT} client endpoint checks), and a trust directory
-    holding the certificate.
-    """
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    keyPath = directory / "key.pem"
-    certPath = directory / "cert.pem"
-    keyPath.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    keyPath.chmod(0o600)
-    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    trust = directory / "trust"
-    trust.mkdir()
-    (trust / "peer.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return keyPath, certPath, trust
-
-
 @pytest_twisted.inlineCallbacks
 def test_overTLS(tmp_path):
     """
@@ -284,7 +242,7 @@ def test_overTLS(tmp_path):
     """
     from twisted.internet.endpoints import serverFromString
 
-    keyPath, certPath, trust = selfSignedForLoopback(tmp_path)
+    keyPath, certPath, trust = selfSigned(tmp_path)
     shared = MemoryStore()
     shared.start()
     a, b = PBNode("a", ["a", "b"], shared), PBNode("b", ["a", "b"], shared)
@@ -317,8 +275,8 @@ def test_tlsPeerWithUntrustedCertificateRefused(tmp_path):
 
     (tmp_path / "b").mkdir()
     (tmp_path / "other").mkdir()
-    keyPath, certPath, _ = selfSignedForLoopback(tmp_path / "b")
-    _, _, otherTrust = selfSignedForLoopback(tmp_path / "other")
+    keyPath, certPath, _ = selfSigned(tmp_path / "b")
+    _, _, otherTrust = selfSigned(tmp_path / "other")
     shared = MemoryStore()
     shared.start()
     a, b = PBNode("a", ["a", "b"], shared), PBNode("b", ["a", "b"], shared)

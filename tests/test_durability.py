@@ -11,7 +11,6 @@ import select
 import signal
 import socket
 import time
-import uuid
 from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
@@ -19,7 +18,7 @@ import sqlalchemy as sa
 
 from presence.sip.message import Request, Response
 from presence.sip.parser import parseMessage
-from tests.conftest import requirePostgres
+from tests.conftest import postgresSchema
 from tests.serverprocess import ServerProcess
 from tests.sipclient import newRequest
 
@@ -36,17 +35,8 @@ def database(request, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield "sqlite:///%s" % (tmp_path / "presence.sqlite",)
         return
-    base = requirePostgres()
-    schema = "kill_%s" % (uuid.uuid4().hex[:12],)
-    engine = sa.create_engine(base)
-    with engine.begin() as conn:
-        conn.execute(sa.text("CREATE SCHEMA %s" % (schema,)))
-    try:
-        yield base + "?options=-csearch_path%%3D%s" % (schema,)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP SCHEMA %s CASCADE" % (schema,)))
-        engine.dispose()
+    with postgresSchema("kill") as url:
+        yield url
 
 
 def _start(workdir: str, database: str, port: int = 0) -> ServerProcess:

@@ -14,7 +14,6 @@ import dataclasses
 import pickle
 import random
 import threading
-import uuid
 from typing import Any, Dict, Iterator, List
 
 import pytest
@@ -38,30 +37,15 @@ from presence.store import (
 )
 from presence.store import schema
 from presence.store.sql import createEngine
-from tests.conftest import requirePostgres, skipOrFail
-
-def _adminExecute(statement: str) -> None:
-    engine = sa.create_engine(requirePostgres(), poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(statement)
-    finally:
-        engine.dispose()
-
+from tests.conftest import postgresSchema, skipOrFail
 
 @pytest.fixture
 def pgUrl() -> Iterator[str]:
     """
     A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards.
     """
-    base = requirePostgres()
-    name = "presence_test_%s" % (uuid.uuid4().hex[:12],)
-    _adminExecute('CREATE SCHEMA "%s"' % (name,))
-    try:
-        sep = "&" if "?" in base else "?"
-        yield "%s%soptions=-csearch_path%%3D%s" % (base, sep, name)
-    finally:
-        _adminExecute('DROP SCHEMA "%s" CASCADE' % (name,))
+    with postgresSchema("presence_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "postgresql-pg8000"])
