@@ -25,6 +25,7 @@ from presence.sip.digest import MD5, makeAuthorization, parseChallenge
 from presence.sip.message import Request, Response
 from tests.harness import PUBLISHER, WATCHER, HeldStore, publish, refresh, subscribe
 from tests.registrarharness import ALICE, BOB, RegistrarHarness, register
+from tests.test_registrar import make  # noqa: F401 (fixture)
 
 PIDF = "application/pidf+xml"
 
@@ -48,21 +49,6 @@ BARESIP_UNKNOWN = (
 
 def baresipBody(basic: str) -> bytes:
     return BARESIP_UNKNOWN % (basic.encode(),)
-
-
-@pytest.fixture
-def make():
-    made: List[RegistrarHarness] = []
-
-    def factory(**kw: Any) -> RegistrarHarness:
-        h = RegistrarHarness(**kw)
-        made.append(h)
-        return h
-
-    yield factory
-    for h in made:
-        h.stop()
-        assert h.clock.getDelayedCalls() == []
 
 
 def basics(message: Request) -> List[str]:
