@@ -4,89 +4,144 @@ Tests for L{presence.manager.expiry.ExpiryWheel}.
 
 from __future__ import annotations
 
+from typing import Dict
+
 from twisted.internet.task import Clock
 
 from presence.manager.expiry import ExpiryWheel
 
 
-def makeWheel(resolution: float = 0.5):
-    clock = Clock()
-    fired: list = []
-    wheel = ExpiryWheel(clock, lambda keys: fired.append(sorted(keys)), resolution)
-    return clock, wheel, fired
+class Owner:
+    """
+    What a wheel times: keys with deadlines, ended when they expire (as
+    the manager and the registrar do).
+    """
+
+    def __init__(self, resolution: float = 0.5) -> None:
+        self.clock = Clock()
+        self.deadlines: Dict[str, float] = {}
+        self.fired: list = []
+        self.wheel = ExpiryWheel(self.clock, self.expired, self.deadlines.get, resolution)
+
+    def set(self, key: str, deadline: float) -> None:
+        self.deadlines[key] = deadline
+        self.wheel.set(key, deadline)
+
+    def expired(self, keys: list) -> None:
+        self.fired.append(sorted(keys))
+        for key in keys:
+            del self.deadlines[key]
 
 
 def test_neverEarlyAtMostResolutionLate():
-    clock, wheel, fired = makeWheel()
-    wheel.set("a", 10.2)
-    clock.advance(10.19)
-    assert fired == []
-    clock.advance(0.31)
-    assert fired == [["a"]]
-    assert len(wheel) == 0
-    assert clock.getDelayedCalls() == []
+    owner = Owner()
+    owner.set("a", 10.2)
+    owner.clock.advance(10.19)
+    assert owner.fired == []
+    owner.clock.advance(0.31)
+    assert owner.fired == [["a"]]
+    assert owner.clock.getDelayedCalls() == []
 
 
 def test_oneDelayedCallForManyKeys():
-    clock, wheel, fired = makeWheel()
+    owner = Owner()
     for i in range(1000):
-        wheel.set(i, 5 + (i % 50) / 10.0)
-    assert len(clock.getDelayedCalls()) == 1
-    clock.advance(100)
-    assert sum(len(batch) for batch in fired) == 1000
+        owner.set(str(i), 5 + (i % 50) / 10.0)
+    assert len(owner.clock.getDelayedCalls()) == 1
+    owner.clock.advance(100)
+    assert sum(len(batch) for batch in owner.fired) == 1000
 
 
 def test_refreshMovesDeadline():
-    clock, wheel, fired = makeWheel()
-    wheel.set("a", 5)
-    clock.advance(4)
-    wheel.set("a", 10)
-    clock.advance(2)
-    assert fired == []
-    clock.advance(4)
-    assert fired == [["a"]]
+    """
+    A later deadline counts, not the bucket the key was first put in.
+    """
+    owner = Owner()
+    owner.set("a", 5)
+    owner.clock.advance(4)
+    owner.set("a", 10)
+    owner.clock.advance(2)
+    assert owner.fired == []
+    owner.clock.advance(4)
+    assert owner.fired == [["a"]]
 
 
 def test_earlierDeadlineReschedules():
-    clock, wheel, fired = makeWheel()
-    wheel.set("late", 100)
-    wheel.set("soon", 1)
-    clock.advance(1)
-    assert fired == [["soon"]]
-    assert "late" in wheel
+    owner = Owner()
+    owner.set("late", 100)
+    owner.set("soon", 1)
+    owner.clock.advance(1)
+    assert owner.fired == [["soon"]]
+    assert len(owner.clock.getDelayedCalls()) == 1
+    owner.clock.advance(99)
+    assert owner.fired == [["soon"], ["late"]]
 
 
-def test_discard():
-    clock, wheel, fired = makeWheel()
-    wheel.set("a", 1)
-    wheel.set("b", 2)
-    wheel.discard("a")
-    wheel.discard("missing")
-    clock.advance(3)
-    assert fired == [["b"]]
+def test_shortenedDeadlineFiresOnceOnly():
+    """
+    A key moved to an earlier deadline expires then; its old bucket
+    reports nothing when it fires later.
+    """
+    owner = Owner()
+    owner.set("a", 10)
+    owner.set("a", 2)
+    owner.clock.advance(2)
+    assert owner.fired == [["a"]]
+    owner.clock.advance(10)
+    assert owner.fired == [["a"]]
+    assert owner.clock.getDelayedCalls() == []
+
+
+def test_lateFireReportsAKeyOnce():
+    """
+    When several buckets holding the same key are due at one firing, the
+    key is reported once.
+    """
+    owner = Owner()
+    owner.set("a", 1)
+    owner.set("a", 2)
+    owner.clock.advance(5)
+    assert owner.fired == [["a"]]
+
+
+def test_endedKeyIsNotReported():
+    """
+    A key whose owner ended it (C{deadlineOf} answers L{None}) is dropped
+    when its bucket fires: nothing to call C{discard} for.
+    """
+    owner = Owner()
+    owner.set("a", 1)
+    owner.set("b", 2)
+    del owner.deadlines["a"]
+    owner.clock.advance(3)
+    assert owner.fired == [["b"]]
 
 
 def test_stopCancels():
-    clock, wheel, fired = makeWheel()
-    wheel.set("a", 1)
-    wheel.stop()
-    assert clock.getDelayedCalls() == []
-    assert "a" in wheel
+    owner = Owner()
+    owner.set("a", 1)
+    owner.wheel.stop()
+    assert owner.clock.getDelayedCalls() == []
+    owner.set("b", 2)
+    owner.clock.advance(2)
+    assert owner.fired == [["a", "b"]]
 
 
 def test_callbackMaySetAgain():
-    clock, wheel, fired = makeWheel()
+    owner = Owner()
 
     def expired(keys):
-        fired.append(keys)
+        owner.fired.append(keys)
         for key in keys:
-            if len(fired) < 3:
-                wheel.set(key, clock.seconds() + 1)
+            if len(owner.fired) < 3:
+                owner.set(key, owner.clock.seconds() + 1)
+            else:
+                del owner.deadlines[key]
 
-    wheel.expired = expired
-    wheel.set("a", 1)
-    clock.advance(1)
-    clock.advance(1)
-    clock.advance(1)
-    assert len(fired) == 3
-    assert clock.getDelayedCalls() == []
+    owner.wheel.expired = expired
+    owner.set("a", 1)
+    owner.clock.advance(1)
+    owner.clock.advance(1)
+    owner.clock.advance(1)
+    assert len(owner.fired) == 3
+    assert owner.clock.getDelayedCalls() == []

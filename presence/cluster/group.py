@@ -232,7 +232,7 @@ class PeerGroup:
         self.store: Any = None
         self.peers: Dict[str, Any] = {}
         self.tombstones: Dict[str, PublicationUpdate] = {}
-        self._graveyard = ExpiryWheel(clock, self._forget, resolution=5.0)
+        self._graveyard = ExpiryWheel(clock, self._forget, self._tombstoneDeadline, resolution=5.0)
         self._outbox: List[PublicationUpdate] = []
         self._flushCall: Any = None
         self._adoptTimers: Dict[str, Any] = {}
@@ -492,6 +492,14 @@ class PeerGroup:
         self.tombstones[removal.etag] = removal
         until = max(removal.expiresAt, self.clock.seconds()) + TOMBSTONE_SLACK
         self._graveyard.set(removal.etag, until)
+
+    def _tombstoneDeadline(self, etag: str) -> Optional[float]:
+        """
+        When the tombstone of C{etag} may go (L{_bury} put it in the
+        graveyard no earlier than this).
+        """
+        removal = self.tombstones.get(etag)
+        return None if removal is None else removal.expiresAt + TOMBSTONE_SLACK
 
     def _forget(self, etags: List[Any]) -> None:
         for etag in etags:

@@ -3,9 +3,16 @@ Deadlines for many objects at once, with one delayed call.
 
 A manager holds 100,000 subscriptions and as many publications, each with
 an expiry.  One C{callLater} each would fill the reactor's heap and make
-every refresh a cancel and a re-insert; instead deadlines go into buckets of
+every refresh a cancel and a re-insert; instead keys go into buckets of
 C{resolution} seconds and a single delayed call fires the earliest bucket.
-A refresh only moves a key between two dict entries.
+
+The wheel keeps no deadline of its own: the objects it times already hold
+theirs (C{expiresAt}), and a second copy in a dict cost a tenth of a
+subscription's memory.  So a key is never taken out of a bucket: a
+refresh only adds it to the bucket of its new deadline, and when a bucket
+fires the wheel asks the owner for each key's deadline now (C{deadlineOf})
+and reports only the keys that are really due.  A key whose object is
+gone, or whose deadline moved on, is dropped from the old bucket then.
 """
 
 from __future__ import annotations
@@ -20,40 +27,37 @@ class ExpiryWheel:
     Call C{expired(keys)} with the keys whose deadline has passed, at most
     C{resolution} seconds late and never early.
 
-    @ivar deadlines: key to its deadline (seconds, the clock's time).
+    The owner keeps each key's deadline, answers C{deadlineOf(key)} with it
+    (or L{None} once the key has none), and calls L{set} whenever it gives
+    a key a deadline.  C{expired} must end the keys it is given or give
+    them a new deadline (L{set}).
     """
 
     def __init__(
         self,
         clock: Any,
         expired: Callable[[List[Hashable]], None],
+        deadlineOf: Callable[[Any], Optional[float]],
         resolution: float = 0.5,
     ) -> None:
         self.clock = clock
         self.expired = expired
+        self.deadlineOf = deadlineOf
         self.resolution = resolution
-        self.deadlines: Dict[Hashable, float] = {}
         self._buckets: Dict[int, Set[Hashable]] = {}
         self._heap: List[int] = []  # bucket numbers, stale ones skipped lazily
         self._call: Optional[Any] = None
         self._callBucket: Optional[int] = None
-
-    def __len__(self) -> int:
-        return len(self.deadlines)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self.deadlines
 
     def _bucketOf(self, deadline: float) -> int:
         return int(math.ceil(deadline / self.resolution))
 
     def set(self, key: Hashable, deadline: float) -> None:
         """
-        Expire C{key} at C{deadline}, replacing any earlier deadline.
+        Expire C{key} at C{deadline}, which C{deadlineOf(key)} answers from
+        now on; an earlier deadline of C{key} no longer counts.
         """
-        self.discard(key)
         bucket = self._bucketOf(deadline)
-        self.deadlines[key] = deadline
         keys = self._buckets.get(bucket)
         if keys is None:
             self._buckets[bucket] = {key}
@@ -62,20 +66,6 @@ class ExpiryWheel:
             keys.add(key)
         if self._callBucket is None or bucket < self._callBucket:
             self._schedule(bucket)
-
-    def discard(self, key: Hashable) -> None:
-        """
-        Forget C{key}; nothing happens if it has no deadline.
-        """
-        deadline = self.deadlines.pop(key, None)
-        if deadline is None:
-            return
-        bucket = self._bucketOf(deadline)
-        keys = self._buckets.get(bucket)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._buckets[bucket]
 
     def _schedule(self, bucket: int) -> None:
         if self._call is not None and self._call.active():
@@ -88,24 +78,27 @@ class ExpiryWheel:
         self._call = None
         self._callBucket = None
         now = self.clock.seconds()
-        due: List[Hashable] = []
+        due: Dict[Hashable, None] = {}
         heap = self._heap
+        deadlineOf = self.deadlineOf
         while heap and heap[0] * self.resolution <= now:
             keys = self._buckets.pop(heapq.heappop(heap), None)
             if keys:
                 for key in keys:
-                    del self.deadlines[key]
-                due.extend(keys)
+                    deadline = deadlineOf(key)
+                    # Later deadlines are in later buckets too.
+                    if deadline is not None and deadline <= now:
+                        due[key] = None
         while heap and heap[0] not in self._buckets:
             heapq.heappop(heap)
         if heap:
             self._schedule(heap[0])
         if due:
-            self.expired(due)
+            self.expired(list(due))
 
     def stop(self) -> None:
         """
-        Cancel the pending call; the deadlines are kept (for a restart).
+        Cancel the pending call; the buckets are kept (for a restart).
         """
         if self._call is not None and self._call.active():
             self._call.cancel()

@@ -103,9 +103,10 @@ class SubscriptionManager:
         self.publications: Dict[str, Publication] = {}
         self.presentities: Dict[str, Presentity] = {}
         # Two wheels keyed by the subscription id and the entity-tag
-        # themselves: no key string of its own per entry.
-        self.expiry = ExpiryWheel(clock, self._subscriptionsExpired)
-        self.publicationExpiry = ExpiryWheel(clock, self._publicationsExpired)
+        # themselves: no key string of its own per entry, and no deadline
+        # either (they ask the subscription or publication for it).
+        self.expiry = ExpiryWheel(clock, self._subscriptionsExpired, self._subscriptionDeadline)
+        self.publicationExpiry = ExpiryWheel(clock, self._publicationsExpired, self._publicationDeadline)
         self.notifier = Notifier(self)
         self.overload = OverloadGuard(
             clock,
@@ -580,7 +581,6 @@ class SubscriptionManager:
         self.notifier.cancel(sub)
         self.subscriptions.pop(sub.id, None)
         self.dialogs.pop(sub.dialogKey, None)
-        self.expiry.discard(sub.id)
         pres = self.presentities.get(sub.presentity)
         if pres is not None:
             pres.watchers.discard(sub.id)
@@ -696,7 +696,6 @@ class SubscriptionManager:
                 return
             # Claim the entity-tag: a racing PUBLISH naming it gets 412.
             del self.publications[ifMatch]
-            self.publicationExpiry.discard(ifMatch)
         if expires == 0:
             assert old is not None
             self.store.removePublication(old.etag).addCallbacks(
@@ -851,6 +850,14 @@ class SubscriptionManager:
 
     # Expiry.
 
+    def _subscriptionDeadline(self, ident: str) -> Optional[float]:
+        sub = self.subscriptions.get(ident)
+        return None if sub is None else sub.expiresAt
+
+    def _publicationDeadline(self, etag: str) -> Optional[float]:
+        pub = self.publications.get(etag)
+        return None if pub is None else pub.expiresAt
+
     def _subscriptionsExpired(self, ids: List[Hashable]) -> None:
         for ident in ids:
             sub = self.subscriptions.get(ident)  # type: ignore[arg-type]
@@ -889,7 +896,6 @@ class SubscriptionManager:
         count = 0
         for presentity, etag in removes:
             pub = self.publications.pop(etag, None)
-            self.publicationExpiry.discard(etag)
             pres = self.presentities.get(pub.presentity if pub is not None else presentity)
             if pres is not None and pres.publications.pop(etag, None) is not None:
                 changed[pres.aor] = pres

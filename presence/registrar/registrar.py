@@ -86,7 +86,7 @@ class Registrar:
         self._byId: Dict[str, BindingRecord] = {}
         self._byFlow: Dict[str, Set[str]] = {}
         self._listeners: List[Listener] = []
-        self.expiry = ExpiryWheel(clock, self._expired)
+        self.expiry = ExpiryWheel(clock, self._expired, self._deadline)
         self.counters = {
             "registers": 0,
             "added": 0,
@@ -415,7 +415,6 @@ class Registrar:
         binding = self._byId.pop(ident, None)
         if binding is None:
             return None
-        self.expiry.discard(ident)
         ofAor = self.bindings.get(binding.aor)
         if ofAor is not None:
             ofAor.pop(ident, None)
@@ -445,12 +444,15 @@ class Registrar:
             self.store.removeBinding(ident).addErrback(self._storeFailed, "%s binding %s" % (what, ident))
         return aors
 
+    def _deadline(self, ident: str) -> Optional[float]:
+        binding = self._byId.get(ident)
+        return None if binding is None else binding.expiresAt
+
     def _expired(self, keys: List[Hashable]) -> None:
         """
         The expiry wheel's callback: bindings whose time is up.
         """
         self.counters["expired"] += len(keys)
-        # The wheel has already forgotten these keys.
         aors = self._drop(keys, "expired")
         self._tell(aors)
 
