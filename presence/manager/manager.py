@@ -39,6 +39,7 @@ from presence.sip.core import SIPCore
 from presence.sip.digest import DigestAuthenticator
 from presence.sip.headers import HeaderError, NameAddr, parseValueParams
 from presence.sip.message import Request
+from presence.sip.randomness import randomBytes
 from presence.sip.transaction import ServerTransaction
 from presence.sip.uri import URIError, normaliseAOR, parseURI
 from presence.store.errors import NoSuchRecord
@@ -51,7 +52,7 @@ def newId() -> str:
     """
     A random identifier for subscriptions, tags and entity-tags.
     """
-    return os.urandom(8).hex()
+    return randomBytes(8).hex()
 
 
 class SubscriptionManager:

@@ -11,7 +11,6 @@ to the C{received}/C{rport} address, requests to their L{Target}.
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
@@ -20,6 +19,7 @@ from twisted.logger import Logger
 from presence.sip.headers import HeaderError, NameAddr
 from presence.sip.message import Message, Request, Response
 from presence.sip.parser import DEFAULT_LIMITS, Limits, ParseError
+from presence.sip.randomness import randomBytes
 from presence.sip.target import Target, TransportError
 from presence.sip.transaction import ClientTransaction, ServerTransaction, TimerSettings, TransactionLayer
 from presence.sip.transport import FlowTable, SIPDatagramProtocol
@@ -41,7 +41,7 @@ def newTag() -> str:
     """
     A random tag for To and From headers (RFC 3261 §19.3: 32 bits at least).
     """
-    return os.urandom(6).hex()
+    return randomBytes(6).hex()
 
 
 class SIPCore:

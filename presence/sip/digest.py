@@ -24,7 +24,6 @@ import base64
 import enum
 import hashlib
 import hmac
-import os
 import re
 import struct
 from collections import OrderedDict
@@ -33,6 +32,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from presence.sip.randomness import randomBytes
 
 MD5 = "MD5"
 SHA256 = "SHA-256"
@@ -454,7 +455,7 @@ def newCnonce() -> str:
     """
     A fresh random client nonce (96 bits, base64url).
     """
-    return base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
+    return base64.urlsafe_b64encode(randomBytes(12)).decode("ascii")
 
 
 def makeAuthorization(
@@ -606,7 +607,7 @@ class DigestAuthenticator:
         """
         Mint a nonce for C{realm}.
         """
-        head = struct.pack(">Q", self._nowMs()) + os.urandom(8)
+        head = struct.pack(">Q", self._nowMs()) + randomBytes(8)
         mac = self._mac(_NONCE_LABEL, head + realm.encode("utf-8"))
         return base64.urlsafe_b64encode(head + mac).decode("ascii")
 

@@ -30,7 +30,6 @@ a delayed call of their own.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from functools import partial
 from typing import Any, Callable, Deque, Dict, Optional, Union
@@ -42,6 +41,7 @@ from twisted.logger import Logger
 from presence.sip.headers import MAGIC_COOKIE, HeaderError
 from presence.sip.message import Message, Request, Response
 from presence.sip.parser import ParseError, parseMessage
+from presence.sip.randomness import randomBytes
 from presence.sip.target import Target, TransportError
 
 TRYING = "Trying"
@@ -95,9 +95,6 @@ class TimerSettings:
         )
 
 
-_urandom = os.urandom
-
-
 def newBranch() -> str:
     """
     A fresh Via branch for a request this node originates: the RFC 3261
@@ -106,10 +103,10 @@ def newBranch() -> str:
     Random rather than a counter because responses are matched on branch
     alone (§17.1.3): a watcher who saw one of our NOTIFY branches could
     otherwise predict the others and forge, say, a 481 that ends another
-    watcher's subscription.  C{os.urandom} costs about a microsecond and is
-    safe across C{fork}.
+    watcher's subscription.  The bytes are C{os.urandom} output, buffered
+    (L{randomBytes}) and safe across C{fork}.
     """
-    return MAGIC_COOKIE + _urandom(10).hex()
+    return MAGIC_COOKIE + randomBytes(10).hex()
 
 
 def serverKey(request: Request) -> str:
