@@ -33,7 +33,7 @@ from presence.manager.admission import Admission
 from presence.manager.expiry import ExpiryWheel
 from presence.manager.notifier import PIDF, Notifier
 from presence.manager.overload import OverloadGuard
-from presence.manager.state import DialogKey, Presentity, Publication, Subscription
+from presence.manager.state import DialogIndex, DialogKey, Presentity, Publication, Subscription
 from presence.pidf import PidfError, parsePidf
 from presence.sip.core import SIPCore
 from presence.sip.digest import DigestAuthenticator
@@ -100,7 +100,7 @@ class SubscriptionManager:
         self.node = config.node
         self.domains = frozenset(config.domains)
         self.subscriptions: Dict[str, Subscription] = {}
-        self.dialogs: Dict[DialogKey, Subscription] = {}
+        self.dialogs = DialogIndex()
         self.publications: Dict[str, Publication] = {}
         self.presentities: Dict[str, Presentity] = {}
         # Two wheels keyed by the subscription id and the entity-tag
@@ -429,10 +429,12 @@ class SubscriptionManager:
             self.core.respond(tx, 403, "Not Authorized To Watch")
             return
         now = self.clock.seconds()
+        # Our tag is the subscription's id too: one string fewer each.
+        tag = newId()
         sub = Subscription(
-            id=newId(),
+            id=tag,
             callId=request.callId or "",
-            localTag=newId(),
+            localTag=tag,
             remoteTag=remoteTag,
             eventId=eventId,
             watcher=watcher,
@@ -466,19 +468,19 @@ class SubscriptionManager:
             self._reevaluate([sub])
 
     def _claimDialog(self, sub: Subscription) -> None:
-        self.dialogs[sub.dialogKey] = sub
+        self.dialogs.add(sub)
 
     def _subscribed(self, _: Any, tx: ServerTransaction, sub: Subscription, expires: int) -> None:
         if sub.terminated:
             return
         self.subscriptions[sub.id] = sub
-        self.presentity(sub.presentity).watchers.add(sub.id)
+        self.presentity(sub.presentity).addWatcher(sub.id)
         self.expiry.set(sub.id, sub.expiresAt)
         self._accepted(tx, sub, expires)
         self.notifier.notify(sub)
 
     def _subscribeFailed(self, failure: Failure, tx: ServerTransaction, sub: Subscription) -> None:
-        self.dialogs.pop(sub.dialogKey, None)
+        self.dialogs.discard(sub)
         self.storeFailed(failure, "subscription " + sub.id)
         self.core.respond(tx, 500, "Database Unavailable", [("Retry-After", "5")])
 
@@ -581,10 +583,10 @@ class SubscriptionManager:
         sub.terminated = True
         self.notifier.cancel(sub)
         self.subscriptions.pop(sub.id, None)
-        self.dialogs.pop(sub.dialogKey, None)
+        self.dialogs.discard(sub)
         pres = self.presentities.get(sub.presentity)
         if pres is not None:
-            pres.watchers.discard(sub.id)
+            pres.removeWatcher(sub.id)
             self._release(pres)
 
     def terminate(self, sub: Subscription, reason: Optional[str]) -> Deferred:
@@ -935,7 +937,7 @@ class SubscriptionManager:
                 continue
             sub = Subscription.fromRecord(record)
             if record.expiresAt <= now:
-                self.dialogs[sub.dialogKey] = sub
+                self.dialogs.add(sub)
                 self.terminate(sub, "timeout")
                 continue
             self._keep(sub)
@@ -952,8 +954,8 @@ class SubscriptionManager:
         """
         sub.terminated = False
         self.subscriptions[sub.id] = sub
-        self.dialogs[sub.dialogKey] = sub
-        self.presentity(sub.presentity).watchers.add(sub.id)
+        self.dialogs.add(sub)
+        self.presentity(sub.presentity).addWatcher(sub.id)
         self.expiry.set(sub.id, sub.expiresAt)
 
     def release(self, subscriptionId: str, owner: str) -> Deferred:
@@ -1065,13 +1067,13 @@ class SubscriptionManager:
         expired = 0
         for record in records:
             sub = Subscription.fromRecord(record)
-            self.dialogs[sub.dialogKey] = sub
+            self.dialogs.add(sub)
             if record.expiresAt <= now:
                 expired += 1
                 self.terminate(sub, "timeout")
                 continue
             self.subscriptions[sub.id] = sub
-            self.presentity(sub.presentity).watchers.add(sub.id)
+            self.presentity(sub.presentity).addWatcher(sub.id)
             self.expiry.set(sub.id, sub.expiresAt)
         return expired
 

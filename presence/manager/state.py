@@ -10,7 +10,7 @@ and from the store's immutable records.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Collection, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 from presence.pidf import PidfDocument, composePidf, openDocument
 from presence.sip.target import Target
@@ -21,6 +21,63 @@ DialogKey = Tuple[str, str, str, str]
 (Call-ID, our tag, their tag, Event id): what identifies a subscription
 (RFC 6665 §4.1.2.1 and §8.2.1).
 """
+
+class DialogIndex:
+    """
+    Subscriptions by L{DialogKey}, for in-dialog requests, held without
+    the keys.
+
+    A dict keyed by the 4-tuple cost a tuple per subscription, an eighth
+    of its memory.  Our tag is random and ours alone, so it almost always
+    identifies the dialog by itself: the index is keyed by it and the rest
+    of the key is checked against the subscription found.  Only a
+    subscription that shares its tag with another one held (a second
+    Event id in the same dialog, RFC 6665 §4.5.2) is keyed by the whole
+    key.
+    """
+
+    __slots__ = ("_byTag", "_byKey")
+
+    def __init__(self) -> None:
+        self._byTag: Dict[str, Subscription] = {}
+        self._byKey: Dict[DialogKey, Subscription] = {}
+
+    def get(self, key: DialogKey) -> Optional[Subscription]:
+        sub = self._byTag.get(key[1])
+        if sub is not None and sub.callId == key[0] and sub.remoteTag == key[2] and sub.eventId == key[3]:
+            return sub
+        return self._byKey.get(key)
+
+    def add(self, sub: Subscription) -> None:
+        """
+        Index C{sub}, replacing a subscription with the same key.
+        """
+        held = self._byTag.get(sub.localTag)
+        if held is None or held is sub or held.dialogKey == sub.dialogKey:
+            self._byTag[sub.localTag] = sub
+        else:
+            self._byKey[sub.dialogKey] = sub
+
+    def discard(self, sub: Subscription) -> None:
+        """
+        Forget C{sub}, if it is the subscription indexed under its key.
+        """
+        if self._byTag.get(sub.localTag) is sub:
+            del self._byTag[sub.localTag]
+        elif self._byKey.get(sub.dialogKey) is sub:
+            del self._byKey[sub.dialogKey]
+
+    def __contains__(self, key: DialogKey) -> bool:
+        return self.get(key) is not None
+
+    def __len__(self) -> int:
+        return len(self._byTag) + len(self._byKey)
+
+    def __iter__(self) -> Iterator[DialogKey]:
+        for sub in self._byTag.values():
+            yield sub.dialogKey
+        yield from self._byKey
+
 
 # NOTIFY CSeqs are reserved in blocks so that only one NOTIFY in
 # CSEQ_BLOCK costs a store write, yet a restart never reuses a CSeq: the
@@ -204,7 +261,6 @@ class Presentity:
     document they see.
 
     @ivar publications: entity-tag to publication.
-    @ivar watchers: the ids of the subscriptions to this presentity.
     @ivar document: the composed PIDF document, as sent in NOTIFYs, or
         L{None} when it is the plain closed one or not composed yet.
     @ivar version: bumped by every change of publications.
@@ -214,12 +270,15 @@ class Presentity:
         binding lives (DESIGN.md, composition policy).
     """
 
-    __slots__ = ("aor", "publications", "watchers", "document", "version", "registered")
+    __slots__ = ("aor", "publications", "_watchers", "document", "version", "registered")
 
     def __init__(self, aor: str) -> None:
         self.aor = aor
         self.publications: Dict[str, Publication] = {}
-        self.watchers: Set[str] = set()
+        # None, the one watcher's subscription id, or a set of two or
+        # more: most presentities have one watcher, and a set of one cost
+        # a tenth of a subscription's memory.
+        self._watchers: Union[None, str, Set[str]] = None
         self.document: Optional[bytes] = None
         self.version = 0
         self.registered: Optional[str] = None
@@ -253,8 +312,45 @@ class Presentity:
         self.document = composePidf(self.aor, [p.document for p in live])
         return self.document
 
+    @property
+    def watchers(self) -> Collection[str]:
+        """
+        The ids of the subscriptions to this presentity (read-only: see
+        L{addWatcher} and L{removeWatcher}).
+        """
+        watchers = self._watchers
+        if watchers is None:
+            return ()
+        if type(watchers) is str:
+            return (watchers,)
+        return watchers
+
+    def addWatcher(self, subscriptionId: str) -> None:
+        watchers = self._watchers
+        if watchers is None:
+            self._watchers = subscriptionId
+        elif type(watchers) is str:
+            if watchers != subscriptionId:
+                self._watchers = {watchers, subscriptionId}
+        else:
+            watchers.add(subscriptionId)  # type: ignore[union-attr]
+
+    def removeWatcher(self, subscriptionId: str) -> None:
+        watchers = self._watchers
+        if watchers is None:
+            return
+        if type(watchers) is str:
+            if watchers == subscriptionId:
+                self._watchers = None
+            return
+        watchers.discard(subscriptionId)  # type: ignore[union-attr]
+        if len(watchers) == 1:
+            (self._watchers,) = watchers
+        elif not watchers:
+            self._watchers = None
+
     def idle(self) -> bool:
         """
         Whether nothing refers to this presentity any more.
         """
-        return not self.publications and not self.watchers
+        return not self.publications and self._watchers is None
