@@ -37,6 +37,7 @@ by default).
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -193,6 +194,8 @@ def createEngine(
     connection with the execution option C{presenceWrite=True} begins with
     C{BEGIN IMMEDIATE}, so a writer waits for another process's lock up
     front (up to C{busyTimeout}) instead of failing half-way through.
+    On pg8000, a connect listener turns Nagle's algorithm off (see
+    L{_pg8000NoDelay}).
 
     @param poolSize: connections kept (writer plus readers).
     @param sqliteSynchronous: C{NORMAL}, C{FULL} or C{EXTRA}; see the module
@@ -224,7 +227,23 @@ def createEngine(
     engine = sa.create_engine(url, **options)
     if engine.dialect.name == "sqlite":
         _configureSQLite(engine, not memory, synchronous, int(busyTimeout * 1000))
+    elif engine.dialect.driver == "pg8000":
+        sa.event.listen(engine, "connect", _pg8000NoDelay)
     return engine
+
+
+def _pg8000NoDelay(dbapiConnection: Any, connectionRecord: Any) -> None:
+    """
+    Turn Nagle's algorithm off on a pg8000 connection's TCP socket, as
+    libpq (psycopg) does.  pg8000 leaves it on, so the small messages it
+    sends after a large one (Sync after a long Parse, Execute and Sync
+    after a long Bind) wait for the server's delayed ACK: 40 ms added to
+    a write batch of a few dozen rows and more, measured on loopback.
+    """
+    # pg8000 has no option for it: _usock is the socket it reads and writes.
+    sock = dbapiConnection._usock
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _configureSQLite(engine: Engine, fileBacked: bool, synchronous: str, busyMs: int) -> None:
