@@ -226,6 +226,10 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "publish_max_expires": ("publishMaxExpires", _positiveInt, 86400),
         "notify_min_interval": ("notifyMinInterval", _seconds, 1.0),
         "keep_on_timeout": ("keepOnTimeout", _boolean, False),
+        # After a restart, send every active watcher the current state
+        # once (paced at [cluster] adopt_notify_rate): a publication may
+        # have expired, or a NOTIFY been lost with the process, meanwhile.
+        "notify_on_start": ("notifyOnStart", _boolean, True),
         # Overload (presence.manager.overload): new SUBSCRIBE and PUBLISH
         # get 503 with Retry-After while more writes than this wait for
         # the database, or the reactor runs this many seconds late; 0
@@ -321,7 +325,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
     # lease_time seconds; a peer adopts our subscriptions only once it
     # has expired, and we stop notifying lease_interval before it could.
     # adopt_notify_rate: at most this many NOTIFYs per second to the
-    # watchers of adopted subscriptions (presence.manager.notifier pacing).
+    # watchers of adopted subscriptions, and to those of the subscriptions
+    # reloaded at start ([manager] notify_on_start), paced by
+    # presence.manager.notifier.
     "cluster": {
         "listen": ("clusterListen", _optionalServerEndpoint, ""),
         "peers": ("clusterPeers", _clusterPeers, ()),

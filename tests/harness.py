@@ -199,9 +199,12 @@ class Harness:
         self.manager.stop()
         self.core.transactions.stop()
 
-    def restart(self) -> SubscriptionManager:
+    def restart(self, fenced: bool = False) -> SubscriptionManager:
         """
         A new manager (and core) on the same store, as after a crash.
+
+        @param fenced: fence the new manager's notifier before it loads,
+            as the manager service does for a manager of a cluster.
         """
         self.manager.stop()
         self.core.transactions.stop()
@@ -209,6 +212,8 @@ class Harness:
         self.core.ports = {"UDP": 5060, "TCP": 5060}
         self.core.udp = self.network  # type: ignore[assignment]
         self.manager = self._newManager()
+        if fenced:
+            self.manager.notifier.fence()
         self.manager.load()
         self.manager.install()
         return self.manager

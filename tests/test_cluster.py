@@ -14,7 +14,6 @@ CSeq still increasing, and a live one hands a dialog over.
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any, Dict, List, Sequence
 
 import pytest
@@ -25,7 +24,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.spread import jelly, pb
 from zope.interface.verify import verifyObject
 
-from presence.cluster.group import TOMBSTONE_SLACK, LocalPeer, PeerGroup, removalOf
+from presence.cluster.group import TOMBSTONE_SLACK, LocalPeer, PeerGroup
 from presence.cluster.link import SecretError, loadSecrets
 from presence.cluster.messages import MAX_BATCH, PublicationUpdate, batches, checkUpdates
 from presence.cluster.peers import PeerSpec, parsePeers
@@ -627,12 +626,45 @@ def test_restartedManagerCatchesUp():
         b.group = PeerGroup("b", ["a", "b"], b.clock, adoptAfter=10.0)
         b.group.attach(b.manager)
         etag, _ = a.harness.published(body=pidf(BOB, "open", "late"))
-        b.notifies()
+        [onStart] = b.notifies()  # what b reloaded (notify_on_start)
+        assert b"late" not in onStart.body
         c.link("a", "b")
         c.flush()
         assert etag in b.manager.publications
         [notify] = b.notifies()
         assert b"late" in notify.body
+    finally:
+        c.stop()
+
+
+def test_restartedFencedManagerNotifiesOnceWhenHeld():
+    """
+    A manager of a cluster restarts fenced (as the manager service starts
+    it): its start NOTIFYs wait for the lease; a publication the resync
+    brings meanwhile goes into that one NOTIFY, not a second one.
+    """
+    c = Cluster(("a", "b"))
+    try:
+        c.linkAll()
+        a, b = c["a"], c["b"]
+        _, _, first = watch(b)
+        c.cut("a", "b")
+        b.group.stop()
+        b.harness.restart(fenced=True)
+        b.manager = b.harness.manager
+        assert b.notifies() == [] and len(b.manager.notifier.paced) == 1
+        b.group = PeerGroup("b", ["a", "b"], b.clock, adoptAfter=10.0)
+        b.group.attach(b.manager)
+        etag, _ = a.harness.published(body=pidf(BOB, "open", "late"))
+        c.link("a", "b")
+        c.flush()
+        assert etag in b.manager.publications
+        assert b.notifies() == []
+        b.group.leaseHeld()
+        [notify] = b.notifies()
+        assert b"late" in notify.body and cseqOf(notify) > cseqOf(first)
+        c.advance(5)
+        assert b.notifies() == []
     finally:
         c.stop()
 

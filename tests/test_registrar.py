@@ -663,6 +663,11 @@ def test_registeredBeforeWatched(make) -> None:
     assert h.manager.presentities == {}
     assert basics(watched(h)) == ["open"]
     h.restart()
+    # The reloaded watcher is told its state again (notify_on_start): open,
+    # the bindings being reloaded before the subscriptions.
+    (onStart,) = h.take()
+    assert basics(onStart) == ["open"]
+    h.answer(onStart)
     h.receive(subscribe(fromURI="sip:carol@example.test"), WATCHER)
     _, (notify,) = h.split()
     assert basics(notify) == ["open"]

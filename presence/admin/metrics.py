@@ -535,12 +535,12 @@ def _clusterMetrics(out: Exposition, group: Any) -> None:
     if notifier is not None:
         out.single(
             "presence_cluster_adopt_notifies_pending", "gauge",
-            "Adopted subscriptions still waiting for their paced NOTIFY ([cluster] adopt_notify_rate).",
+            "Adopted or reloaded subscriptions still waiting for their paced NOTIFY ([cluster] adopt_notify_rate).",
             len(notifier.paced),
         )
         out.single(
             "presence_cluster_adopt_notifies_total", "counter",
-            "Paced NOTIFYs sent to the watchers of adopted subscriptions.",
+            "Paced NOTIFYs sent to the watchers of adopted or reloaded subscriptions.",
             notifier.counters.get("paced"),
         )
 

@@ -43,7 +43,10 @@ state (live publications and tombstones) in pages of C{pageSize}
 updates, cut at L{messages.MAX_BATCH_BYTES} bytes, and merges it as
 above; a peer that logs in to us is pulled from as well, so that each
 side catches up with what it missed while the link was down.  A node
-that starts has first loaded the store (L{SubscriptionManager.load}).
+that starts has first loaded the store (L{SubscriptionManager.load}) and
+queued one paced NOTIFY with the current state for each of its active
+watchers, sent once its lease is held; what a resync changes before a
+watcher's turn comes goes into that same NOTIFY, not a second one.
 
 Adoption
 ========

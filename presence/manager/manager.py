@@ -1005,10 +1005,23 @@ class SubscriptionManager:
         Rebuild memory from the store: live publications, then this node's
         subscriptions.  Those that expired while the manager was down are
         removed, and their watchers sent a final NOTIFY.
+
+        Then, with C{[manager] notify_on_start}, every active watcher is
+        sent the current state once: what it last saw may be stale, as a
+        publication may have expired while the manager was down, or the
+        process may have died between committing a PUBLISH and sending its
+        NOTIFYs.  Those NOTIFYs are paced (L{Notifier.pace}) at C{[cluster]
+        adopt_notify_rate} per second, as after an adoption, so that a
+        restart with many watchers does not flood the dispatcher; a fenced
+        manager (a cluster's, until its lease is held) starts them once
+        unfenced.  Their CSeqs continue above the stored ceiling.  A pending
+        watcher gets nothing: it has been told all it may know.
         """
         d = self.store.loadPublications()
         d.addCallback(self._loadPublications)
         d.addCallback(lambda _: self._loadSubscriptionPages(None, [0]))
+        if self.config.notifyOnStart:
+            d.addCallback(lambda _: self._notifyLoaded())
         return d
 
     #: Subscriptions read per page when loading: the rows of one page are
@@ -1076,6 +1089,19 @@ class SubscriptionManager:
             self.presentity(sub.presentity).addWatcher(sub.id)
             self.expiry.set(sub.id, sub.expiresAt)
         return expired
+
+    def _notifyLoaded(self) -> None:
+        """
+        Queue one paced NOTIFY with the current state for every active
+        subscription just loaded (see L{load}).
+        """
+        count = self.notifier.pace(sub for sub in self.subscriptions.values() if sub.state == "active")
+        if count:
+            self.log.info(
+                "Notifying {count} watchers of their current state, at most {rate} per second",
+                count=count,
+                rate=self.notifier.paceRate,
+            )
 
     def stop(self) -> None:
         """

@@ -17,22 +17,33 @@ dropped if another manager adopted it meanwhile.
 
 Subscriptions a manager adopts from a dead peer all need a NOTIFY with the
 current state (their watchers may have missed changes), tens of thousands
-at once: sent in one burst they would flood the dispatcher (UDP drops,
-retransmissions, NOTIFY timeouts that end subscriptions).  So they are
-I{paced} (L{Notifier.pace}): each is marked dirty and queued, and a
-cooperative loop on the manager's clock releases them in order, at most
-C{[cluster] adopt_notify_rate} per second.  A queued subscription behaves
+at once; so do those a manager reloads when it starts (C{[manager]
+notify_on_start}: a publication may have expired while it was down, or it
+died before the NOTIFYs of a committed PUBLISH went out).  Sent in one
+burst they would flood the dispatcher (UDP drops, retransmissions, NOTIFY
+timeouts that end subscriptions).  So they are I{paced}
+(L{Notifier.pace}): each is marked dirty and queued, and a cooperative
+loop on the manager's clock releases them in order, at most C{[cluster]
+adopt_notify_rate} per second.  A queued subscription behaves
 like one held back by rate control: a change meanwhile only keeps it
 dirty, so its paced NOTIFY carries the latest state, once; one that is
 sent by another path first (a refresh's immediate NOTIFY) or ends leaves
-the queue, so it gets no duplicate.  The loop pauses while the manager
-is fenced and ends with L{Notifier.stop}.
+the queue, so it gets no duplicate.  A subscription whose turn comes
+while no connection can carry its NOTIFY (a TCP or TLS flow that died with
+an earlier run or with the adopted manager, a proxy that has not connected
+again since the restart) waits, still queued, until a connection from its
+host opens, rather than failing and ending: after a restart the dispatcher
+connects again within its ping interval.  The loop pauses while the manager
+is fenced and ends with L{Notifier.stop}.  A manager of a cluster starts
+fenced, so the NOTIFYs of its start begin once its lease is held, after
+it has dropped whatever a peer adopted meanwhile; publications a resync
+brings before a watcher's turn are folded into its paced NOTIFY.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, List, Optional
 
 from twisted.logger import Logger
 
@@ -68,7 +79,8 @@ class Notifier:
         self.fenced = False
         #: Subscription id to the subscription whose NOTIFY is held back.
         self.held: Dict[str, Subscription] = {}
-        #: At most this many paced NOTIFYs per second (L{pace}).
+        #: At most this many paced NOTIFYs per second (L{pace}), after an
+        #: adoption or a start alike.
         self.paceRate = manager.config.clusterAdoptNotifyRate
         #: Subscription id to the subscription waiting for its paced turn.
         self.paced: Dict[str, Subscription] = {}
@@ -77,6 +89,11 @@ class Notifier:
         # would cost quadratic time).
         self._paceQueue: Deque[Subscription] = deque()
         self._paceCall: Any = None
+        # Host to the paced subscriptions whose turn came while no
+        # connection could carry their NOTIFY: queued again when one from
+        # that host opens.
+        self._parked: Dict[str, List[Subscription]] = {}
+        manager.core.flows.addOpenListener(self._flowOpened)
 
     def fence(self) -> None:
         """
@@ -194,27 +211,67 @@ class Notifier:
         self._paceCall = None
         if self.fenced:
             return
-        rate = self.paceRate
-        size = max(1, int(rate * PACE_TICK + 0.5))
+        size = self._chunkSize()
         chunk = size
         queue, paced = self._paceQueue, self.paced
         while chunk and queue:
             sub = queue.popleft()
             if paced.get(sub.id) is not sub:
                 continue
-            del paced[sub.id]
             if sub.inFlight or sub.terminated or not sub.dirty:
                 # Its answer sends what is due; or nothing is.
+                del paced[sub.id]
                 continue
+            chunk -= 1
+            target = self.targetOf(sub)
+            if not self._reachable(target):
+                # Still paced: a change meanwhile goes into its NOTIFY.
+                self._parked.setdefault(target.host, []).append(sub)
+                continue
+            del paced[sub.id]
             self.counters["paced"] += 1
             self._send(sub)
-            chunk -= 1
         if not paced:
             queue.clear()
+            self._parked.clear()
             return
-        # size NOTIFYs every size / rate seconds: the rate, whatever the
-        # rounding of size.
-        self._paceCall = self.clock.callLater(size / rate, self._releasePaced)
+        if queue:
+            # size NOTIFYs every size / rate seconds: the rate, whatever
+            # the rounding of size.
+            self._paceCall = self.clock.callLater(size / self.paceRate, self._releasePaced)
+
+    def _chunkSize(self) -> int:
+        """
+        How many paced NOTIFYs one release sends.
+        """
+        return max(1, int(self.paceRate * PACE_TICK + 0.5))
+
+    def _reachable(self, target: Target) -> bool:
+        """
+        Whether a NOTIFY to C{target} can leave now: over UDP always, over
+        a stream only through the open connection it names, from that very
+        peer (a token of an earlier run may name another's connection).
+        """
+        if target.transport == "UDP":
+            return True
+        flow = self.manager.core.flows.get(target.flow) if target.flow else None
+        return flow is not None and flow.peer == (target.host, target.port)
+
+    def _flowOpened(self, token: str) -> None:
+        """
+        A connection opened: the paced subscriptions parked for want of
+        one from its host take their turn again, from the next release on
+        (the connection is not ready to write to yet).
+        """
+        if not self._parked:
+            return
+        flow = self.manager.core.flows.get(token)
+        subs = self._parked.pop(flow.peer[0], None) if flow is not None else None
+        if not subs:
+            return
+        self._paceQueue.extend(subs)
+        if self._paceCall is None and not self.fenced:
+            self._paceCall = self.clock.callLater(self._chunkSize() / self.paceRate, self._releasePaced)
 
     def _cancelPacing(self) -> None:
         if self._paceCall is not None:
@@ -245,14 +302,16 @@ class Notifier:
     def stop(self, subs: Any) -> None:
         """
         Cancel every held-back NOTIFY (shutdown): the state is in the store.
-        Paced ones are forgotten too: a restarted manager does not notify
-        the subscriptions it reloads.
+        Paced ones are forgotten too: a restarted manager notifies the
+        subscriptions it reloads (C{[manager] notify_on_start}).
         """
         for sub in subs:
             self._cancelTimer(sub)
         self._cancelPacing()
         self.paced.clear()
         self._paceQueue.clear()
+        self._parked.clear()
+        self.manager.core.flows.removeOpenListener(self._flowOpened)
 
     def _send(self, sub: Subscription) -> None:
         # Whatever sends it (or holds it back) serves its paced turn too.

@@ -184,7 +184,9 @@ class FlowTable:
     Tokens are never reused, so a message addressed to a flow that has
     closed fails instead of reaching whoever connected next.  Whoever holds
     state tied to a flow (the registrar: bindings registered over it) asks
-    to be told when it closes with L{addCloseListener}.
+    to be told when it closes with L{addCloseListener}; whoever waits for
+    a connection (the notifier: NOTIFYs for a proxy that has not connected
+    since a restart) asks to be told when one opens, L{addOpenListener}.
     """
 
     log = Logger()
@@ -193,6 +195,22 @@ class FlowTable:
         self._flows: Dict[str, SIPStreamProtocol] = {}
         self._counter = itertools.count(1)
         self._closeListeners: List[Callable[[str], None]] = []
+        self._openListeners: List[Callable[[str], None]] = []
+
+    def addOpenListener(self, listener: Callable[[str], None]) -> None:
+        """
+        Call C{listener(token)} whenever a flow opens (it is in the table
+        by then, but its protocol does not know its token yet: send
+        nothing over it from the listener itself).
+        """
+        self._openListeners.append(listener)
+
+    def removeOpenListener(self, listener: Callable[[str], None]) -> None:
+        """
+        Stop calling C{listener}; removing an unknown one is a no-op.
+        """
+        if listener in self._openListeners:
+            self._openListeners.remove(listener)
 
     def addCloseListener(self, listener: Callable[[str], None]) -> None:
         """
@@ -208,8 +226,12 @@ class FlowTable:
             self._closeListeners.remove(listener)
 
     def add(self, protocol: SIPStreamProtocol) -> str:
+        """
+        Give C{protocol} a token and tell the open listeners; never raises.
+        """
         token = "f%x" % (next(self._counter),)
         self._flows[token] = protocol
+        self._tell(self._openListeners, token, "open")
         return token
 
     def remove(self, token: str) -> None:
@@ -218,11 +240,14 @@ class FlowTable:
         """
         if self._flows.pop(token, None) is None:
             return
-        for listener in list(self._closeListeners):
+        self._tell(self._closeListeners, token, "close")
+
+    def _tell(self, listeners: List[Callable[[str], None]], token: str, event: str) -> None:
+        for listener in list(listeners):
             try:
                 listener(token)
             except Exception:
-                self.log.failure("Error in a flow close listener for {token}", token=token)
+                self.log.failure("Error in a flow {event} listener for {token}", event=event, token=token)
 
     def get(self, token: str) -> Optional[SIPStreamProtocol]:
         return self._flows.get(token)
