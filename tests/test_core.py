@@ -174,3 +174,24 @@ def test_tcpFlowClosedFailsFast():
     tx.deferred.addCallback(results.append)
     assert [r.code for r in results] == [503]
     core.transactions.stop()
+
+
+def test_flowTokensDifferAcrossRuns():
+    """
+    Each flow table (one per run of the server) numbers its connections
+    from its own random start: a token stored by an earlier run, with a
+    subscription reloaded from the store, names no connection of this
+    run, so a NOTIFY for it fails rather than reaching whoever connected
+    first.  The tokens keep the form the dispatcher's routes carry.
+    """
+    import re
+
+    from presence.sip.transport import FlowTable
+
+    earlier, now = FlowTable(), FlowTable()
+    first = earlier.add(object())  # type: ignore[arg-type]
+    token = now.add(object())  # type: ignore[arg-type]
+    assert now.add(object()) != token  # type: ignore[arg-type]
+    assert now.get(first) is None
+    for t in (first, token):
+        assert re.match(r"f[0-9a-f]{1,16}\Z", t)

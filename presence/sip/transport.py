@@ -17,6 +17,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
 from presence.sip.parser import PING, FramingError, Limits, ParseError, StreamFramer, parseMessage
+from presence.sip.randomness import randomBytes
 from presence.sip.stun import bindingResponse
 from presence.sip.target import Target, TransportError
 
@@ -182,7 +183,10 @@ class FlowTable:
     The live TCP and TLS connections, by flow token.
 
     Tokens are never reused, so a message addressed to a flow that has
-    closed fails instead of reaching whoever connected next.  Whoever holds
+    closed fails instead of reaching whoever connected next; nor are they
+    reused across runs (each table starts its counter at a random 32-bit
+    run number times 2**32), so a token stored by an earlier run, of a
+    subscription reloaded from the store, names no connection of this one.  Whoever holds
     state tied to a flow (the registrar: bindings registered over it) asks
     to be told when it closes with L{addCloseListener}; whoever waits for
     a connection (the notifier: NOTIFYs for a proxy that has not connected
@@ -193,7 +197,7 @@ class FlowTable:
 
     def __init__(self) -> None:
         self._flows: Dict[str, SIPStreamProtocol] = {}
-        self._counter = itertools.count(1)
+        self._counter = itertools.count((int.from_bytes(randomBytes(4), "big") << 32) + 1)
         self._closeListeners: List[Callable[[str], None]] = []
         self._openListeners: List[Callable[[str], None]] = []
 
