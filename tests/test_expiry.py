@@ -24,8 +24,14 @@ class Owner:
         self.wheel = ExpiryWheel(self.clock, self.expired, self.deadlines.get, resolution)
 
     def set(self, key: str, deadline: float) -> None:
+        old = self.deadlines.get(key)
+        if old is not None:
+            self.wheel.discard(key, old)
         self.deadlines[key] = deadline
         self.wheel.set(key, deadline)
+
+    def entries(self) -> int:
+        return sum(len(keys) for keys in self.wheel._buckets.values())
 
     def expired(self, keys: list) -> None:
         self.fired.append(sorted(keys))
@@ -92,6 +98,36 @@ def test_shortenedDeadlineFiresOnceOnly():
     assert owner.clock.getDelayedCalls() == []
 
 
+def test_refreshesLeaveNothingBehind():
+    """
+    With the old deadline discarded, a key refreshed many times holds one
+    entry, not one per refresh.
+    """
+    owner = Owner()
+    for minute in range(60):
+        owner.set("a", 3600 + minute * 60)
+        owner.clock.advance(60)
+    assert owner.entries() == 1
+    del owner.deadlines["a"]
+    owner.wheel.discard("a", 3600 + 59 * 60)
+    assert owner.entries() == 0 and owner.wheel._buckets == {}
+
+
+def test_missedDiscardCostsNoWrongExpiry():
+    """
+    A key whose old bucket still holds it (no discard) is not reported
+    when that bucket fires, only at its current deadline.
+    """
+    owner = Owner()
+    owner.set("a", 5)
+    owner.deadlines["a"] = 10
+    owner.wheel.set("a", 10)
+    owner.clock.advance(6)
+    assert owner.fired == []
+    owner.clock.advance(4)
+    assert owner.fired == [["a"]]
+
+
 def test_lateFireReportsAKeyOnce():
     """
     When several buckets holding the same key are due at one firing, the
@@ -99,7 +135,8 @@ def test_lateFireReportsAKeyOnce():
     """
     owner = Owner()
     owner.set("a", 1)
-    owner.set("a", 2)
+    owner.wheel.set("a", 2)
+    owner.deadlines["a"] = 2
     owner.clock.advance(5)
     assert owner.fired == [["a"]]
 

@@ -278,6 +278,7 @@ def test_refresh(make):
     record = list(h.store.subscriptions.values())[0]
     assert record.expiresAt == start + 1100
     assert record.remoteCSeq == 2
+    assert sum(len(keys) for keys in h.manager.expiry._buckets.values()) == 1
     h.answer(notify)
     # Past the first expiry: still alive.
     h.clock.advance(200)
@@ -754,6 +755,8 @@ def test_publishRefresh(make):
     assert ok.header("expires") == "600"
     assert notifies == []
     assert list(h.store.publications) == [newTag]
+    # The old entity-tag's deadline is out of the expiry wheel.
+    assert [list(keys) for keys in h.manager.publicationExpiry._buckets.values()] == [[newTag]]
     after = h.store.publications[newTag]
     assert after.body == before.body
     assert after.modifiedAt == before.modifiedAt
@@ -1570,7 +1573,8 @@ def test_restartNotifyWaitsForTheProxyToConnect(make):
     assert notifies == []
     h.clock.advance(5)
     assert other.take() == [] and h.take() == []
-    assert len(m.subscriptions) == 1 and len(m.notifier.paced) == 1
+    # Parked, no longer paced: a change is sent at once if it can be.
+    assert len(m.subscriptions) == 1 and m.notifier.paced == {} and m.notifier.waiting == 1
     back = StreamPeer(h.core, host="192.0.2.40", port=40002)
     assert back.take() == []
     h.clock.advance(0.1)
@@ -1581,6 +1585,42 @@ def test_restartNotifyWaitsForTheProxyToConnect(make):
     assert m.notifier.paced == {} and m.notifier.counters["paced"] == 1
     h.clock.advance(5)
     assert back.take() == [] and other.take() == []
+
+
+def test_parkedWatcherServedByItsRefresh(make):
+    """
+    A watcher parked after a restart (its paced turn came before any
+    connection from its proxy) that refreshes over a connection from
+    another host is served there: the refresh's NOTIFY takes it out of
+    waiting, a later change goes out at once, and nothing is kept for the
+    old host.
+    """
+    from tests.registrarharness import StreamPeer
+
+    h = make()
+    route = "<sip:proxy.example.test;lr;transport=tcp>"
+    proxy = StreamPeer(h.core, host="192.0.2.40", port=40001)
+    sub = subscribe(Expires="600", Record_Route=route, source=proxy.source)
+    proxy.send(sub)
+    (ok,), (first,) = proxy.split()
+    proxy.send(Response.forRequest(first, 200))
+    m = h.restart(fenced=True)
+    m.notifier.unfence()
+    h.clock.advance(1)
+    assert m.notifier.waiting == 1
+    moved = StreamPeer(h.core, host="192.0.2.41", port=40001)
+    moved.send(refresh(sub, ok, 2, Expires="600", Record_Route=route, source=moved.source))
+    (ok2,), (notify,) = moved.split()
+    assert ok2.code == 200 and cseqOf(notify) > cseqOf(first)
+    assert m.notifier.waiting == 0 and m.notifier._parked == {}
+    moved.send(Response.forRequest(notify, 200))
+    h.published(body=presenceDoc())
+    (change,) = moved.take()
+    assert basics(change) == ["open"]
+    moved.send(Response.forRequest(change, 200))
+    StreamPeer(h.core, host="192.0.2.40", port=40002)
+    h.clock.advance(5)
+    assert moved.take() == [] and proxy.take() == []
 
 
 def test_restartWithoutNotifyOnStart(make):

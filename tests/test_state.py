@@ -34,27 +34,6 @@ def test_dialogFoundByWholeKeyOnly():
         assert key not in index
 
 
-def test_dialogsSharingATag():
-    """
-    Two subscriptions of one dialog (two Event ids) are both found and
-    each is forgotten alone, whichever goes first.
-    """
-    for first in (0, 1):
-        index = DialogIndex()
-        subs = [makeSub("a"), makeSub("b", eventId="2")]
-        for sub in subs:
-            index.add(sub)
-        assert len(index) == 2
-        assert set(index) == {("call", "tag", "theirs", ""), ("call", "tag", "theirs", "2")}
-        assert index.get(("call", "tag", "theirs", "2")) is subs[1]
-        index.discard(subs[first])
-        other = subs[1 - first]
-        assert index.get(other.dialogKey) is other
-        assert index.get(subs[first].dialogKey) is None
-        index.discard(other)
-        assert len(index) == 0 and list(index) == []
-
-
 def test_dialogReplacedAndStaleDiscard():
     """
     Adding a subscription with a held key replaces the held one; then

@@ -536,7 +536,7 @@ def _clusterMetrics(out: Exposition, group: Any) -> None:
         out.single(
             "presence_cluster_adopt_notifies_pending", "gauge",
             "Adopted or reloaded subscriptions still waiting for their paced NOTIFY ([cluster] adopt_notify_rate).",
-            len(notifier.paced),
+            notifier.waiting,
         )
         out.single(
             "presence_cluster_adopt_notifies_total", "counter",

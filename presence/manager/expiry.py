@@ -8,11 +8,11 @@ C{resolution} seconds and a single delayed call fires the earliest bucket.
 
 The wheel keeps no deadline of its own: the objects it times already hold
 theirs (C{expiresAt}), and a second copy in a dict cost a tenth of a
-subscription's memory.  So a key is never taken out of a bucket: a
-refresh only adds it to the bucket of its new deadline, and when a bucket
-fires the wheel asks the owner for each key's deadline now (C{deadlineOf})
-and reports only the keys that are really due.  A key whose object is
-gone, or whose deadline moved on, is dropped from the old bucket then.
+subscription's memory.  The owner names the old deadline when it takes a
+key out (L{ExpiryWheel.discard}), and when a bucket fires the wheel asks
+the owner for each key's deadline now (C{deadlineOf}) and reports only
+the keys that are really due, so a discard that was missed costs memory
+until the old deadline, never a wrong expiry.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ class ExpiryWheel:
     C{resolution} seconds late and never early.
 
     The owner keeps each key's deadline, answers C{deadlineOf(key)} with it
-    (or L{None} once the key has none), and calls L{set} whenever it gives
-    a key a deadline.  C{expired} must end the keys it is given or give
-    them a new deadline (L{set}).
+    (or L{None} once the key has none), calls L{set} whenever it gives a
+    key a deadline and L{discard} with the old one when it moves or ends
+    it.  C{expired} must end the keys it is given or give them a new
+    deadline (L{set}).
     """
 
     def __init__(
@@ -66,6 +67,20 @@ class ExpiryWheel:
             keys.add(key)
         if self._callBucket is None or bucket < self._callBucket:
             self._schedule(bucket)
+
+    def discard(self, key: Hashable, deadline: float) -> None:
+        """
+        Take C{key} out of the bucket of C{deadline}, the deadline it was
+        last given.  Without it the key would stay there until that
+        deadline (to be dropped then): a subscription refreshed every
+        minute with an hour's expiry would leave sixty entries behind.
+        """
+        bucket = self._bucketOf(deadline)
+        keys = self._buckets.get(bucket)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._buckets[bucket]
 
     def _schedule(self, bucket: int) -> None:
         if self._call is not None and self._call.active():

@@ -555,6 +555,7 @@ class SubscriptionManager:
         if sub.terminated:
             self.core.respond(tx, 481)
             return
+        self.expiry.discard(sub.id, sub.expiresAt)
         sub.expiresAt = expiresAt
         sub.remoteTarget = remoteTarget
         sub.target = target
@@ -582,7 +583,8 @@ class SubscriptionManager:
         """
         sub.terminated = True
         self.notifier.cancel(sub)
-        self.subscriptions.pop(sub.id, None)
+        if self.subscriptions.pop(sub.id, None) is sub:
+            self.expiry.discard(sub.id, sub.expiresAt)
         self.dialogs.discard(sub)
         pres = self.presentities.get(sub.presentity)
         if pres is not None:
@@ -699,6 +701,7 @@ class SubscriptionManager:
                 return
             # Claim the entity-tag: a racing PUBLISH naming it gets 412.
             del self.publications[ifMatch]
+            self.publicationExpiry.discard(ifMatch, old.expiresAt)
         if expires == 0:
             assert old is not None
             self.store.removePublication(old.etag).addCallbacks(
@@ -899,6 +902,8 @@ class SubscriptionManager:
         count = 0
         for presentity, etag in removes:
             pub = self.publications.pop(etag, None)
+            if pub is not None:
+                self.publicationExpiry.discard(etag, pub.expiresAt)
             pres = self.presentities.get(pub.presentity if pub is not None else presentity)
             if pres is not None and pres.publications.pop(etag, None) is not None:
                 changed[pres.aor] = pres
@@ -907,6 +912,9 @@ class SubscriptionManager:
             pres = self.presentity(pub.presentity)
             pres.version = max(pres.version, pub.version)
             pres.publications[pub.etag] = pub
+            old = self.publications.get(pub.etag)
+            if old is not None:
+                self.publicationExpiry.discard(pub.etag, old.expiresAt)
             self.publications[pub.etag] = pub
             self.publicationExpiry.set(pub.etag, pub.expiresAt)
             changed[pres.aor] = pres

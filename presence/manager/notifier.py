@@ -43,7 +43,7 @@ brings before a watcher's turn are folded into its paced NOTIFY.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, Optional
 
 from twisted.logger import Logger
 
@@ -89,10 +89,13 @@ class Notifier:
         # would cost quadratic time).
         self._paceQueue: Deque[Subscription] = deque()
         self._paceCall: Any = None
-        # Host to the paced subscriptions whose turn came while no
-        # connection could carry their NOTIFY: queued again when one from
-        # that host opens.
-        self._parked: Dict[str, List[Subscription]] = {}
+        # Host to the subscriptions whose paced turn came while no
+        # connection could carry their NOTIFY (by id): queued again when
+        # one from that host opens.  They are no longer paced: a change
+        # meanwhile is sent at once if a connection can carry it then.
+        self._parked: Dict[str, Dict[str, Subscription]] = {}
+        # Parked subscription id to the host it is parked under.
+        self._parkedHost: Dict[str, str] = {}
         manager.core.flows.addOpenListener(self._flowOpened)
 
     def fence(self) -> None:
@@ -131,6 +134,7 @@ class Notifier:
         count = 0
         for subscriptionId in subscriptionIds:
             self.paced.pop(subscriptionId, None)
+            self._unpark(subscriptionId)
             sub = self.held.pop(subscriptionId, None)
             if sub is not None:
                 sub.dirty = False
@@ -151,6 +155,10 @@ class Notifier:
             return
         if not immediate and sub.id in self.paced:
             # Its paced turn sends the latest state.
+            sub.dirty = True
+            return
+        if sub.id in self._parkedHost and not self._reachable(self.targetOf(sub)):
+            # Still no connection: the one its host opens sends it.
             sub.dirty = True
             return
         if sub.inFlight:
@@ -223,17 +231,16 @@ class Notifier:
                 del paced[sub.id]
                 continue
             chunk -= 1
+            del paced[sub.id]
             target = self.targetOf(sub)
             if not self._reachable(target):
-                # Still paced: a change meanwhile goes into its NOTIFY.
-                self._parked.setdefault(target.host, []).append(sub)
+                self._parked.setdefault(target.host, {})[sub.id] = sub
+                self._parkedHost[sub.id] = target.host
                 continue
-            del paced[sub.id]
             self.counters["paced"] += 1
             self._send(sub)
         if not paced:
             queue.clear()
-            self._parked.clear()
             return
         if queue:
             # size NOTIFYs every size / rate seconds: the rate, whatever
@@ -269,8 +276,12 @@ class Notifier:
         subs = self._parked.pop(flow.peer[0], None) if flow is not None else None
         if not subs:
             return
-        self._paceQueue.extend(subs)
-        if self._paceCall is None and not self.fenced:
+        for sub in subs.values():
+            del self._parkedHost[sub.id]
+            if sub.dirty and not sub.terminated and not sub.inFlight and sub.id not in self.paced:
+                self.paced[sub.id] = sub
+                self._paceQueue.append(sub)
+        if self.paced and self._paceCall is None and not self.fenced:
             self._paceCall = self.clock.callLater(self._chunkSize() / self.paceRate, self._releasePaced)
 
     def _cancelPacing(self) -> None:
@@ -293,6 +304,23 @@ class Notifier:
         sub.dirty = False
         self.held.pop(sub.id, None)
         self.paced.pop(sub.id, None)
+        self._unpark(sub.id)
+
+    @property
+    def waiting(self) -> int:
+        """
+        Subscriptions waiting for a paced NOTIFY: queued, or parked until
+        a connection can carry it.
+        """
+        return len(self.paced) + len(self._parkedHost)
+
+    def _unpark(self, subscriptionId: str) -> None:
+        host = self._parkedHost.pop(subscriptionId, None)
+        if host is not None:
+            parked = self._parked[host]
+            del parked[subscriptionId]
+            if not parked:
+                del self._parked[host]
 
     def _cancelTimer(self, sub: Subscription) -> None:
         if sub.timer is not None:
@@ -311,11 +339,14 @@ class Notifier:
         self.paced.clear()
         self._paceQueue.clear()
         self._parked.clear()
+        self._parkedHost.clear()
         self.manager.core.flows.removeOpenListener(self._flowOpened)
 
     def _send(self, sub: Subscription) -> None:
         # Whatever sends it (or holds it back) serves its paced turn too.
         self.paced.pop(sub.id, None)
+        if self._parkedHost:
+            self._unpark(sub.id)
         if self.fenced:
             if sub.id not in self.held:
                 self.counters["held"] += 1

@@ -28,55 +28,47 @@ class DialogIndex:
     the keys.
 
     A dict keyed by the 4-tuple cost a tuple per subscription, an eighth
-    of its memory.  Our tag is random and ours alone, so it almost always
-    identifies the dialog by itself: the index is keyed by it and the rest
-    of the key is checked against the subscription found.  Only a
-    subscription that shares its tag with another one held (a second
-    Event id in the same dialog, RFC 6665 §4.5.2) is keyed by the whole
-    key.
+    of its memory.  Our tag identifies the dialog by itself: it is random
+    (64 bits) and we give every new subscription a fresh one; an in-dialog
+    SUBSCRIBE that would start a second subscription in a dialog (another
+    Event id, RFC 6665 §4.5.2) is refused with 481.  So the index is keyed
+    by our tag, and the rest of the key is checked against the
+    subscription found.
     """
 
-    __slots__ = ("_byTag", "_byKey")
+    __slots__ = ("_byTag",)
 
     def __init__(self) -> None:
         self._byTag: Dict[str, Subscription] = {}
-        self._byKey: Dict[DialogKey, Subscription] = {}
 
     def get(self, key: DialogKey) -> Optional[Subscription]:
         sub = self._byTag.get(key[1])
         if sub is not None and sub.callId == key[0] and sub.remoteTag == key[2] and sub.eventId == key[3]:
             return sub
-        return self._byKey.get(key)
+        return None
 
     def add(self, sub: Subscription) -> None:
         """
-        Index C{sub}, replacing a subscription with the same key.
+        Index C{sub}, replacing the subscription held with its tag.
         """
-        held = self._byTag.get(sub.localTag)
-        if held is None or held is sub or held.dialogKey == sub.dialogKey:
-            self._byTag[sub.localTag] = sub
-        else:
-            self._byKey[sub.dialogKey] = sub
+        self._byTag[sub.localTag] = sub
 
     def discard(self, sub: Subscription) -> None:
         """
-        Forget C{sub}, if it is the subscription indexed under its key.
+        Forget C{sub}, if it is the subscription indexed under its tag.
         """
         if self._byTag.get(sub.localTag) is sub:
             del self._byTag[sub.localTag]
-        elif self._byKey.get(sub.dialogKey) is sub:
-            del self._byKey[sub.dialogKey]
 
     def __contains__(self, key: DialogKey) -> bool:
         return self.get(key) is not None
 
     def __len__(self) -> int:
-        return len(self._byTag) + len(self._byKey)
+        return len(self._byTag)
 
     def __iter__(self) -> Iterator[DialogKey]:
         for sub in self._byTag.values():
             yield sub.dialogKey
-        yield from self._byKey
 
 
 # NOTIFY CSeqs are reserved in blocks so that only one NOTIFY in

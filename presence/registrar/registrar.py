@@ -415,6 +415,7 @@ class Registrar:
         binding = self._byId.pop(ident, None)
         if binding is None:
             return None
+        self.expiry.discard(ident, binding.expiresAt)
         ofAor = self.bindings.get(binding.aor)
         if ofAor is not None:
             ofAor.pop(ident, None)

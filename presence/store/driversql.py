@@ -47,7 +47,10 @@ def _arrayElement(value: Any) -> str:
     (so that C{""}, C{"NULL"}, braces, commas and spaces stay strings),
     bytes in C{bytea}'s hex form, C{None} as C{NULL}, and numbers and
     booleans as Python writes them, which PostgreSQL's input functions
-    read.
+    read for a column of the same type.  Unlike a bound parameter, no
+    cast is made: a float or a bool given for an integer column fails the
+    batch (the store's records hold ints, floats, bools and bytes exactly
+    where their columns do).
     """
     if value is None:
         return "NULL"

@@ -240,9 +240,10 @@ def _pg8000NoDelay(dbapiConnection: Any, connectionRecord: Any) -> None:
     after a long Bind) wait for the server's delayed ACK: 40 ms added to
     a write batch of a few dozen rows and more, measured on loopback.
     """
-    # pg8000 has no option for it: _usock is the socket it reads and writes.
-    sock = dbapiConnection._usock
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
+    # pg8000 has no option for it: _usock is the socket it reads and
+    # writes (a test fails if a pg8000 release renames it).
+    sock = getattr(dbapiConnection, "_usock", None)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
