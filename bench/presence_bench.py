@@ -513,7 +513,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--experiment", default="",
                         help="comma-separated what-if patches from bench/experiments.py, applied in the "
                         "server process only: %s" % (", ".join(sorted(EXPERIMENTS)),))
-    parser.add_argument("--profile", metavar="DIR", help="record each step with py-spy (raw stacks) into DIR")
+    parser.add_argument("--profile", metavar="DIR", help="record each step with py-spy (raw stacks) into DIR; CPython only (for PyPy see README: vmprof)")
     options = parser.parse_args(argv)
     unknown = [e for e in options.experiment.split(",") if e and e not in EXPERIMENTS]
     if unknown:
