@@ -166,17 +166,6 @@ class IStore(Interface):
             L{presence.store.records.SubscriptionRecord} or C{None}.
         """
 
-    def adoptSubscriptions(formerOwner, owner):
-        """
-        Make C{owner} the owner of every subscription of C{formerOwner} (a
-        manager of the cluster that died), atomically: when two managers
-        adopt the same one at once, each subscription goes to exactly one.
-
-        @return: a Deferred firing, once committed, with the list of
-            L{presence.store.records.SubscriptionRecord} adopted (their
-            C{owner} now C{owner}).
-        """
-
 
 class IBindingStore(Interface):
     """
@@ -254,11 +243,13 @@ class ILeaseStore(Interface):
 
     def fenceAndAdopt(formerOwner, owner):
         """
-        L{IStore.adoptSubscriptions}, only if C{formerOwner}'s lease has
-        expired, in one transaction: bump its epoch where
-        C{expires_at < now}, and move the subscriptions only if that
-        matched (or C{formerOwner} has no lease at all: it never ran with
-        leases).
+        Make C{owner} the owner of every subscription of C{formerOwner} (a
+        manager of the cluster that died), only if C{formerOwner}'s lease
+        has expired, in one transaction: bump its epoch where C{expires_at
+        < now}, and move the subscriptions only if that matched (or
+        C{formerOwner} has no lease at all: it never ran with leases).
+        Atomic: when two managers adopt the same one at once, each
+        subscription goes to exactly one.
 
         @return: a Deferred firing, once committed, with
             C{(records, remaining)}: the list of adopted

@@ -368,13 +368,14 @@ def change(cluster: LeaseCluster, names: Sequence[str], etag: str, note: str, ve
         node.group.receive([publication], "elsewhere")
 
 
-def test_clusterFixtureNeedsLeases() -> None:
+def test_clusterFixtureHasLeases(leaseCluster: LeaseCluster) -> None:
     """
     Without a lease (the default of L{PeerGroup}), a group never fences
-    its manager: the tests below would not test anything.
+    its manager: every group of the fixture the tests below use has one.
     """
-    group = PeerGroup("a", ["b"], Clock())
-    assert group.lease is None and group.leaseTime == 0.0
+    assert PeerGroup("a", ["b"], Clock()).lease is None
+    groups = [node.group for node in leaseCluster.nodes.values()]
+    assert groups and all(group.lease is not None and group.leaseTime == 5.0 for group in groups)
 
 
 @pytest_twisted.inlineCallbacks

@@ -92,7 +92,7 @@ class DriverStatement:
     One Core statement, compiled on first use for each dialect it meets.
     """
 
-    def __init__(self, statement: Any, byKeys: Any = None) -> None:
+    def __init__(self, statement: Any, byKeys: Any = None, upsertKey: str = "") -> None:
         """
         @param statement: the statement, with named bind parameters; an
             insert must insert whole rows of its table (all its columns).
@@ -102,9 +102,15 @@ class DriverStatement:
             the array literal bound to it), used for drivers in
             L{ROW_AT_A_TIME}.  An insert needs no such companion: for
             those drivers its rows go through L{_unnestInsert}.
+        @param upsertKey: for an insert that replaces the row with the
+            same key (C{ON CONFLICT ... DO UPDATE}), that key's column.
+            Run row by row, a later row with a key replaces an earlier
+            one; PostgreSQL refuses one statement that updates a row
+            twice, so L{_unnestInsert} gets only the last row of each key.
         """
         self.statement = statement
         self.byKeys = byKeys
+        self.upsertKey = upsertKey
         self.byColumns = _unnestInsert(statement) if isinstance(statement, Insert) else None
         self._compiled: Dict[Tuple[int, str, str], Tuple[str, Sequence[str]]] = {}
 
@@ -135,6 +141,8 @@ class DriverStatement:
                 text, _ = self._compile(conn, self.byKeys)
                 return self._run(conn, text, [(arrayLiteral([row["p_key"] for row in rows]),)])
             if self.byColumns is not None:
+                if self.upsertKey:
+                    rows = list({row[self.upsertKey]: row for row in rows}.values())
                 text, order = self._compile(conn, self.byColumns)
                 arrays = [arrayLiteral([row[name] for row in rows]) for name in order]
                 return self._run(conn, text, [tuple(arrays)])

@@ -210,20 +210,6 @@ class MemoryStore:
             return refused
         return succeed(list(self.publications.values()))
 
-    def adoptSubscriptions(self, formerOwner: str, owner: str) -> Deferred:
-        """
-        See L{IStore.adoptSubscriptions}.
-        """
-        refused = self._check()
-        if refused is not None:
-            return refused
-        adopted: List[SubscriptionRecord] = []
-        for key, record in list(self.subscriptions.items()):
-            if record.owner == formerOwner:
-                record = self.subscriptions[key] = dataclasses.replace(record, owner=owner)
-                adopted.append(record)
-        return succeed(adopted)
-
     def findSubscription(self, presentity: str, callId: str, localTag: str) -> Deferred:
         """
         See L{IStore.findSubscription}.
@@ -317,8 +303,12 @@ class MemoryStore:
             if current.expiresAt >= now:
                 return succeed((None, current.expiresAt - now))
             self.leases[formerOwner] = dataclasses.replace(current, epoch=current.epoch + 1)
-        d = self.adoptSubscriptions(formerOwner, owner)
-        return d.addCallback(lambda adopted: (adopted, 0.0))
+        adopted: List[SubscriptionRecord] = []
+        for key, record in list(self.subscriptions.items()):
+            if record.owner == formerOwner:
+                record = self.subscriptions[key] = dataclasses.replace(record, owner=owner)
+                adopted.append(record)
+        return succeed((adopted, 0.0))
 
     def loadLeases(self) -> Deferred:
         """

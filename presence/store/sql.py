@@ -75,7 +75,6 @@ _REPLACE_PUB = "replacePublication"
 _EXPIRE = "removeExpired"
 _PUT_BINDING = "putBinding"
 _REMOVE_BINDING = "removeBinding"
-_ADOPT = "adoptSubscriptions"
 # Manager leases (ILeaseStore): the payload is (action, arguments).
 _LEASE = "lease"
 
@@ -447,7 +446,8 @@ class SQLStore:
             stmt.on_conflict_do_update(
                 index_elements=[key],
                 set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name != key.name},
-            )
+            ),
+            upsertKey=key.name,
         )
 
     def start(self) -> Deferred:
@@ -673,15 +673,6 @@ class SQLStore:
         """
         return self._enqueue((_REMOVE_BINDING, bindingId, None))
 
-    def adoptSubscriptions(self, formerOwner: str, owner: str) -> Deferred:
-        """
-        See L{IStore.adoptSubscriptions}: one C{UPDATE ... RETURNING}, so
-        that of two managers adopting the same dead one at once, each row
-        goes to exactly one (the second waits for the first's row locks,
-        then finds the rows no longer match).
-        """
-        return self._enqueue((_ADOPT, formerOwner, owner))
-
     def _enqueue(self, op: Tuple[Any, ...], first: bool = False) -> Deferred:
         """
         Queue one write and start a batch if the writer is idle.
@@ -899,8 +890,6 @@ class SQLStore:
                 _INSERT_BIND.executemany(conn, rows)
         elif kind == _REMOVE_BINDING:
             _DELETE_BIND.executemany(conn, [{"p_key": op[1]} for op in group])
-        elif kind == _ADOPT:
-            return [self._adopt(conn, op[1], op[2]) for op in group]
         elif kind == _LEASE:
             return [self._applyLease(conn, op[1], op[2]) for op in group]
         elif kind == _EXPIRE:
@@ -917,7 +906,10 @@ class SQLStore:
     def _adopt(conn: Connection, formerOwner: str, owner: str) -> List[SubscriptionRecord]:
         """
         Writer thread: move every subscription of C{formerOwner} to
-        C{owner}; return them as they now are.
+        C{owner}; return them as they now are.  One C{UPDATE ...
+        RETURNING}, so that of two managers adopting the same dead one at
+        once, each row goes to exactly one (the second waits for the
+        first's row locks, then finds the rows no longer match).
         """
         stmt = (
             sa.update(_subs)
