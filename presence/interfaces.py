@@ -8,7 +8,7 @@ C{zope.interface.verify.verifyObject}.  One block per interface.
 
 from __future__ import annotations
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 # --- store ------------------------------------------------------------------
@@ -35,6 +35,12 @@ class IStore(Interface):
         L{presence.store.records}, never as database rows;
       - lists come back in no particular order.
     """
+
+    pendingWrites = Attribute(
+        "Writes issued and not yet committed: how far the database is "
+        "behind (the manager sheds load above a threshold, "
+        "L{presence.manager.overload})."
+    )
 
     def start():
         """

@@ -578,7 +578,7 @@ def test_notifyForAClosedTCPFlowFailsAtOnce():
     assert ok.code == 200  # type: ignore[attr-defined]
 
     peer.close()
-    relayed = node.dispatcher.counters["relayed"]
+    relayed = dict(node.dispatcher.requestsRelayed)
     before = len(node.core.transactions)
     node.receive(notify([forwarded.header("record-route") or ""]), node.fromManager(owner))
     [(failed, host, port)] = node.takeNonPing()
@@ -586,7 +586,7 @@ def test_notifyForAClosedTCPFlowFailsAtOnce():
     assert node.dispatcher.counters["flowFailed"] == 1
     # Nothing waits: only the answered server transaction, lingering for
     # Timer J, was added; no client transaction was started.
-    assert node.dispatcher.counters["relayed"] == relayed
+    assert node.dispatcher.requestsRelayed == relayed
     assert len(node.core.transactions) == before + 1
 
 
@@ -708,7 +708,7 @@ def test_timeoutNotAnsweredUpstream():
     # forwarded again, where a live transaction would have absorbed it.
     node.receive(request, UA)
     forwardedOnce(node)
-    assert node.dispatcher.counters["forwarded"] == 2
+    assert node.dispatcher.requestsRelayed[("manager", "SUBSCRIBE")] == 2
 
 
 def test_provisionalRelayedButNot100():

@@ -173,8 +173,6 @@ class Dispatcher:
                 self._byUDP[(spec.host, spec.port)] = state
         self.health = HealthChecker(core, reactor, self.managers, pingInterval, deadAfter, self._changed)
         self.counters: Dict[str, int] = {
-            "forwarded": 0,
-            "relayed": 0,
             "flowFailed": 0,
             "forged": 0,
             "unavailable": 0,
@@ -392,7 +390,6 @@ class Dispatcher:
             request.headers.pop("route", None)
         if relay.creating:
             request.insertHeader("Record-Route", self.recordRoute(manager.name, relay.server.source))
-        self.counters["forwarded"] += 1
         self._countRequest("manager", request.method)
         client = self.core.sendRequest(request, target)
         relay.client = client
@@ -467,7 +464,6 @@ class Dispatcher:
         else:
             request.headers.pop("route", None)
         relay = _Relay(tx, request, [], rest, info)
-        self.counters["relayed"] += 1
         self._countRequest("user_agent", request.method)
         client = self.core.sendRequest(request, target)
         relay.client = client

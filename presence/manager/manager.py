@@ -111,7 +111,7 @@ class SubscriptionManager:
         self.notifier = Notifier(self)
         self.overload = OverloadGuard(
             clock,
-            lambda: getattr(store, "pendingWrites", 0),
+            lambda: store.pendingWrites,
             config.maxPendingWrites,
             config.maxReactorLag,
             config.overloadRetryAfter,
@@ -1028,6 +1028,7 @@ class SubscriptionManager:
         d = self.store.loadPublications()
         d.addCallback(self._loadPublications)
         d.addCallback(lambda _: self._loadSubscriptionPages(None, [0]))
+        d.addCallback(lambda _: self._composeWatched())
         if self.config.notifyOnStart:
             d.addCallback(lambda _: self._notifyLoaded())
         return d
@@ -1075,8 +1076,6 @@ class SubscriptionManager:
             pres.version = max(pres.version, pub.version)
             self.publications[pub.etag] = pub
             self.publicationExpiry.set(pub.etag, pub.expiresAt)
-        for pres in self.presentities.values():
-            pres.compose()
 
     def _loadSubscriptions(self, records: Iterable[SubscriptionRecord]) -> int:
         """
@@ -1097,6 +1096,16 @@ class SubscriptionManager:
             self.presentity(sub.presentity).addWatcher(sub.id)
             self.expiry.set(sub.id, sub.expiresAt)
         return expired
+
+    def _composeWatched(self) -> None:
+        """
+        Compose the documents of the watched presentities just loaded, so
+        that a change is told from the state they had (L{_changed}); the
+        others are composed when first asked for, as at run time.
+        """
+        for pres in self.presentities.values():
+            if pres.watchers:
+                pres.compose()
 
     def _notifyLoaded(self) -> None:
         """

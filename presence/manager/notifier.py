@@ -256,8 +256,9 @@ class Notifier:
     def _reachable(self, target: Target) -> bool:
         """
         Whether a NOTIFY to C{target} can leave now: over UDP always, over
-        a stream only through the open connection it names, from that very
-        peer (a token of an earlier run may name another's connection).
+        a stream only through the open connection it names, and from that
+        very peer (the subscription's own, not a replacement: a proxy that
+        reconnected has a new token, found by L{targetOf}).
         """
         if target.transport == "UDP":
             return True
@@ -379,8 +380,8 @@ class Notifier:
 
         A connection from such a proxy may have been replaced (it
         reconnected) or, for a subscription reloaded from the store, be a
-        token of an earlier run, which this run may have given to another
-        connection.  When the subscription has a route set, any open
+        token of an earlier run, which names no connection of this one
+        (L{presence.sip.transport.FlowTable}).  When the subscription has a route set, any open
         connection from the same proxy host will do: the Route, not the
         connection, says where the NOTIFY goes next.  Without a route set
         the flow reaches the watcher itself: if it has closed, the flow the
