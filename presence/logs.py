@@ -40,7 +40,6 @@ class JSONLogService(RuntimeService):
     """
 
     name = "jsonlog"
-    runtimeAttributes = ("_observer", "_file")
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -8,14 +8,14 @@ SIGTERM), to run it later, maybe on another host.  Only configuration
 belongs there: what a service builds in C{startService} (the reactor,
 listening ports, thread pools, connections, Deferreds, the parts they
 drive) cannot be pickled, or would be stale once loaded.  So each service
-names those attributes once, in L{RuntimeService.runtimeAttributes}, and
-gives them their values before start in L{RuntimeService._resetRuntime};
-the pickle leaves them out and a loaded copy starts from those values.
+gives those attributes their values before start in one place,
+L{RuntimeService._resetRuntime}; the pickle leaves out every attribute that
+method sets, and a loaded copy starts from those values.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Optional
 
 from twisted.application import service
 
@@ -24,13 +24,10 @@ class RuntimeService(service.Service):
     """
     A service whose pickled form is its configuration only.
 
-    @cvar runtimeAttributes: the instance attributes built at run time,
-        never pickled; L{_resetRuntime} gives each its value before start.
     @ivar _reactor: the reactor given, or L{None} for the global one.  It is
         never pickled: a loaded copy runs on the reactor twistd installed.
     """
 
-    runtimeAttributes: Tuple[str, ...] = ()
     _reactor: Any = None
 
     def __init__(self, reactor: Optional[Any] = None) -> None:
@@ -43,9 +40,25 @@ class RuntimeService(service.Service):
 
     def _resetRuntime(self) -> None:
         """
-        Give every attribute of L{runtimeAttributes} its value before
-        start: at construction, and when a pickled copy is loaded.
+        Give every attribute built at run time its value before start: at
+        construction, and when a pickled copy is loaded.  Only assign
+        attributes here: what it sets is what the pickle leaves out
+        (L{_runtimeNames}).
         """
+
+    @classmethod
+    def _runtimeNames(cls) -> FrozenSet[str]:
+        """
+        The attributes L{_resetRuntime} sets, found by running it on a
+        blank instance once per class.
+        """
+        names = cls.__dict__.get("_runtimeNamesFound")
+        if names is None:
+            blank = cls.__new__(cls)
+            blank._resetRuntime()
+            names = frozenset(vars(blank)) | {"_reactor"}
+            setattr(cls, "_runtimeNamesFound", names)
+        return names
 
     @property
     def reactor(self) -> Any:
@@ -66,7 +79,7 @@ class RuntimeService(service.Service):
         Configuration only (and, as C{Service} does, no C{running}).
         """
         state = service.Service.__getstate__(self)
-        for name in ("_reactor",) + tuple(self.runtimeAttributes):
+        for name in self._runtimeNames():
             state.pop(name, None)
         return state
 

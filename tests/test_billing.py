@@ -773,6 +773,8 @@ def test_servicePicklesConfigurationOnly():
 
     svc = BillingService(Config())
     svc.authorizer = object()  # type: ignore[assignment]
+    state = svc.__getstate__()
+    assert not {"authorizer", "digest", "_outcome", "_waiters"} & set(state)
     copy = pickle.loads(pickle.dumps(svc))
     assert copy.config == svc.config and copy.authorizer is None and copy.name == "billing"
 

@@ -157,6 +157,7 @@ def test_servicePicklesConfigurationOnly():
     svc = MetricsService(Config(metricsEnabled=True))
     svc._listener = object()
     svc.address = object()
+    assert not {"_listener", "address", "_reactor"} & set(svc.__getstate__())
     copy = pickle.loads(pickle.dumps(svc))
     assert copy.name == "metrics" and copy.config == svc.config
     assert copy._listener is None and copy.address is None

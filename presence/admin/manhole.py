@@ -301,7 +301,6 @@ class ManholeService(RuntimeService):
 
     log = Logger()
     name = "manhole"
-    runtimeAttributes = ("_listener", "address")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         """

@@ -676,7 +676,6 @@ class MetricsService(RuntimeService):
 
     log = Logger()
     name = "metrics"
-    runtimeAttributes = ("_listener", "address")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config

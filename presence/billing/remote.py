@@ -851,7 +851,6 @@ class BillingNodeService(RuntimeService):
 
     log = Logger()
     name = "billing-node"
-    runtimeAttributes = ("server", "address", "_listener")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config

@@ -92,7 +92,6 @@ class BillingService(RuntimeService):
 
     log = Logger()
     name = "billing"
-    runtimeAttributes = ("authorizer", "digest", "_outcome", "_waiters")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config

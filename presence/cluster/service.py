@@ -60,7 +60,6 @@ class ClusterService(RuntimeService):
 
     log = Logger()
     name = "cluster"
-    runtimeAttributes = ("group", "links", "port", "_factory", "_starting")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config

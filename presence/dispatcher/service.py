@@ -83,7 +83,6 @@ class DispatcherService(RuntimeService):
 
     log = Logger()
     name = "dispatcher"
-    runtimeAttributes = ("dispatcher",)
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config

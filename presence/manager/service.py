@@ -40,7 +40,6 @@ class ManagerService(RuntimeService):
 
     log = Logger()
     name = "manager"
-    runtimeAttributes = ("manager", "registrar", "_ready")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None) -> None:
         self.config = config

@@ -35,7 +35,6 @@ class SIPService(RuntimeService):
 
     log = Logger()
     name = "sip"
-    runtimeAttributes = ("core", "addresses", "_datagramPorts", "_streamPorts")
 
     def __init__(self, config: Config, reactor: Optional[Any] = None, withDatabase: bool = True) -> None:
         """

@@ -34,7 +34,6 @@ class StoreService(RuntimeService):
     """
 
     log = Logger()
-    runtimeAttributes = ("_outcome", "_waiters")
 
     def __init__(self, store: Any) -> None:
         """
