@@ -476,8 +476,9 @@ def test_clusterMetrics():
         adopted = value(samples, "presence_cluster_subscriptions_adopted_total")
         assert adopted + c.group.counters["adopted"] == 1
         assert value(samples, "presence_cluster_tombstones") == 0
-        assert value(samples, "presence_cluster_adopt_notifies_pending") == 0
-        assert value(samples, "presence_cluster_adopt_notifies_total") == adopted
+        samples = parseExposition(collect(LiveObjects(_tree(manager={"manager": a.manager}))))
+        assert value(samples, "presence_notify_paced_waiting") == 0
+        assert value(samples, "presence_notify_paced_total") == adopted
     finally:
         cluster.stop()
 
@@ -493,14 +494,14 @@ def test_adoptNotifyPacingMetrics():
     try:
         a = cluster["a"]
         a.clock.advance(10)
-        root = _tree(cluster={"group": a.group})
+        root = _tree(manager={"manager": a.manager})
         samples = parseExposition(collect(LiveObjects(root)))
-        assert value(samples, "presence_cluster_adopt_notifies_pending") == 29
-        assert value(samples, "presence_cluster_adopt_notifies_total") == 1
+        assert value(samples, "presence_notify_paced_waiting") == 29
+        assert value(samples, "presence_notify_paced_total") == 1
         drive(a, a.clock.seconds() + 5)
         samples = parseExposition(collect(LiveObjects(root)))
-        assert value(samples, "presence_cluster_adopt_notifies_pending") == 0
-        assert value(samples, "presence_cluster_adopt_notifies_total") == 30
+        assert value(samples, "presence_notify_paced_waiting") == 0
+        assert value(samples, "presence_notify_paced_total") == 30
     finally:
         cluster.stop()
 

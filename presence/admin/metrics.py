@@ -172,6 +172,17 @@ def _managerMetrics(out: Exposition, manager: Any) -> None:
         notifies.get("coalesced"),
     )
     out.single(
+        "presence_notify_paced_waiting", "gauge",
+        "Reloaded or adopted subscriptions still waiting for their paced NOTIFY "
+        "([cluster] adopt_notify_rate).",
+        manager.notifier.waiting,
+    )
+    out.single(
+        "presence_notify_paced_total", "counter",
+        "Paced NOTIFYs sent to the watchers of reloaded or adopted subscriptions.",
+        notifies.get("paced"),
+    )
+    out.single(
         "presence_manager_store_errors_total", "counter",
         "Store writes of the subscription manager that failed.",
         manager.counters.get("storeErrors"),
@@ -190,10 +201,6 @@ def _managerMetrics(out: Exposition, manager: Any) -> None:
         out.single(
             "presence_reactor_lag_seconds", "gauge",
             "How late the manager's last reactor probe ran.", overload.lag,
-        )
-        out.single(
-            "presence_store_pending_writes", "gauge",
-            "Writes queued or being committed.", overload.backlog(),
         )
 
 
@@ -531,18 +538,6 @@ def _clusterMetrics(out: Exposition, group: Any) -> None:
         "Removed publications remembered so that late updates cannot bring them back.",
         len(group.tombstones),
     )
-    notifier = getattr(getattr(group, "manager", None), "notifier", None)
-    if notifier is not None:
-        out.single(
-            "presence_cluster_adopt_notifies_pending", "gauge",
-            "Adopted or reloaded subscriptions still waiting for their paced NOTIFY ([cluster] adopt_notify_rate).",
-            notifier.waiting,
-        )
-        out.single(
-            "presence_cluster_adopt_notifies_total", "counter",
-            "Paced NOTIFYs sent to the watchers of adopted or reloaded subscriptions.",
-            notifier.counters.get("paced"),
-        )
 
 
 # (metric, type, help, store attribute)
@@ -558,6 +553,7 @@ _STORE_METRICS = (
         "Batches that failed and were replayed one operation at a time.",
         "replayCount",
     ),
+    ("presence_store_pending_writes", "gauge", "Writes queued or being committed.", "pendingWrites"),
     (
         "presence_store_writes_total", "counter",
         "Write operations completed; rate(writes) / rate(batches) is the mean batch size.",
