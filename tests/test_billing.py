@@ -21,7 +21,8 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from presence.billing import db
-from presence.billing.authorizer import BillingNotLoaded, ConnectionReader, EmbeddedAuthorizer, OpenAuthorizer
+from presence.billing.authorizer import ConnectionReader, EmbeddedAuthorizer, OpenAuthorizer
+from presence.billing.errors import BillingUnavailable
 from presence.billing.cache import _MISSING, TTLCache
 from presence.billing.policy import decide
 from presence.billing.records import (
@@ -488,10 +489,10 @@ def test_lookupsFailWhenNotLoadedInTime(billing):
     billing.clock.advance(1.9)
     assert not first.called and not second.called
     billing.clock.advance(0.1)
-    assert billing.value(first).check(BillingNotLoaded)
+    assert billing.value(first).check(BillingUnavailable)
     assert not second.called
     billing.clock.advance(3)
-    assert billing.value(second).check(BillingNotLoaded)
+    assert billing.value(second).check(BillingUnavailable)
     assert a.counters["waitTimeouts"] == 2 and a.counters["waited"] == 2
 
 
@@ -524,8 +525,8 @@ def test_stopFailsWaitingLookups(billing):
     billing.value(a.start())
     waiting = a.account(ALICE)
     a.stop()
-    assert billing.value(waiting).check(BillingNotLoaded)
-    assert billing.value(a.account(BOB)).check(BillingNotLoaded)
+    assert billing.value(waiting).check(BillingUnavailable)
+    assert billing.value(a.account(BOB)).check(BillingUnavailable)
     assert billing.clock.getDelayedCalls() == []
 
 

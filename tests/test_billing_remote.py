@@ -22,13 +22,13 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from presence.admin.listening import Listener
+from presence.billing.errors import BillingUnavailable
 from presence.billing.records import AccountInfo
 from presence.billing.remote import (
     ACCOUNT_COPY_TAG,
     PUSH_PAGE,
     BillingNodeServer,
     BillingNodeService,
-    BillingUnavailable,
     CopyableAccount,
     RemoteAccountCopy,
     RemoteAuthorizer,

@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presence.billing import db
+from presence.billing.errors import BillingUnavailable
 from presence.billing.listeners import ChangeListener, ChangeListeners
 from presence.billing.policy import decide
 from presence.billing.records import ALLOW, AccountInfo
@@ -59,14 +60,6 @@ Reader = Callable[[Callable[[Any], Any]], Deferred]
 
 #: The rules of a presentity that has none.
 _NO_RULES: Mapping[str, str] = MappingProxyType({})
-
-
-class BillingNotLoaded(Exception):
-    """
-    The accounts are not in memory (the database could not be read since
-    start-up, or billing was stopped first): the lookup fails, and the
-    manager answers 500 with Retry-After.
-    """
 
 
 class _Superseded(Exception):
@@ -149,7 +142,6 @@ class EmbeddedAuthorizer(ChangeListeners):
         self.pageSize = pageSize
         self._accounts: Dict[str, AccountInfo] = {}
         self._rules: Dict[str, Dict[str, str]] = {}
-        self._ruleCount = 0
         self.loaded = False
         self.lastChange: Optional[int] = None
         self.running = False
@@ -180,7 +172,7 @@ class EmbeddedAuthorizer(ChangeListeners):
         """
         Watch rules held in memory now.
         """
-        return self._ruleCount
+        return sum(len(each) for each in self._rules.values())
 
     # Lifecycle.
 
@@ -212,7 +204,7 @@ class EmbeddedAuthorizer(ChangeListeners):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._failWaiting(BillingNotLoaded("billing stopped before its accounts were loaded"))
+        self._failWaiting(BillingUnavailable("billing stopped before its accounts were loaded"))
 
     def _schedule(self) -> None:
         if not self.running or self._timer is not None:
@@ -349,14 +341,13 @@ class EmbeddedAuthorizer(ChangeListeners):
             raise RuntimeError("the change log was pruned while the accounts were loading")
         first = not self.loaded
         self._accounts, self._rules = accounts, rules
-        self._ruleCount = sum(len(each) for each in rules.values())
         self.lastChange = position
         self.loaded = True
         self.counters["reloads"] += 1
         self.log.info(
             "Billing: {accounts} accounts and {rules} watch rules in memory (read in {seconds:.1f} s)",
             accounts=len(accounts),
-            rules=self._ruleCount,
+            rules=self.ruleCount,
             seconds=self.clock.seconds() - began,
         )
         if first:
@@ -390,7 +381,7 @@ class EmbeddedAuthorizer(ChangeListeners):
             if not rows:
                 return after
             aors = frozenset(aor for _, aor in rows)
-            yield self._refresh(generation, aors, accounts, rules, live)
+            yield self._refresh(generation, aors, accounts, rules)
             after = rows[-1][0]
             self.counters["changes"] += len(rows)
             if live:
@@ -407,7 +398,6 @@ class EmbeddedAuthorizer(ChangeListeners):
         aors: FrozenSet[str],
         accounts: Dict[str, AccountInfo],
         rules: Dict[str, Dict[str, str]],
-        live: bool,
     ) -> Generator[Deferred, Any, None]:
         """
         Read the accounts of C{aors} and their rules as presentity again
@@ -425,15 +415,10 @@ class EmbeddedAuthorizer(ChangeListeners):
                     accounts.pop(aor, None)
                 else:
                     accounts[aor] = account
-                old = rules.pop(aor, None)
+                rules.pop(aor, None)
                 new = foundRules.get(aor)
                 if new is not None:
                     rules[aor] = new
-                if live:
-                    self._ruleCount += len(new or ()) - len(old or ())
-
-    # Listeners.
-
 
     # Lookups.
 
@@ -473,7 +458,7 @@ class EmbeddedAuthorizer(ChangeListeners):
         after L{lookupTimeout} seconds.
         """
         if not self.running:
-            return fail(BillingNotLoaded("billing is not running and its accounts are not loaded"))
+            return fail(BillingUnavailable("billing is not running and its accounts are not loaded"))
         d: Deferred = Deferred()
         self._waiting.append((self.clock.seconds() + self.lookupTimeout, d, aor, presentity))
         self.counters["waited"] += 1
@@ -502,31 +487,31 @@ class EmbeddedAuthorizer(ChangeListeners):
             count=len(expired),
             timeout=self.lookupTimeout,
         )
-        error = Failure(BillingNotLoaded("the accounts are not loaded yet"))
+        error = Failure(BillingUnavailable("the accounts are not loaded yet"))
         for d in expired:
             if not d.called:
                 d.errback(error)
 
-    def _answerWaiting(self) -> None:
+    def _takeWaiting(self) -> List[Tuple[Deferred, str, Optional[str]]]:
+        """
+        The lookups still waiting for the first load, as (Deferred, AOR,
+        presentity), the wait timer cancelled.
+        """
         if self._waitTimer is not None:
             self._waitTimer.cancel()
             self._waitTimer = None
         waiting, self._waiting = self._waiting, deque()
-        for _, d, aor, presentity in waiting:
-            if d.called:
-                continue
+        return [(d, aor, presentity) for _, d, aor, presentity in waiting if not d.called]
+
+    def _answerWaiting(self) -> None:
+        for d, aor, presentity in self._takeWaiting():
             self.counters["lookups"] += 1
             d.callback(self._accounts.get(aor) if presentity is None else self._decide(aor, presentity))
 
     def _failWaiting(self, error: Exception) -> None:
-        if self._waitTimer is not None:
-            self._waitTimer.cancel()
-            self._waitTimer = None
-        waiting, self._waiting = self._waiting, deque()
         failure = Failure(error)
-        for _, d, _, _ in waiting:
-            if not d.called:
-                d.errback(failure)
+        for d, _, _ in self._takeWaiting():
+            d.errback(failure)
 
 
 @implementer(IAuthorizer)

@@ -57,6 +57,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from presence.billing.cache import _MISSING, TTLCache
+from presence.billing.errors import BillingUnavailable
 from presence.billing.listeners import ChangeListener, ChangeListeners
 from presence.billing.records import ACTIONS, ALLOW, AccountInfo
 from presence.billing.service import MIN_SECRET, BillingService, SecretError
@@ -212,14 +213,6 @@ class RemoteAccountCopy(pb.RemoteCopy):
 
 
 pb.setUnjellyableForClass(ACCOUNT_COPY_TAG, RemoteAccountCopy)
-
-
-class BillingUnavailable(Exception):
-    """
-    The billing node cannot answer now: not logged in, the call timed
-    out, the connection was lost, or the node failed.  The manager answers
-    500 with Retry-After and decides nothing.
-    """
 
 
 class BadLookup(pb.Error):

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
+from presence.billing.errors import BillingUnavailable
 from presence.billing.gate import AuthGate, Refused
 from presence.sip.message import Request
 from presence.sip.transaction import COMPLETED, TERMINATED, ServerTransaction
@@ -93,7 +94,16 @@ class Admission:
         Billing could not answer: decide nothing, ask the UA to retry.
         """
         self.counters["billingErrors"] += 1
-        self.log.failure("Billing failed for {method}", failure, method=tx.request.method)
+        if failure.check(BillingUnavailable):
+            # Expected while billing is away, for every request: one line
+            # each, no traceback (the authorizer logs the cause once).
+            self.log.warn(
+                "Billing unavailable for {method}: {reason}",
+                method=tx.request.method,
+                reason=failure.getErrorMessage(),
+            )
+        else:
+            self.log.failure("Billing failed for {method}", failure, method=tx.request.method)
         if tx.state not in (COMPLETED, TERMINATED):
             self.core.respond(tx, 500, "Billing Unavailable", [("Retry-After", "5")])
 
