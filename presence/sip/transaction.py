@@ -173,70 +173,84 @@ class _Lingering:
         self.source = None
 
 
-class _ExpiryQueue:
+class _FifoTimers:
     """
-    One timer (J or K) for every transaction that is waiting it out.
+    One timer of a fixed delay for many entries: entries expire in the
+    order they were added, so a FIFO queue and one delayed call for its
+    head do the work of one delayed call per entry.  When expiries crowd
+    together they are processed at most every C{resolution} seconds, so
+    under load the queue costs a few delayed calls per second whatever the
+    rate; an isolated expiry is processed exactly on time.
 
-    The delay is the same for every entry, so entries expire in the order
-    they were added: a FIFO queue and one delayed call for its head do the
-    work of one delayed call per transaction.  When expiries crowd together
-    they are processed at most every C{resolution} seconds, so under load
-    the queue costs a few delayed calls per second whatever the rate; an
-    isolated expiry is processed exactly on time.
+    Entries have a C{deadline} slot (set here) and a C{kill()} method (on
+    L{stop}); subclasses say what a due entry does (L{_due}).
     """
 
-    __slots__ = ("_reactor", "_delay", "_resolution", "_table", "_queue", "_call")
+    __slots__ = ("_reactor", "_delay", "_resolution", "_queue", "_call")
 
-    def __init__(
-        self,
-        reactor: IReactorTime,
-        delay: float,
-        resolution: float,
-        table: Dict[str, Any],
-    ) -> None:
+    def __init__(self, reactor: IReactorTime, delay: float, resolution: float) -> None:
         self._reactor = reactor
         self._delay = delay
         self._resolution = resolution
-        self._table = table
-        self._queue: Deque[_Lingering] = deque()
+        self._queue: Deque[Any] = deque()
         self._call: Optional[IDelayedCall] = None
 
-    def add(self, record: _Lingering) -> None:
-        """
-        Start the timer for C{record}, which is in the table under its key.
-        """
-        record.deadline = self._reactor.seconds() + self._delay
-        self._queue.append(record)
+    def _push(self, entry: Any) -> None:
+        entry.deadline = self._reactor.seconds() + self._delay
+        self._queue.append(entry)
         if self._call is None:
             self._call = self._reactor.callLater(self._delay, self._expire)
+
+    def _due(self, entry: Any) -> None:
+        raise NotImplementedError()
 
     def _expire(self) -> None:
         self._call = None
         now = self._reactor.seconds()
         limit = now + _EPSILON
         queue = self._queue
-        table = self._table
         while queue and queue[0].deadline <= limit:
-            record = queue.popleft()
-            key = record.key
-            if key is not None:
-                if table.get(key) is record:
-                    del table[key]
-                record.kill()
-        if queue:
+            self._due(queue.popleft())
+        if queue and self._call is None:
             delay = max(queue[0].deadline - now, self._resolution)
             self._call = self._reactor.callLater(delay, self._expire)
 
     def stop(self) -> None:
         """
-        Cancel the delayed call and terminate every waiting record.
+        Cancel the delayed call and kill every waiting entry.
         """
         if self._call is not None:
             self._call.cancel()
             self._call = None
-        for record in self._queue:
-            record.kill()
+        for entry in self._queue:
+            entry.kill()
         self._queue.clear()
+
+
+class _ExpiryQueue(_FifoTimers):
+    """
+    Timer J or K for every completed transaction that is waiting it out in
+    C{table} (the layer's server or client transactions by key).
+    """
+
+    __slots__ = ("_table",)
+
+    def __init__(self, reactor: IReactorTime, delay: float, resolution: float, table: Dict[str, Any]) -> None:
+        _FifoTimers.__init__(self, reactor, delay, resolution)
+        self._table = table
+
+    def add(self, record: _Lingering) -> None:
+        """
+        Start the timer for C{record}, which is in the table under its key.
+        """
+        self._push(record)
+
+    def _due(self, record: _Lingering) -> None:
+        key = record.key
+        if key is not None:
+            if self._table.get(key) is record:
+                del self._table[key]
+            record.kill()
 
 
 #: How late, at most, a crowd of client timers (E, F) may be processed.
@@ -252,8 +266,8 @@ class _Armed:
 
     __slots__ = ("deadline", "fire", "queue")
 
-    def __init__(self, deadline: float, fire: Callable[[], None], queue: _TimerQueue) -> None:
-        self.deadline = deadline
+    def __init__(self, fire: Callable[[], None], queue: _TimerQueue) -> None:
+        self.deadline = 0.0
         self.fire: Optional[Callable[[], None]] = fire
         self.queue = queue
 
@@ -262,26 +276,23 @@ class _Armed:
             self.fire = None
             self.queue._disarmed()
 
+    def kill(self) -> None:
+        self.fire = None
 
-class _TimerQueue:
+
+class _TimerQueue(_FifoTimers):
     """
     One client timer of a fixed delay (Timer F, the first Timer E) for
-    every transaction: entries expire in the order they were armed, so a
-    FIFO queue and one delayed call for its head do the work of a delayed
-    call per transaction.  Expiries closer together than
-    L{_CLIENT_RESOLUTION} are processed together; an isolated one exactly
-    on time.
+    every client transaction, processed at most every
+    L{_CLIENT_RESOLUTION} seconds.
     """
 
-    __slots__ = ("_reactor", "_delay", "_queue", "_call", "_armed")
+    __slots__ = ("_armed",)
 
     log = Logger()
 
     def __init__(self, reactor: IReactorTime, delay: float) -> None:
-        self._reactor = reactor
-        self._delay = delay
-        self._queue: Deque[_Armed] = deque()
-        self._call: Optional[IDelayedCall] = None
+        _FifoTimers.__init__(self, reactor, delay, _CLIENT_RESOLUTION)
         # Entries still armed: at 0 the queue empties and its delayed
         # call goes, so an idle layer leaves no timer behind.
         self._armed = 0
@@ -291,33 +302,23 @@ class _TimerQueue:
         Call C{fire()} after the delay unless the returned entry is
         cancelled first.
         """
-        entry = _Armed(self._reactor.seconds() + self._delay, fire, self)
-        self._queue.append(entry)
+        entry = _Armed(fire, self)
         self._armed += 1
-        if self._call is None:
-            self._call = self._reactor.callLater(self._delay, self._expire)
+        self._push(entry)
         return entry
 
-    def _expire(self) -> None:
-        self._call = None
-        now = self._reactor.seconds()
-        limit = now + _EPSILON
-        queue = self._queue
-        while queue and queue[0].deadline <= limit:
-            entry = queue.popleft()
-            fire = entry.fire
-            if fire is not None:
-                entry.fire = None
-                self._armed -= 1
-                try:
-                    fire()
-                except Exception:
-                    self.log.failure("Client transaction timer failed")
+    def _due(self, entry: _Armed) -> None:
+        fire = entry.fire
+        if fire is None:
+            return
+        entry.fire = None
+        self._armed -= 1
+        try:
+            fire()
+        except Exception:
+            self.log.failure("Client transaction timer failed")
         if not self._armed:
-            queue.clear()
-        elif self._call is None:
-            delay = max(queue[0].deadline - now, _CLIENT_RESOLUTION)
-            self._call = self._reactor.callLater(delay, self._expire)
+            self._queue.clear()
 
     def _disarmed(self) -> None:
         self._armed -= 1
@@ -328,12 +329,7 @@ class _TimerQueue:
         """
         Cancel the delayed call and disarm every entry.
         """
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-        for entry in self._queue:
-            entry.fire = None
-        self._queue.clear()
+        _FifoTimers.stop(self)
         self._armed = 0
 
 
