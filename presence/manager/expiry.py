@@ -19,7 +19,20 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Any, Callable, Dict, Hashable, List, Optional, Set
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Set
+
+
+def expiresAtIn(table: Mapping[Any, Any]) -> Callable[[Any], Optional[float]]:
+    """
+    The C{deadlineOf} of a wheel over objects with an C{expiresAt}, held in
+    C{table} by their key (gone from it once ended).
+    """
+
+    def deadlineOf(key: Any) -> Optional[float]:
+        found = table.get(key)
+        return None if found is None else found.expiresAt
+
+    return deadlineOf
 
 
 class ExpiryWheel:

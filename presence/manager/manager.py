@@ -30,7 +30,7 @@ from presence.billing.gate import AuthGate, FailureLimiter
 from presence.billing.records import ALLOW, BLOCK
 from presence.config import Config
 from presence.manager.admission import Admission
-from presence.manager.expiry import ExpiryWheel
+from presence.manager.expiry import ExpiryWheel, expiresAtIn
 from presence.manager.notifier import PIDF, Notifier
 from presence.manager.overload import OverloadGuard
 from presence.manager.state import DialogIndex, DialogKey, Presentity, Publication, Subscription
@@ -106,8 +106,8 @@ class SubscriptionManager:
         # Two wheels keyed by the subscription id and the entity-tag
         # themselves: no key string of its own per entry, and no deadline
         # either (they ask the subscription or publication for it).
-        self.expiry = ExpiryWheel(clock, self._subscriptionsExpired, self._subscriptionDeadline)
-        self.publicationExpiry = ExpiryWheel(clock, self._publicationsExpired, self._publicationDeadline)
+        self.expiry = ExpiryWheel(clock, self._subscriptionsExpired, expiresAtIn(self.subscriptions))
+        self.publicationExpiry = ExpiryWheel(clock, self._publicationsExpired, expiresAtIn(self.publications))
         self.notifier = Notifier(self)
         self.overload = OverloadGuard(
             clock,
@@ -855,14 +855,6 @@ class SubscriptionManager:
         )
 
     # Expiry.
-
-    def _subscriptionDeadline(self, ident: str) -> Optional[float]:
-        sub = self.subscriptions.get(ident)
-        return None if sub is None else sub.expiresAt
-
-    def _publicationDeadline(self, etag: str) -> Optional[float]:
-        pub = self.publications.get(etag)
-        return None if pub is None else pub.expiresAt
 
     def _subscriptionsExpired(self, ids: List[Hashable]) -> None:
         for ident in ids:

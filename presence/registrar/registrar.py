@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from presence.config import Config
 from presence.manager.admission import Admission
-from presence.manager.expiry import ExpiryWheel
+from presence.manager.expiry import ExpiryWheel, expiresAtIn
 from presence.registrar.binding import (
     ContactError,
     bindingId,
@@ -86,7 +86,7 @@ class Registrar:
         self._byId: Dict[str, BindingRecord] = {}
         self._byFlow: Dict[str, Set[str]] = {}
         self._listeners: List[Listener] = []
-        self.expiry = ExpiryWheel(clock, self._expired, self._deadline)
+        self.expiry = ExpiryWheel(clock, self._expired, expiresAtIn(self._byId))
         self.counters = {
             "registers": 0,
             "added": 0,
@@ -444,10 +444,6 @@ class Registrar:
             aors.add(binding.aor)
             self.store.removeBinding(ident).addErrback(self._storeFailed, "%s binding %s" % (what, ident))
         return aors
-
-    def _deadline(self, ident: str) -> Optional[float]:
-        binding = self._byId.get(ident)
-        return None if binding is None else binding.expiresAt
 
     def _expired(self, keys: List[Hashable]) -> None:
         """
