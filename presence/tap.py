@@ -82,6 +82,15 @@ class Options(usage.Options):
         """
         self["domain"].append(domain)
 
+    def opt_version(self) -> None:
+        """
+        Show the version of this server (and of Twisted and Python) and exit.
+        """
+        from presence.version import describe
+
+        sys.stdout.write(describe() + "\n")
+        raise SystemExit(0)
+
     def fail(self, message: str) -> None:
         """
         Stop with one line: twistd would print the whole usage text before a

@@ -10,7 +10,10 @@ nothing is half-written.
 
 from __future__ import annotations
 
+import os
+import pickle
 import sys
+import tempfile
 from typing import Any, Callable, List, Optional
 
 import sqlalchemy as sa
@@ -81,6 +84,9 @@ class Options(usage.Options):
         ["policy", None, provisioning.PolicyOptions, "Who may watch a presentity: allow, block, ask, clear, show."],
         ["watchers", None, provisioning.WatchersOptions, "Who watches an AOR, in which state."],
     ]
+
+    # The same line as twistd presence --version.
+    opt_version = ServerOptions.opt_version
 
     def postOptions(self) -> None:
         if self.subCommand is None:
@@ -185,20 +191,40 @@ def checkconfig(options: Options, out: Any) -> None:
 
 def mktap(options: Options, out: Any) -> None:
     from twisted.application import service
-    from twisted.persisted import sob
 
     from presence.tap import makeService
 
     sub = options.subOptions
     application = service.Application("presence")
     makeService(sub).setServiceParent(service.IServiceCollection(application))
-    persistable = sob.IPersistable(application)
-    persistable.setStyle("pickle")
     try:
-        persistable.save(filename=sub["output"])
+        writePrivately(sub["output"], lambda f: pickle.dump(application, f, 2))
     except OSError as e:
         raise AdminError("cannot write %s: %s" % (sub["output"], e.strerror or e))
     out.write("Wrote %s; run it with: twistd -n -f %s\n" % (sub["output"], sub["output"]))
+
+
+def writePrivately(path: str, write: Callable[[Any], None]) -> None:
+    """
+    Write a file only its owner may read (mode 0600): a .tap file holds
+    the configuration's secrets.  It is written to a new file created
+    with that mode, then renamed over C{path}, so an existing file with a
+    wider mode is replaced rather than rewritten in place, and a failure
+    leaves the old file as it was.  The pickle is what
+    C{twisted.persisted.sob} writes (protocol 2), for C{twistd -f}.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".%s-" % (os.path.basename(path),), dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 COMMANDS = {

@@ -24,6 +24,7 @@ from presence.sip.target import Target, TransportError
 from presence.sip.transaction import ClientTransaction, ServerTransaction, TimerSettings, TransactionLayer
 from presence.sip.transport import FlowTable, SIPDatagramProtocol
 from presence.sip.uri import SipURI, URIError, parseURI
+from presence.version import version
 
 Handler = Callable[[Request, ServerTransaction], None]
 
@@ -34,7 +35,7 @@ KNOWN_METHODS = frozenset(
      "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER"]
 )
 
-SERVER_NAME = "presence/0.1"
+SERVER_NAME = "presence/" + version
 
 
 def newTag() -> str:
