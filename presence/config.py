@@ -215,6 +215,10 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "domain": ("domains", _words, ()),
         "database": ("database", _text, "sqlite:///presence.sqlite"),
         "advertise": ("advertise", _text, ""),
+        # The web pages whose browsers may open SIP WebSockets (ws:, wss:
+        # listeners), as Origin values (https://phone.example.test); empty
+        # allows any.  Clients that send no Origin (no browser) are let in.
+        "websocket_origins": ("websocketOrigins", _words, ()),
     },
     "manager": {
         "node": ("node", _text, "manager"),

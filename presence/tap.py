@@ -69,8 +69,9 @@ class Options(usage.Options):
     def opt_listen(self, spec: str) -> None:
         """
         Listen on this address; repeatable.  Forms: udp:PORT[:interface=ADDR],
-        tcp:PORT[:interface=ADDR], tls:PORT:privateKey=KEY.pem:certKey=CERT.pem.
-        Default: udp:5060 and tcp:5060.
+        tcp:PORT[:interface=ADDR], tls:PORT:privateKey=KEY.pem:certKey=CERT.pem,
+        ws:PORT[:interface=ADDR], wss:PORT:privateKey=KEY.pem:certKey=CERT.pem
+        (SIP over WebSocket).  Default: udp:5060 and tcp:5060.
         """
         self["listen"].append(spec)
 

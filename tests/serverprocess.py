@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TWISTD = "from twisted.scripts.twistd import run; run()"
-_ADDRESS = re.compile(r"(UDP|TCP|TLS) ([0-9a-fA-F.:]+):(\d+)")
+_ADDRESS = re.compile(r"(UDP|TCP|TLS|WSS|WS) ([0-9a-fA-F.:]+):(\d+)")
 
 
 class ServerProcess:

@@ -144,3 +144,70 @@ class TCPClient:
         self.sock.close()
 
 
+
+class WSClient:
+    """
+    One SIP-over-WebSocket connection (RFC 7118), plain or inside TLS,
+    spoken with wsproto in client mode.
+    """
+
+    def __init__(self, port: int, timeout: float = 5.0, context: Optional[object] = None, serverName: str = "127.0.0.1") -> None:
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import AcceptConnection, Request as Upgrade
+
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if context is not None:
+            sock = context.wrap_socket(sock, server_hostname=serverName)  # type: ignore[attr-defined]
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.pending: List[object] = []
+        self.sock.sendall(self.ws.send(Upgrade(host="127.0.0.1", target="/", subprotocols=["sip"])))
+        event = self._next()
+        if not isinstance(event, AcceptConnection):
+            raise ConnectionError("handshake refused: %r" % (event,))
+        self.subprotocol = event.subprotocol
+
+    def _next(self) -> object:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed by server")
+            self.ws.receive_data(data)
+            self.pending.extend(self.ws.events())
+        return self.pending.pop(0)
+
+    def sendText(self, text: str) -> None:
+        from wsproto.events import TextMessage
+
+        self.sock.sendall(self.ws.send(TextMessage(data=text)))
+
+    def send(self, message: Message) -> None:
+        self.sendText(message.toBytes().decode("utf-8"))
+
+    def receiveText(self) -> str:
+        from wsproto.events import BytesMessage, CloseConnection, TextMessage
+
+        while True:
+            event = self._next()
+            if isinstance(event, TextMessage):
+                return event.data
+            if isinstance(event, BytesMessage):
+                return bytes(event.data).decode("utf-8")
+            if isinstance(event, CloseConnection):
+                raise ConnectionError("closed by server: %r" % (event,))
+
+    def receiveMessage(self) -> Message:
+        return parseMessage(self.receiveText().encode("utf-8"))
+
+    def receive(self) -> Response:
+        message = self.receiveMessage()
+        assert isinstance(message, Response), message
+        return message
+
+    def request(self, method: str, uri: str, **headers: str) -> Response:
+        self.send(newRequest(method, uri, self.port, "WS", **headers))
+        return self.receive()
+
+    def close(self) -> None:
+        self.sock.close()

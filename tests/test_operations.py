@@ -83,7 +83,7 @@ def test_badOptionOneLine(tmp_path):
     result = _twistd(str(tmp_path), "presence", "--listen", "sctp:5060")
     assert result.returncode == 1
     assert result.stderr.decode().strip() == (
-        "twistd presence: --listen: unknown transport 'sctp' in 'sctp:5060' (use udp:, tcp: or tls:)"
+        "twistd presence: --listen: unknown transport 'sctp' in 'sctp:5060' (use udp:, tcp:, tls:, ws: or wss:)"
     )
 
 

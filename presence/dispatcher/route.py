@@ -10,7 +10,7 @@ route set::
 C{m} names the manager that took the dialog, C{t} and C{f} the flow to the
 user agent (RFC 5626 §5.2 in spirit): for UDP its source address and port
 (C{f=198.51.100.7~40000}, the C{rport} address; C{:} of IPv6 written C{-}),
-for TCP and TLS the dispatcher's boot id and connection token.  Every
+for TCP, TLS, WS and WSS the dispatcher's boot id and connection token.  Every
 in-dialog request comes back with it: the user agent's refreshes go to
 manager C{m}, the manager's NOTIFYs go down flow C{f}.  No table is kept,
 so nothing is lost when the dispatcher restarts, and any number of
@@ -38,7 +38,7 @@ from presence.sip.target import Target
 _MANAGER = re.compile(r"[A-Za-z0-9_.-]{1,32}\Z").match
 _STREAM_FLOW = re.compile(r"([0-9a-f]{8})\.(f[0-9a-f]{1,16})\Z").match
 _MAC = re.compile(r"[0-9a-f]{24}\Z").match
-_TRANSPORTS = {"udp": "UDP", "tcp": "TCP", "tls": "TLS"}
+_TRANSPORTS = {"udp": "UDP", "tcp": "TCP", "tls": "TLS", "ws": "WS", "wss": "WSS"}
 
 
 class RouteError(ValueError):
@@ -53,12 +53,14 @@ class RouteInfo:
     What a verified route says.
 
     @ivar manager: the name of the manager that owns the dialog.
-    @ivar transport: C{"UDP"}, C{"TCP"} or C{"TLS"}: the user agent's flow.
+    @ivar transport: C{"UDP"}, C{"TCP"}, C{"TLS"}, C{"WS"} or C{"WSS"}: the
+        user agent's flow.
     @ivar host: for UDP, the user agent's address; else C{""}.
     @ivar port: for UDP, its port; else 0.
-    @ivar boot: for TCP and TLS, the boot id of the dispatcher run that
+    @ivar boot: for the stream transports, the boot id of the dispatcher run that
         holds the connection; else C{""}.
-    @ivar token: for TCP and TLS, the connection's flow token; else C{""}.
+    @ivar token: for the stream transports, the connection's flow token;
+        else C{""}.
     """
 
     __slots__ = ("manager", "transport", "host", "port", "boot", "token")

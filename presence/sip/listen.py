@@ -1,6 +1,8 @@
 """
 Listening addresses as operators write them: C{udp:5060},
-C{tcp:5060:interface=127.0.0.1}, C{tls:5061:privateKey=key.pem:certKey=cert.pem}.
+C{tcp:5060:interface=127.0.0.1}, C{tls:5061:privateKey=key.pem:certKey=cert.pem},
+C{ws:8080}, C{wss:8443:privateKey=key.pem:certKey=cert.pem} (SIP over
+WebSocket, RFC 7118).
 
 Twisted has no C{udp:} endpoint string, and SIP wants UDP and TCP on one
 port, so this module parses the spec itself and binds with the reactor's
@@ -11,12 +13,18 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
-TRANSPORTS = {"udp": "UDP", "tcp": "TCP", "tls": "TLS"}
+TRANSPORTS = {"udp": "UDP", "tcp": "TCP", "tls": "TLS", "ws": "WS", "wss": "WSS"}
+_SECURE = {"interface", "backlog", "privateKey", "certKey", "extraCertChain"}
 _OPTIONS = {
     "UDP": {"interface"},
     "TCP": {"interface", "backlog"},
-    "TLS": {"interface", "backlog", "privateKey", "certKey", "extraCertChain"},
+    "TLS": _SECURE,
+    "WS": {"interface", "backlog"},
+    "WSS": _SECURE,
 }
+
+#: Transports that share the port of the UDP listener when given port 0.
+SAME_PORT_AS_UDP = ("TCP", "TLS")
 
 
 class ListenError(ValueError):
@@ -29,9 +37,9 @@ class ListenSpec:
     """
     One listening socket to open.
 
-    @ivar transport: C{"UDP"}, C{"TCP"} or C{"TLS"}.
-    @ivar port: the port; 0 picks a free one (for UDP) or the port of the
-        UDP listener on the same interface (for TCP and TLS).
+    @ivar transport: C{"UDP"}, C{"TCP"}, C{"TLS"}, C{"WS"} or C{"WSS"}.
+    @ivar port: the port; 0 picks a free one (for UDP, WS and WSS) or the
+        port of the UDP listener on the same interface (for TCP and TLS).
     @ivar interface: the address to bind, C{""} for all IPv4 interfaces.
     @ivar options: the other C{key=value} options.
     """
@@ -46,12 +54,12 @@ class ListenSpec:
     def fromString(cls, text: str) -> ListenSpec:
         """
         @raise ListenError: for an unknown transport, a bad port, an unknown
-            option, or TLS without its key and certificate.
+            option, or TLS or WSS without its key and certificate.
         """
         parts = text.strip().split(":")
         transport = TRANSPORTS.get(parts[0].lower())
         if transport is None:
-            raise ListenError("unknown transport %r in %r (use udp:, tcp: or tls:)" % (parts[0], text))
+            raise ListenError("unknown transport %r in %r (use udp:, tcp:, tls:, ws: or wss:)" % (parts[0], text))
         if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) > 65535:
             raise ListenError("bad port in %r" % (text,))
         options: Dict[str, str] = {}
@@ -63,8 +71,8 @@ class ListenSpec:
             if not eq or key not in _OPTIONS[transport]:
                 raise ListenError("unknown option %r in %r" % (item.replace("\x00", ":"), text))
             options[key] = value.replace("\x00", ":")
-        if transport == "TLS" and not ("privateKey" in options and "certKey" in options):
-            raise ListenError("tls: needs privateKey= and certKey= in %r" % (text,))
+        if _OPTIONS[transport] is _SECURE and not ("privateKey" in options and "certKey" in options):
+            raise ListenError("%s: needs privateKey= and certKey= in %r" % (parts[0].lower(), text))
         interface = options.pop("interface", "")
         return cls(transport, int(parts[1]), interface, options)
 

@@ -18,16 +18,17 @@ from twisted.logger import Logger
 from presence.config import Config
 from presence.runtime import RuntimeService
 from presence.sip.core import SIPCore
-from presence.sip.listen import ListenSpec
+from presence.sip.listen import SAME_PORT_AS_UDP, ListenSpec
 from presence.sip.sockbuf import SYSCTL, setBuffer
 from presence.sip.transaction import TimerSettings
 from presence.sip.transport import SIPDatagramProtocol, SIPStreamFactory
+from presence.sip.websocket import SIPWebSocketFactory
 
 
 class SIPService(RuntimeService):
     """
-    Listens on the configured UDP, TCP and TLS addresses and runs the SIP
-    core behind them.
+    Listens on the configured UDP, TCP, TLS, WS and WSS addresses and runs
+    the SIP core behind them.
 
     @ivar core: the L{SIPCore}, once started.
     @ivar addresses: what it listens on, as C{(transport, host, port)}.
@@ -87,7 +88,7 @@ class SIPService(RuntimeService):
                     self._listen(spec, limits, udpPorts)
                 return
             except CannotListenError:
-                inherited = any(s.port == 0 and s.transport != "UDP" for s in specs)
+                inherited = any(s.port == 0 and s.transport in SAME_PORT_AS_UDP for s in specs)
                 if not inherited or attempt == 19:
                     raise
                 for listening in self._datagramPorts + self._streamPorts:
@@ -108,11 +109,16 @@ class SIPService(RuntimeService):
             )
             core.udp = protocol
         else:
-            if port == 0:
+            if port == 0 and spec.transport in SAME_PORT_AS_UDP:
                 port = udpPorts.get(spec.interface, 0)
-            factory = SIPStreamFactory(core, spec.transport, limits)
+            factory: Any
+            if spec.transport in ("WS", "WSS"):
+                origins = frozenset(self.config.websocketOrigins)
+                factory = SIPWebSocketFactory(core, spec.transport, limits, origins)
+            else:
+                factory = SIPStreamFactory(core, spec.transport, limits)
             backlog = int(spec.options.get("backlog", 128))
-            if spec.transport == "TCP":
+            if spec.transport in ("TCP", "WS"):
                 listening = self.reactor.listenTCP(port, factory, backlog, spec.interface)
             else:
                 listening = self.reactor.listenSSL(
@@ -216,8 +222,8 @@ def _redacted(url: str) -> str:
 
 def _tlsContext(spec: ListenSpec) -> Any:
     """
-    Server TLS options from PEM files: C{privateKey} and C{certKey}, with an
-    optional C{extraCertChain}.
+    Server TLS options (for TLS and WSS) from PEM files: C{privateKey} and
+    C{certKey}, with an optional C{extraCertChain}.
     """
     with open(spec.options["privateKey"], "rb") as f:
         keyPEM = f.read()

@@ -25,6 +25,30 @@ if TYPE_CHECKING:
     from presence.sip.core import SIPCore
 
 
+_log = Logger()
+
+
+def deliver(core: SIPCore, data: bytes, limits: Limits, source: Target, stream: bool = False) -> None:
+    """
+    Parse one framed message (a datagram, a message cut from a stream, a
+    WebSocket message) and hand it to C{core}, or tell the core it was
+    malformed.  Never raises.
+
+    @param stream: C{True} when Content-Length framed C{data} (TCP, TLS),
+        where a body without it is an error; C{False} when the transport's
+        own framing did (UDP, WebSocket).
+    """
+    try:
+        message = parseMessage(data, limits, stream)
+    except ParseError as e:
+        core.badMessage(e, source)
+        return
+    except Exception:
+        _log.failure("Unexpected error parsing a message from {source}", source=source)
+        return
+    core.messageReceived(message, source)
+
+
 class SIPDatagramProtocol(DatagramProtocol):
     """
     SIP over UDP: one message per datagram (RFC 3261 §18.3).  STUN Binding
@@ -45,16 +69,7 @@ class SIPDatagramProtocol(DatagramProtocol):
             # No SIP message starts with these bytes: STUN (RFC 7983 §7).
             self._stunReceived(data, addr)
             return
-        source = Target("UDP", addr[0], addr[1])
-        try:
-            message = parseMessage(data, self.limits)
-        except ParseError as e:
-            self.core.badMessage(e, source)
-            return
-        except Exception:
-            self.log.failure("Unexpected error parsing a datagram from {source}", source=source)
-            return
-        self.core.messageReceived(message, source)
+        deliver(self.core, data, self.limits, Target("UDP", addr[0], addr[1]))
 
     def _stunReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
         """
@@ -148,15 +163,7 @@ class SIPStreamProtocol(Protocol):
             counters["keepalives"] = counters.get("keepalives", 0) + 1
             self.transport.write(b"\r\n")
             return
-        try:
-            message = parseMessage(item, self.limits, stream=True)  # type: ignore[arg-type]
-        except ParseError as e:
-            self.core.badMessage(e, self.source())
-            return
-        except Exception:
-            self.log.failure("Unexpected error parsing a message from {peer}", peer=self.peer)
-            return
-        self.core.messageReceived(message, self.source())
+        deliver(self.core, item, self.limits, self.source(), stream=True)  # type: ignore[arg-type]
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
@@ -180,7 +187,7 @@ class SIPStreamFactory(Factory):
 
 class FlowTable:
     """
-    The live TCP and TLS connections, by flow token.
+    The live TCP, TLS and WebSocket connections, by flow token.
 
     Tokens are never reused, so a message addressed to a flow that has
     closed fails instead of reaching whoever connected next; nor are they
