@@ -182,10 +182,13 @@ def test_adminUsage():
 
 def test_jsonLogAndRequestEvents(tmp_path):
     """
-    [log] json_file writes one JSON event per line; with [log] requests on,
-    every answered request is an event with its method, AOR, code and time.
+    [log] json_file writes one JSON event per line, in the conventional
+    shape: ISO time, level name, logger, the rendered message, then the
+    fields; with [log] requests on, every answered request is an event with
+    its method, AOR, code and time.
     """
     import json
+    from datetime import datetime
 
     config = tmp_path / "log.ini"
     logFile = tmp_path / "presence.json"
@@ -202,8 +205,13 @@ def test_jsonLogAndRequestEvents(tmp_path):
     assert len(outcomes) == 1
     event = outcomes[0]
     assert event["code"] == 200 and event["aor"] == "sip:127.0.0.1"
-    assert event["log_level"]["name"] == "debug" and event["elapsed"] >= 0
-    assert any("SIP listening on" in (e.get("log_format") or "") for e in events)
+    assert event["level"] == "debug" and event["elapsed"] >= 0
+    assert list(event)[:4] == ["time", "level", "logger", "message"]
+    assert datetime.fromisoformat(event["time"]).utcoffset().total_seconds() == 0
+    assert not any(key.startswith("log_") for e in events for key in e)
+    listening = [e for e in events if e["message"].startswith("SIP listening on")]
+    assert len(listening) == 1 and listening[0]["logger"] == "presence.sip.service.SIPService"
+    assert "UDP 127.0.0.1:" in listening[0]["message"]
 
 
 def test_noOptionsRunsEmbeddedDefault(tmp_path):

@@ -18,6 +18,7 @@ from presence.config import Config, ConfigError
 from presence.sip import sockbuf
 from presence.sip.listen import ListenSpec
 from presence.sip.service import SIPService
+from presence.startup import StartupError
 
 
 class FakeUDPPort:
@@ -72,12 +73,9 @@ def test_fixedPortTakenFails():
     reactor = BusyOnce()
     config = Config(listen=(ListenSpec("UDP", 5060), ListenSpec("TCP", 5060)))
     sip = SIPService(config, reactor)
-    try:
+    with pytest.raises(StartupError) as raised:
         sip.startService()
-    except CannotListenError:
-        pass
-    else:
-        raise AssertionError("a fixed port in use must fail start-up")
+    assert str(raised.value).startswith("SIP over TCP: cannot listen on *:5060: ")
 
 
 # UDP socket buffers ([sip] udp_receive_buffer, udp_send_buffer).

@@ -64,6 +64,7 @@ from presence.billing.service import MIN_SECRET, BillingService, SecretError
 from presence.config import Config
 from presence.interfaces import IAuthorizer
 from presence.runtime import RuntimeService
+from presence.startup import failStartup
 
 #: The PB type tag of an account copy; both sides register it.
 ACCOUNT_COPY_TAG = b"presence.billing.AccountInfo"
@@ -888,9 +889,7 @@ class BillingNodeService(RuntimeService):
             self.log.info("Billing node serving")
 
     def _failed(self, failure: Failure) -> None:
-        self.log.error("Billing node cannot serve: {error}", error=failure.getErrorMessage())
-        if self.reactor.running:
-            self.reactor.stop()
+        failStartup(self, "billing-node", failure)
 
     def stopService(self) -> Any:
         """
@@ -923,6 +922,8 @@ class RemoteBillingService(BillingService):
     def _storeReady(self, store: Any) -> Any:
         from twisted.internet.endpoints import clientFromString
 
+        if not self.running:
+            return None
         config = self.config
         secret = loadPeerSecret(config.billingPeerSecretFile)
         authorizer = RemoteAuthorizer(

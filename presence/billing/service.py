@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from presence.billing.authorizer import EmbeddedAuthorizer
 from presence.config import Config
 from presence.runtime import RuntimeService
+from presence.startup import failStartup
 from presence.sip.digest import DigestAuthenticator
 
 MIN_SECRET = 16
@@ -121,7 +122,10 @@ class BillingService(RuntimeService):
         d.addCallback(self._storeReady)
         d.addBoth(self._settle)
 
-    def _storeReady(self, store: Any) -> Deferred:
+    def _storeReady(self, store: Any) -> Any:
+        if not self.running:
+            # Stopped while the store was starting: start nothing now.
+            return None
         config = self.config
         authorizer = EmbeddedAuthorizer(store.runRead, self.reactor, config.billingPollInterval)
         self.authorizer = authorizer
@@ -138,7 +142,7 @@ class BillingService(RuntimeService):
     def _settle(self, result: Any) -> None:
         self._outcome = result if isinstance(result, Failure) else self
         if isinstance(result, Failure):
-            self.log.error("Billing cannot start: {error}", error=result.getErrorMessage())
+            failStartup(self, "billing", result)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             self._fire(waiter)

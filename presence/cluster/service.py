@@ -26,6 +26,7 @@ from presence.cluster.link import ClusterServerFactory, PeerLink, SecretError, l
 from presence.cluster.messages import MAX_BODY
 from presence.config import Config
 from presence.runtime import RuntimeService
+from presence.startup import failStartup
 
 
 def clusterProblem(config: Config) -> Optional[str]:
@@ -131,9 +132,7 @@ class ClusterService(RuntimeService):
         return d.addCallback(listening)
 
     def _failed(self, failure: Failure) -> None:
-        self.log.error("Cluster cannot start: {error}", error=failure.getErrorMessage())
-        if self.reactor.running:
-            self.reactor.stop()
+        failStartup(self, "cluster", failure)
 
     def stopService(self) -> Deferred:
         """

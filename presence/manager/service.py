@@ -26,6 +26,7 @@ from presence.config import Config
 from presence.manager.manager import SubscriptionManager
 from presence.registrar import Registrar
 from presence.runtime import RuntimeService
+from presence.startup import failStartup
 from presence.sip.message import Request
 from presence.sip.transaction import ServerTransaction
 
@@ -75,7 +76,10 @@ class ManagerService(RuntimeService):
             return (store, None)
         return billing.whenReady().addCallback(lambda ready: (store, ready))
 
-    def _storeReady(self, ready: Any, core: Any) -> Deferred:
+    def _storeReady(self, ready: Any, core: Any) -> Optional[Deferred]:
+        if not self.running:
+            # Stopped while the store was starting: load nothing now.
+            return None
         store, billing = ready
         if billing is None:
             manager = SubscriptionManager(core, store, self.config, self.reactor)
@@ -108,11 +112,7 @@ class ManagerService(RuntimeService):
         return d.addCallback(loaded)
 
     def _failed(self, failure: Failure) -> None:
-        self.log.error(
-            "Presence manager cannot start: {error}", error=failure.getErrorMessage()
-        )
-        if self.reactor.running:
-            self.reactor.stop()
+        failStartup(self, "the subscription manager", failure)
 
     def whenReady(self) -> Deferred:
         """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from OpenSSL import SSL, crypto
 from twisted.application import service
 from twisted.internet import ssl
 from twisted.internet.error import CannotListenError
@@ -23,6 +24,7 @@ from presence.sip.sockbuf import SYSCTL, setBuffer
 from presence.sip.transaction import TimerSettings
 from presence.sip.transport import SIPDatagramProtocol, SIPStreamFactory
 from presence.sip.websocket import SIPWebSocketFactory
+from presence.startup import StartupError, describe
 
 
 class SIPService(RuntimeService):
@@ -79,18 +81,21 @@ class SIPService(RuntimeService):
         takes the port the kernel gave the UDP listener on its interface;
         when another process holds that port for TCP, start over with a new
         one rather than fail (a few attempts: a free pair is the rule).
+
+        @raise StartupError: naming the listener that cannot be opened.
         """
         specs = sorted(self.config.listen, key=lambda s: s.transport != "UDP")
         for attempt in range(20):
             udpPorts: Dict[str, int] = {}
+            spec = specs[0] if specs else None
             try:
                 for spec in specs:
                     self._listen(spec, limits, udpPorts)
                 return
-            except CannotListenError:
+            except CannotListenError as e:
                 inherited = any(s.port == 0 and s.transport in SAME_PORT_AS_UDP for s in specs)
                 if not inherited or attempt == 19:
-                    raise
+                    raise StartupError("SIP over %s: %s" % (spec.transport if spec else "UDP", describe(e))) from e
                 for listening in self._datagramPorts + self._streamPorts:
                     listening.stopListening()
                 self._datagramPorts, self._streamPorts, self.addresses = [], [], []
@@ -121,9 +126,11 @@ class SIPService(RuntimeService):
             if spec.transport in ("TCP", "WS"):
                 listening = self.reactor.listenTCP(port, factory, backlog, spec.interface)
             else:
-                listening = self.reactor.listenSSL(
-                    port, factory, _tlsContext(spec), backlog, spec.interface
-                )
+                try:
+                    context = _tlsContext(spec)
+                except (OSError, ValueError, SSL.Error, crypto.Error) as e:
+                    raise StartupError("SIP over %s on port %d: %s" % (spec.transport, spec.port, describe(e))) from e
+                listening = self.reactor.listenSSL(port, factory, context, backlog, spec.interface)
         bound = listening.getHost()
         if spec.transport == "UDP":
             udpPorts[spec.interface] = bound.port

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from presence.runtime import RuntimeService
+from presence.startup import failStartup
 
 _PENDING = object()
 
@@ -60,7 +61,7 @@ class StoreService(RuntimeService):
 
         def done(result: Any) -> None:
             if isinstance(result, Failure):
-                self.log.failure("store failed to start", result)
+                failStartup(self, "the database", result)
             self._outcome = result
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:

@@ -492,8 +492,8 @@ class SQLStore:
             self._fireStartWaiters()
 
         def failed(reason: Failure) -> Deferred:
+            # No log line: the caller says why, once (presence.startup).
             self._starting = False
-            self.log.failure("store {store!r} failed to start", reason, store=self)
             d2 = self._teardown()
             d2.addCallback(lambda _: self._fireStartWaiters())
             d2.addCallback(lambda _: reason)
