@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from typing import Optional, Tuple
 
+from presence.body import BodyError
+
 PIDF_NS = "urn:ietf:params:xml:ns:pidf"
 DM_NS = "urn:ietf:params:xml:ns:pidf:data-model"
 RPID_NS = "urn:ietf:params:xml:ns:pidf:rpid"
@@ -38,26 +40,16 @@ RANK_EXTENSION = 0
 RANK_NOTE = 1
 RANK_TIMESTAMP = 2
 
-_REASON_MAX = 120
-_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
-
-
-class PidfError(ValueError):
+class PidfError(BodyError):
     """
     A PIDF body was refused: malformed, hostile, or not valid PIDF.
 
-    There is one exception class for every refusal because the caller does
-    one thing with all of them: answer 400 with C{reason} as the reason
-    phrase. The reason is therefore forced to short printable ASCII with no
-    CR or LF, whatever text went into it.
-
-    @ivar reason: a short, human-readable, header-safe explanation.
+    One class for every refusal, because the caller does one thing with all
+    of them: answer 400 with C{reason} (header-safe, see
+    L{presence.body.BodyError}) as the reason phrase.
     """
 
-    def __init__(self, reason: str) -> None:
-        reason = _UNPRINTABLE.sub("?", str(reason))[:_REASON_MAX].strip()
-        super().__init__(reason or "invalid PIDF")
-        self.reason = reason or "invalid PIDF"
+    default = "invalid PIDF"
 
 
 class Fragment:

@@ -2,36 +2,21 @@
 A hardened, single-pass PIDF parser (RFC 3863, RFC 4479, RFC 4480).
 
 Every PIDF body comes from the network, so the parser is built to refuse
-rather than to guess:
-
-  - the XML is read by expat with DTDs (and with them every entity
-    declaration, internal or external) and external references refused
-    by handlers that raise, so "billion laughs" and external-entity
-    attacks stop at the DOCTYPE; an undeclared entity reference is
-    expat's own error;
-  - the body size, the number of elements and the nesting depth are
-    capped, and the caps are enforced while expat reads, so a hostile body
-    costs at most C{maxSize} bytes of expat work;
-  - the root is checked at its start tag, so a body for someone else is
-    refused before the rest is read.
+rather than to guess: it runs on the hardened expat set-up of
+L{presence.xmlsafe} (no DTD, no entity, no external reference, a size
+cap), caps the number of elements and the nesting depth while expat reads,
+and checks the root at its start tag, so a body for someone else is
+refused before the rest is read.
 
 The parser does not build an element tree. Its expat callbacks cut the
 document into the pieces the composition policy merges (see
 L{presence.pidf.document}) and render each piece to canonical text as it
 goes, because parse, compose and render run for every PUBLISH.
-
-Why expat directly rather than C{defusedxml}, which installs the same
-refusing handlers: its parser is ElementTree's pure-Python C{XMLParser},
-whose construction alone cost a tenth of the server's CPU per PUBLISH
-under load, for handlers that are four lines here (and are tested with
-the attacks they stop, in C{tests/test_pidf.py}).
 """
 
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Set, Tuple
-
-from xml.parsers import expat
 
 from presence.pidf.document import (
     DM_NS,
@@ -51,6 +36,8 @@ from presence.pidf.document import (
     escapeTemplateText,
 )
 from presence.pidf.entity import sameEntity
+from presence.xmlsafe import attribute as _attribute
+from presence.xmlsafe import parseHostile
 
 DEFAULT_MAX_SIZE = 64 * 1024
 DEFAULT_MAX_ELEMENTS = 2000
@@ -123,51 +110,9 @@ def parsePidf(
     @raise PidfError: for any body that is refused.
     @raise TypeError: if C{body} is not bytes-like.
     """
-    if isinstance(body, str) or not isinstance(body, (bytes, bytearray, memoryview)):
-        raise TypeError("PIDF body must be bytes, not " + type(body).__name__)
-    size = len(body)
-    if size > maxSize:
-        raise PidfError("PIDF body too large ({} > {} bytes)".format(size, maxSize))
-    if not size:
-        raise PidfError("empty PIDF body")
     builder = _Builder(presentity, maxElements, maxDepth)
-    # Namespaces expanded to "uri}local" names, character data buffered
-    # into one call per text run, attributes as a flat name, value list.
-    parser = expat.ParserCreate(None, "}")
-    parser.buffer_text = True
-    parser.ordered_attributes = True
-    parser.StartDoctypeDeclHandler = _refuseDoctype
-    parser.EntityDeclHandler = _refuseEntity
-    parser.UnparsedEntityDeclHandler = _refuseEntity
-    parser.ExternalEntityRefHandler = _refuseExternal
-    parser.StartElementHandler = builder.startElement
-    parser.EndElementHandler = builder.endElement
-    parser.CharacterDataHandler = builder.pending.append
-    try:
-        parser.Parse(body, True)
-        return builder.close()
-    except PidfError:
-        raise
-    except expat.ExpatError as e:
-        raise PidfError(
-            "malformed XML: {} at line {} column {}".format(expat.ErrorString(e.code), e.lineno, e.offset)
-        ) from None
-    except (ValueError, LookupError, UnicodeError) as e:
-        # expat refusing an encoding named in the XML declaration, or a
-        # codec failing under it.
-        raise PidfError("unreadable XML: " + type(e).__name__) from None
-
-
-def _refuseDoctype(*args: object) -> None:
-    raise PidfError("DTD not allowed in PIDF")
-
-
-def _refuseEntity(*args: object) -> None:
-    raise PidfError("entity declaration not allowed in PIDF")
-
-
-def _refuseExternal(*args: object) -> int:
-    raise PidfError("external reference not allowed in PIDF")
+    parseHostile(body, "PIDF", PidfError, maxSize, builder)
+    return builder.close()
 
 
 class _Builder:
@@ -586,16 +531,6 @@ class _Builder:
         if slot is None:
             slot = self.slots[uri] = "{" + str(len(self.slots)) + "}"
         return slot
-
-
-def _attribute(attributes: List[str], name: str) -> Optional[str]:
-    """
-    Find an attribute in expat's flat name, value list.
-    """
-    for index in range(0, len(attributes), 2):
-        if attributes[index] == name:
-            return attributes[index + 1]
-    return None
 
 
 def _rankOf(fragment: Fragment) -> int:
