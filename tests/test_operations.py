@@ -55,6 +55,25 @@ def test_sampleConfigRuns(tmp_path):
         server.stopCleanly()
 
 
+def test_sampleNamesEveryKey():
+    """
+    etc/presence.ini documents every section and key the schema knows, and
+    no other, and still loads.
+    """
+    import configparser
+
+    from presence.config import SCHEMA, Config
+
+    sample = os.path.join(REPO, "etc", "presence.ini")
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    parser.optionxform = str  # type: ignore[assignment, method-assign]
+    parser.read(sample, encoding="utf-8")
+    assert sorted(parser.sections()) == sorted(SCHEMA)
+    for section, keys in SCHEMA.items():
+        assert sorted(parser[section]) == sorted(keys), section
+    Config.fromFile(sample)
+
+
 @pytest.mark.parametrize(
     "ini, message",
     [
