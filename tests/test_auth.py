@@ -838,10 +838,10 @@ def test_tamperedCredentialsNeverAdmitted(make, field, replacement):
 
 def test_metricsShowAuthenticationAndBilling(make):
     """
-    The metrics endpoint's text carries the gate's counters and what the
-    authorizer holds and did.
+    The metrics page carries the gate's counters and what the authorizer
+    holds and did.
     """
-    from presence.admin.metrics import Exposition, _billingMetrics
+    from tests.test_metrics import _tree, scrape
 
     h = make()
     _, _, _, (notify,) = authedSubscribe(h)
@@ -849,23 +849,20 @@ def test_metricsShowAuthenticationAndBilling(make):
     _again(h, answer=True)
     attempt = subscribing(h, CAROL, BOB)
     attempt.sendSigned(challengeFor(attempt.challenged(), MD5), CAROL, "wrong")
-    out = Exposition()
-    _billingMetrics(out, h.manager)
-    samples = dict(line.split(" ") for line in out.text().splitlines() if not line.startswith("#"))
+    samples = {name: v for (name, labels), v in scrape(_tree(manager={"manager": h.manager})).items() if not labels}
     counters = h.authorizer.counters
-    assert int(samples["presence_authorization_lookups_total"]) == counters["lookups"] >= 4
-    assert samples["presence_authorization_loaded"] == "1"
-    assert int(samples["presence_authorization_accounts"]) == 4
-    assert int(samples["presence_authorization_rules"]) == 0
-    assert int(samples["presence_authorization_changes_applied_total"]) == counters["changes"] == 4
-    assert int(samples["presence_authorization_reloads_total"]) == 1
-    assert int(samples["presence_authorization_wait_timeouts_total"]) == 0
+    assert samples["presence_authorization_lookups_total"] == counters["lookups"] >= 4
+    assert samples["presence_authorization_loaded"] == 1
+    assert samples["presence_authorization_accounts"] == 4
+    assert samples["presence_authorization_rules"] == 0
+    assert samples["presence_authorization_changes_applied_total"] == counters["changes"] == 4
+    assert samples["presence_authorization_reloads_total"] == 1
+    assert samples["presence_authorization_wait_timeouts_total"] == 0
     assert "presence_authorization_cache_hits_total" not in samples
-    assert int(samples["presence_auth_challenges_total"]) == 3
-    assert int(samples["presence_auth_failures_total"]) == 1
-    assert int(samples["presence_auth_admitted_total"]) == 2
-    assert int(samples["presence_auth_tracked_sources"]) == 1
-    assert "# TYPE presence_authorization_lookups_total counter" in out.text()
+    assert samples["presence_auth_challenges_total"] == 3
+    assert samples["presence_auth_failures_total"] == 1
+    assert samples["presence_auth_admitted_total"] == 2
+    assert samples["presence_auth_tracked_sources"] == 1
 
 
 # Shutdown.

@@ -616,7 +616,7 @@ def test_tapFilesKeepManholeAndMetrics(tmp_path):
             line = server.waitFor("Metrics listening on")
             port = int(re.search(r"127\.0\.0\.1:(\d+) ", line).group(1))
             body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (port,), timeout=10).read()
-            assert b"\npresence_manager_ready 1\n" in body
+            assert b"\npresence_manager_ready 1.0\n" in body
         finally:
             server.stopCleanly()
     assert stat.S_IMODE(os.stat(os.path.join(workdir, "manhole_host_key")).st_mode) == 0o600

@@ -5,10 +5,13 @@ after real SIP traffic to C{twistd -n presence}, and its service.
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import pickle
+import platform
 import re
+import sys
 import urllib.error
 import urllib.request
 from types import SimpleNamespace
@@ -16,66 +19,47 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 
 import pytest
 import pytest_twisted
+import twisted
 from twisted.application import service
+from twisted.internet.task import Clock
 from twisted.internet import defer, protocol
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parseOpenMetrics
+from prometheus_client.parser import text_string_to_metric_families as parseText
+
+from presence.admin.collectors import PresenceCollector
 from presence.admin.console import LiveObjects
-from presence.admin.metrics import (
-    Exposition,
-    MetricsService,
-    collect,
-    escapeHelp,
-    escapeLabelValue,
-    formatValue,
-)
+from presence.admin.metrics import MetricsService
+from presence.admin.readiness import Readiness
 from presence.config import Config
+from presence.latency import LatencyHistogram
+from presence.sip.transaction import TransactionLayer
+from presence.version import version
 from tests.serverprocess import ServerProcess
 from tests.sipclient import UDPClient, answer, newRequest
 
 Key = Tuple[str, FrozenSet[Tuple[str, str]]]
 
-_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-_SAMPLE = re.compile(r"^(%s)(?:\{(.*)\})? (\S+)$" % (_NAME,))
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\[\\"n])*)"(?:,|$)')
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
-def parseExposition(text: str) -> Dict[Key, float]:
+def parseExposition(text: str, openMetrics: bool = False) -> Dict[Key, float]:
     """
-    Parse text exposition strictly enough to catch format mistakes: every
-    line is a HELP, a TYPE or a sample; each family is declared once, HELP
-    then TYPE, before its samples, which come together; label values are
-    properly escaped; values parse as Prometheus parses them.
+    Parse a scrape with prometheus_client's parser (the strict OpenMetrics
+    one, or the text format's), checking that no family is declared
+    twice and no sample repeats.
     """
-    assert text.endswith("\n"), "exposition must end with a line feed"
     samples: Dict[Key, float] = {}
-    declared: List[str] = []
-    current = None
-    helped = None
-    for line in text[:-1].split("\n"):
-        if line.startswith("# HELP "):
-            name = line.split(" ")[2]
-            assert re.match("^%s$" % (_NAME,), name), line
-            assert name not in declared, "family %s declared twice" % (name,)
-            helped = name
-        elif line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert name == helped, "TYPE %s does not follow its HELP" % (name,)
-            assert kind in ("counter", "gauge"), line
-            declared.append(name)
-            current = name
-        else:
-            match = _SAMPLE.match(line)
-            assert match is not None, "bad sample line %r" % (line,)
-            name, labelText, value = match.groups()
-            assert name == current, "sample %s outside its family %s" % (name, current)
-            labels = frozenset()
-            if labelText:
-                pairs = _LABEL.findall(labelText)
-                assert ",".join('%s="%s"' % pair for pair in pairs) == labelText, labelText
-                labels = frozenset(pairs)
-            key = (name, labels)
+    families: List[str] = []
+    for family in (parseOpenMetrics if openMetrics else parseText)(text):
+        assert family.name not in families, "family %s declared twice" % (family.name,)
+        families.append(family.name)
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
             assert key not in samples, "duplicate sample %r" % (key,)
-            samples[key] = float(value.replace("Inf", "inf"))
+            samples[key] = sample.value
     return samples
 
 
@@ -83,29 +67,30 @@ def value(samples: Dict[Key, float], name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-# Format.
+def scrape(root: service.MultiService, openMetrics: bool = False) -> Dict[Key, float]:
+    """
+    Our families for the service tree C{root}, rendered by prometheus_client
+    and parsed back.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PresenceCollector(LiveObjects(root)))
+    render = openmetrics.exposition.generate_latest if openMetrics else generate_latest
+    return parseExposition(render(registry).decode("utf-8"), openMetrics)
 
 
-def test_formatValue():
-    assert formatValue(3) == "3"
-    assert formatValue(True) == "1"
-    assert formatValue(0.25) == "0.25"
-    assert formatValue(1.5e-05) == "1.5e-05"
-    assert formatValue(float("inf")) == "+Inf"
-    assert formatValue(float("-inf")) == "-Inf"
-    assert formatValue(float("nan")) == "NaN"
-
-
-def test_escaping():
-    assert escapeLabelValue('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-    assert escapeHelp('a\\b"c\nd') == 'a\\\\b"c\\nd'
-    out = Exposition()
-    out.family("x_total", "counter", "Two\nlines.", [((("k", 'q"\n\\'),), 1)])
-    out.family("empty", "gauge", "No samples.", [])
-    out.single("none", "gauge", "Absent.", None)
-    assert out.text() == '# HELP x_total Two\\nlines.\n# TYPE x_total counter\nx_total{k="q\\"\\n\\\\"} 1\n'
-    assert parseExposition(out.text()) == {("x_total", frozenset([("k", 'q\\"\\n\\\\')])): 1.0}
-    assert Exposition().text() == ""
+def histogram(samples: Dict[Key, float], name: str, **labels: str) -> Tuple[float, float, Dict[str, float]]:
+    """
+    C{(count, sum, buckets)} of one histogram, after checking that its
+    buckets are cumulative and end with +Inf at the count.
+    """
+    buckets = {
+        dict(key[1])["le"]: v for key, v in samples.items()
+        if key[0] == name + "_bucket" and set(labels.items()) <= key[1]
+    }
+    count = value(samples, name + "_count", **labels)
+    ordered = [buckets[le] for le in sorted(buckets, key=float)]
+    assert ordered == sorted(ordered) and buckets["+Inf"] == count
+    return count, value(samples, name + "_sum", **labels), buckets
 
 
 def _tree(**services: object) -> service.MultiService:
@@ -118,25 +103,47 @@ def _tree(**services: object) -> service.MultiService:
     return root
 
 
+def test_latencyHistogram():
+    """
+    A bound is inclusive (Prometheus's le), values above every bound count
+    in +Inf, a negative duration counts as 0, and the buckets come out
+    cumulative.
+    """
+    h = LatencyHistogram((0.01, 0.1))
+    for seconds in (0.01, 0.05, 0.5, -1.0):
+        h.observe(seconds)
+    assert h.counts == [2, 1, 1]
+    assert h.count == 4 and h.sum == pytest.approx(0.56)
+    assert h.cumulative() == [(0.01, 2), (0.1, 3), (float("inf"), 4)]
+    with pytest.raises(ValueError):
+        LatencyHistogram((0.1, 0.01))
+
+
 def test_collectWhatIsRunning():
     """
     Only running parts are reported; a manager still loading shows as
-    presence_manager_ready 0 with no manager metrics.
+    presence_manager_ready 0 with no manager metrics; the build info is
+    always there.  The text and OpenMetrics renderings hold the same.
     """
+    transactions = TransactionLayer(Clock(), lambda message, target: None)
+    transactions.answerTimes["SUBSCRIBE"].observe(0.003)
+    transactions.answerTimes["SUBSCRIBE"].observe(0.2)
     core = SimpleNamespace(
         requestsByMethod={"SUBSCRIBE": 3, "other": 1},
         responsesSent={("SUBSCRIBE", 2): 2, ("SUBSCRIBE", 4): 1, ("other", 5): 1},
         responsesReceived={2: 5, 4: 1},
         counters={"requests": 4, "responses": 6, "retransmissions": 2, "malformed": 7, "sendErrors": 0},
-        transactions=[1, 2],
+        transactions=transactions,
         flows=[],
     )
+    commits = LatencyHistogram()
+    commits.observe(0.0125)
     store = SimpleNamespace(
         batchCount=4, commitCount=4, replayCount=0, writeCount=9, lastBatchSize=3,
-        lastCommitLatency=0.0125,
+        lastCommitLatency=0.0125, commitLatency=commits,
     )
     root = _tree(sip={"core": core}, manager={"manager": None}, store={"store": store})
-    samples = parseExposition(collect(LiveObjects(root)))
+    samples = scrape(root)
     assert value(samples, "presence_sip_requests_received_total", method="SUBSCRIBE") == 3
     assert value(samples, "presence_sip_requests_received_total", method="other") == 1
     assert value(samples, "presence_sip_responses_sent_total", method="SUBSCRIBE", **{"class": "4xx"}) == 1
@@ -144,13 +151,27 @@ def test_collectWhatIsRunning():
     assert value(samples, "presence_sip_responses_received_total", **{"class": "2xx"}) == 5
     assert value(samples, "presence_sip_malformed_total") == 7
     assert value(samples, "presence_sip_retransmissions_total") == 2
-    assert value(samples, "presence_sip_transactions") == 2
+    assert value(samples, "presence_sip_transactions") == 0
+    count, total, buckets = histogram(samples, "presence_sip_request_duration_seconds", method="SUBSCRIBE")
+    assert (count, buckets["0.005"], buckets["0.25"]) == (2, 1, 2) and total == pytest.approx(0.203)
+    assert histogram(samples, "presence_sip_request_duration_seconds", method="PUBLISH")[0] == 0
+    assert histogram(samples, "presence_store_commit_duration_seconds")[:2] == (1, 0.0125)
     assert value(samples, "presence_sip_flows") == 0
     assert value(samples, "presence_manager_ready") == 0
     assert value(samples, "presence_store_last_commit_latency_seconds") == 0.0125
     assert value(samples, "presence_store_writes_total") == 9
     assert not [key for key in samples if key[0] in ("presence_subscriptions", "presence_notify_sent_total")]
-    assert collect(LiveObjects(_tree())) == ""
+    assert scrape(root, openMetrics=True) == {
+        # The same samples, in the strict OpenMetrics format.
+        key: v for key, v in samples.items()
+    }
+    info = {
+        "version": version,
+        "python_implementation": platform.python_implementation(),
+        "python_version": platform.python_version(),
+        "twisted_version": twisted.__version__,
+    }
+    assert scrape(_tree()) == {("presence_build_info", frozenset(info.items())): 1.0}
 
 
 def test_servicePicklesConfigurationOnly():
@@ -183,9 +204,10 @@ class RawHTTP(protocol.Protocol):
         self.waiting: Optional[defer.Deferred] = None
         self.lost: defer.Deferred = defer.Deferred()
 
-    def get(self, path: bytes) -> defer.Deferred:
+    def get(self, path: bytes, accept: Optional[bytes] = None) -> defer.Deferred:
         self.waiting = defer.Deferred()
-        self.transport.write(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % (path,))
+        extra = b"Accept: %s\r\n" % (accept,) if accept else b""
+        self.transport.write(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n" % (path, extra))
         return self.waiting
 
     def dataReceived(self, data: bytes) -> None:
@@ -208,9 +230,10 @@ class RawHTTP(protocol.Protocol):
 @pytest_twisted.inlineCallbacks
 def test_serviceServesAndClosesKeptAliveConnections():
     """
-    The endpoint answers /metrics with the exposition content type and 404
-    elsewhere, on a connection kept alive; stopping the service closes that
-    connection at once.
+    The listener answers /metrics in the format the Accept header asks
+    for (the text format by default, OpenMetrics when asked), with the
+    process's own metrics; /health and /ready; 404 elsewhere; all on one
+    connection kept alive, which stopping the service closes at once.
     """
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -231,14 +254,211 @@ def test_serviceServesAndClosesKeptAliveConnections():
         assert value(samples, "presence_store_batches_total") == 3
         assert value(samples, "presence_store_last_batch_size") == 2
         assert value(samples, "presence_store_last_commit_latency_seconds") == 0.5
-        code, _, _ = yield client.get(b"/")
-        assert code == 404
+        assert value(samples, "python_info", implementation=platform.python_implementation(),
+                     major=str(sys.version_info[0]), minor=str(sys.version_info[1]),
+                     patchlevel=str(sys.version_info[2]), version=platform.python_version()) == 1
+        if sys.platform.startswith("linux"):
+            assert value(samples, "process_resident_memory_bytes") > 0
+            assert value(samples, "process_open_fds") > 0
+
+        # What Prometheus sends by default.
+        accept = (b"application/openmetrics-text;version=1.0.0;q=0.5,"
+                  b"application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.1")
+        code, headers, body = yield client.get(b"/metrics", accept)
+        assert code == 200
+        assert headers[b"content-type"].startswith(b"application/openmetrics-text; version=1.0.0; charset=utf-8")
+        assert body.endswith(b"# EOF\n")
+        openSamples = parseExposition(body.decode("utf-8"), openMetrics=True)
+        assert value(openSamples, "presence_store_batches_total") == 3
+        assert ("presence_build_info", frozenset([("version", version)])) not in openSamples
+        assert [key for key in openSamples if key[0] == "presence_build_info" and ("version", version) in key[1]]
+
+        code, headers, body = yield client.get(b"/health")
+        assert (code, body) == (200, b"live\n")
+        code, headers, body = yield client.get(b"/ready")
+        assert (code, body) == (200, b"ready\n")  # a store without a database to ask
+        code, _, body = yield client.get(b"/")
+        assert code == 404 and b"/metrics, /health and /ready" in body
         code, _, _ = yield client.get(b"/metrics/more")
         assert code == 200  # a leaf: Prometheus never asks, nothing is exposed twice
         assert not client.lost.called
     finally:
         yield root.stopService()
     yield client.lost.addTimeout(5, reactor)
+
+
+# Readiness.
+
+
+class FailingStore:
+    """
+    A store whose database cannot be reached: reads fail as SQLStore's do.
+    """
+
+    def runRead(self, fn):
+        return defer.fail(ConnectionRefusedError("connection refused"))
+
+
+class SilentStore:
+    """
+    A store whose database never answers.
+    """
+
+    def __init__(self):
+        self.reads = []
+
+    def runRead(self, fn):
+        self.reads.append(defer.Deferred())
+        return self.reads[-1]
+
+
+def _ready(root, clock=None):
+    results = []
+    Readiness(LiveObjects(root), clock or Clock()).check().addCallback(results.append)
+    return results
+
+
+def test_readyWhenEveryPartServes():
+    lease = SimpleNamespace(holding=True)
+    dispatcher = SimpleNamespace(managers=[SimpleNamespace(up=False), SimpleNamespace(up=True)])
+    root = _tree(manager={"manager": object()}, cluster={"group": SimpleNamespace(lease=lease)},
+                 dispatcher={"dispatcher": dispatcher}, store={"store": SimpleNamespace()})
+    assert _ready(root) == [[]]
+    # A cluster without a lease configured has none to hold.
+    assert _ready(_tree(cluster={"group": SimpleNamespace(lease=None)})) == [[]]
+
+
+@pytest.mark.parametrize(
+    "services, reason",
+    [
+        ({"manager": {"manager": None}}, "the subscription manager is loading"),
+        ({"store": {"store": None}}, "the store has not started"),
+        ({"store": {"store": FailingStore()}}, "the database cannot be reached: connection refused"),
+        ({"cluster": {"group": None}}, "the cluster has not started"),
+        ({"cluster": {"group": SimpleNamespace(lease=SimpleNamespace(holding=False))}},
+         "this manager's lease is not held (fenced: NOTIFYs are held back)"),
+        ({"dispatcher": {"dispatcher": SimpleNamespace(managers=[SimpleNamespace(up=False)])}},
+         "no subscription manager answers the dispatcher's health check"),
+        ({"billing": {"authorizer": SimpleNamespace(loaded=False)}}, "the accounts are not loaded yet"),
+    ],
+    ids=["loading", "store", "database", "cluster", "fenced", "dispatcher", "accounts"],
+)
+def test_notReady(services, reason):
+    assert _ready(_tree(**services)) == [[reason]]
+
+
+def test_readyProbeTimesOutAndIsShared():
+    """
+    Checks made while the database is silent share one query, and each
+    gives up after the probe's timeout; the next check asks again once the
+    query has come back.
+    """
+    clock = Clock()
+    store = SilentStore()
+    readiness = Readiness(LiveObjects(_tree(store={"store": store})), clock)
+    results = []
+    readiness.check().addCallback(results.append)
+    clock.advance(1)
+    readiness.check().addCallback(results.append)
+    assert len(store.reads) == 1 and results == []
+    clock.advance(1)
+    assert results == [["the database did not answer within 2 s"]]
+    store.reads[0].callback(1)
+    assert results[1:] == [[]] and not clock.getDelayedCalls()
+    readiness.check().addCallback(results.append)
+    assert len(store.reads) == 2
+
+
+class Relay:
+    """
+    A loopback TCP relay to C{host:port} that a test can cut: it stops
+    listening and closes both sides of every relayed connection.
+    """
+
+    def __init__(self, reactor, host: str, port: int) -> None:
+        from twisted.protocols import portforward
+
+        from presence.admin.listening import Listener
+
+        relay = self
+        self.reactor = reactor
+        self.open: set = set()
+        self._idle: List[defer.Deferred] = []
+        self._listener: Optional[Listener] = None
+        self.port = 0
+
+        class Client(portforward.ProxyClient):
+            def connectionMade(self):
+                relay.open.add(self)
+                portforward.ProxyClient.connectionMade(self)
+
+            def connectionLost(self, reason):
+                portforward.ProxyClient.connectionLost(self, reason)
+                relay.open.discard(self)
+                if not relay.open:
+                    waiters, relay._idle = relay._idle, []
+                    for waiter in waiters:
+                        waiter.callback(None)
+
+        class ClientFactory(portforward.ProxyClientFactory):
+            protocol = Client
+
+        class Server(portforward.ProxyServer):
+            clientProtocolFactory = ClientFactory
+
+        self.factory = portforward.ProxyFactory(host, port)
+        self.factory.protocol = Server
+
+    def listen(self) -> int:
+        from presence.admin.listening import Listener
+
+        self._listener = Listener(self.reactor, "tcp:%d:interface=127.0.0.1" % (self.port,), self.factory)
+        self.port = self._listener.listen().port
+        return self.port
+
+    @defer.inlineCallbacks
+    def cut(self):
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            yield listener.stop()
+        if self.open:
+            waiter = defer.Deferred()
+            self._idle.append(waiter)
+            yield waiter
+
+
+@pytest_twisted.inlineCallbacks
+def test_readyFollowsTheRealDatabase():
+    """
+    A real store on PostgreSQL, reached through a loopback TCP relay that
+    the test cuts: /ready's check is ready, then not while the database
+    cannot be reached, then ready again once it can.
+    """
+    import sqlalchemy
+    from twisted.internet import reactor
+
+    from presence.store import SQLStore
+    from tests.conftest import POSTGRES_URL, postgresSchema
+
+    with postgresSchema("ready") as url:
+        target = sqlalchemy.engine.make_url(POSTGRES_URL)
+        relay = Relay(reactor, target.host, target.port or 5432)
+        port = relay.listen()
+        hostPort = "%s:%d" % (target.host, target.port or 5432)
+        assert hostPort in url
+        store = SQLStore(url.replace(hostPort, "127.0.0.1:%d" % (port,), 1), reactor=reactor)
+        yield store.start()
+        try:
+            readiness = Readiness(LiveObjects(_tree(store={"store": store})), reactor)
+            assert (yield readiness.check()) == []
+            yield relay.cut()
+            reasons = yield readiness.check()
+            assert len(reasons) == 1 and reasons[0].startswith("the database cannot be reached: "), reasons
+            relay.listen()
+            assert (yield readiness.check()) == []
+        finally:
+            yield store.stop()
+            yield relay.cut()
 
 
 # twistd with real SIP traffic.
@@ -250,15 +470,19 @@ PIDF = (
 )
 
 
-def _scrape(port: int, path: str = "/metrics"):
-    return urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10)
+def _scrape(port: int, path: str = "/metrics", **headers: str):
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), headers=headers)
+    return urllib.request.urlopen(request, timeout=10)
 
 
 def test_scrapeAfterTraffic(tmp_path):
     """
     After SUBSCRIBE, PUBLISH, the NOTIFYs they cause, an OPTIONS, a refused
     SUBSCRIBE and an unknown method, a scrape of twistd's endpoint reports
-    each by method and class, the live state and the store's work.
+    each by method and class, the live state and the store's work; the
+    latency histograms of answers, commits and PUBLISH-to-NOTIFY have moved;
+    the OpenMetrics rendering (gzipped, as asked) says the same; the
+    process is live and ready.
     """
     workdir = str(tmp_path)
     config = os.path.join(workdir, "presence.ini")
@@ -275,6 +499,12 @@ def test_scrapeAfterTraffic(tmp_path):
     try:
         line = server.waitFor("Metrics listening on")
         port = int(re.search(r"Metrics listening on 127\.0\.0\.1:(\d+) ", line).group(1))
+        assert _scrape(port, "/health").read() == b"live\n"
+        assert _scrape(port, "/ready").read() == b"ready\n"
+        before = parseExposition(_scrape(port).read().decode("utf-8"))
+        answers = "presence_sip_request_duration_seconds"
+        assert histogram(before, answers, method="SUBSCRIBE")[0] == 0
+        assert histogram(before, "presence_publish_to_notify_seconds")[0] == 0
         ua = UDPClient(server.ports["UDP"])
         try:
             bob = "sip:bob@example.test"
@@ -331,6 +561,24 @@ def test_scrapeAfterTraffic(tmp_path):
         assert value(samples, "presence_store_last_batch_size") >= 1
         latency = value(samples, "presence_store_last_commit_latency_seconds")
         assert 0 < latency < 10 and not math.isnan(latency)
+        count, total, _ = histogram(samples, answers, method="SUBSCRIBE")
+        assert count == 2 and 0 < total < 20  # the 200 and the 489
+        count, total, _ = histogram(samples, answers, method="PUBLISH")
+        assert count == 1 and 0 < total < 10
+        count, total, _ = histogram(samples, "presence_publish_to_notify_seconds")
+        assert count == 1 and 0 < total < 10  # one NOTIFY carried the PUBLISH
+        count, total, _ = histogram(samples, "presence_store_commit_duration_seconds")
+        assert count == value(samples, "presence_store_commits_total") and 0 < total < 20
+        info = [dict(key[1]) for key in samples if key[0] == "presence_build_info"]
+        assert [labels["version"] for labels in info] == [version]
+        assert value(samples, "process_cpu_seconds_total") > 0
+
+        response = _scrape(port, Accept="application/openmetrics-text; version=1.0.0", **{"Accept-Encoding": "gzip"})
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+        assert response.headers["Content-Encoding"] == "gzip"
+        openSamples = parseExposition(gzip.decompress(response.read()).decode("utf-8"), openMetrics=True)
+        assert histogram(openSamples, answers, method="PUBLISH")[0] == 1
+        assert value(openSamples, "presence_sip_requests_received_total", method="PUBLISH") == 1
 
         with pytest.raises(urllib.error.HTTPError) as raised:
             _scrape(port, "/")
@@ -356,7 +604,7 @@ def test_dispatcherMetrics():
 
     node = Node(policy="round_robin")
     root = _tree(sip={"core": node.core}, dispatcher={"dispatcher": node.dispatcher})
-    samples = parseExposition(collect(LiveObjects(root)))
+    samples = scrape(root)
     assert value(samples, "presence_dispatcher_managers_up") == 3
     for name in ("m1", "m2", "m3"):
         assert value(samples, "presence_dispatcher_manager_up", manager=name) == 1
@@ -395,7 +643,7 @@ def test_dispatcherMetrics():
     node.receive(subscribe(toTag="mgrtag", route=[forged], callId="forged"), UA)
     node.takeNonPing()
 
-    samples = parseExposition(collect(LiveObjects(root)))
+    samples = scrape(root)
     relayedTotal = "presence_dispatcher_requests_relayed_total"
     assert value(samples, relayedTotal, direction="manager", method="SUBSCRIBE") == 2
     assert value(samples, relayedTotal, direction="manager", method="PUBLISH") == 2
@@ -411,7 +659,7 @@ def test_dispatcherMetrics():
 
     # One manager stops answering: out of rotation; then all of them: 503.
     node.advance(1.6, answering=["m1", "m2"])
-    samples = parseExposition(collect(LiveObjects(root)))
+    samples = scrape(root)
     assert value(samples, "presence_dispatcher_managers_up") == 2
     assert value(samples, "presence_dispatcher_manager_up", manager="m3") == 0
     assert value(samples, "presence_dispatcher_manager_up", manager="m1") == 1
@@ -420,7 +668,7 @@ def test_dispatcherMetrics():
     node.receive(subscribe(callId="late"), UA)
     [(response, _, _)] = node.takeNonPing()
     assert response.code == 503
-    samples = parseExposition(collect(LiveObjects(root)))
+    samples = scrape(root)
     assert value(samples, "presence_dispatcher_managers_up") == 0
     # The waiting SUBSCRIBE failed over as its managers died, then found
     # none left, like the late one.
@@ -442,7 +690,7 @@ def test_clusterMetrics():
         cluster.linkAll()
         a, b, c = cluster["a"], cluster["b"], cluster["c"]
         root = _tree(cluster={"group": a.group})
-        samples = parseExposition(collect(LiveObjects(root)))
+        samples = scrape(root)
         assert value(samples, "presence_cluster_peers_connected") == 2
         assert value(samples, "presence_cluster_peer_up", peer="b") == 1
         assert value(samples, "presence_cluster_resyncs_total") == 2
@@ -462,7 +710,7 @@ def test_clusterMetrics():
         cluster.cut("b", "c")
         cluster.advance(11)
 
-        samples = parseExposition(collect(LiveObjects(root)))
+        samples = scrape(root)
         assert value(samples, "presence_cluster_peers_connected") == 1
         assert value(samples, "presence_cluster_peer_up", peer="b") == 0
         assert value(samples, "presence_cluster_peer_up", peer="c") == 1
@@ -476,7 +724,7 @@ def test_clusterMetrics():
         adopted = value(samples, "presence_cluster_subscriptions_adopted_total")
         assert adopted + c.group.counters["adopted"] == 1
         assert value(samples, "presence_cluster_tombstones") == 0
-        samples = parseExposition(collect(LiveObjects(_tree(manager={"manager": a.manager}))))
+        samples = scrape(_tree(manager={"manager": a.manager}))
         assert value(samples, "presence_notify_paced_waiting") == 0
         assert value(samples, "presence_notify_paced_total") == adopted
     finally:
@@ -495,11 +743,11 @@ def test_adoptNotifyPacingMetrics():
         a = cluster["a"]
         a.clock.advance(10)
         root = _tree(manager={"manager": a.manager})
-        samples = parseExposition(collect(LiveObjects(root)))
+        samples = scrape(root)
         assert value(samples, "presence_notify_paced_waiting") == 29
         assert value(samples, "presence_notify_paced_total") == 1
         drive(a, a.clock.seconds() + 5)
-        samples = parseExposition(collect(LiveObjects(root)))
+        samples = scrape(root)
         assert value(samples, "presence_notify_paced_waiting") == 0
         assert value(samples, "presence_notify_paced_total") == 30
     finally:
@@ -527,20 +775,20 @@ def test_clusterLeaseMetrics():
         yield cluster.advance(2.0)
         b = cluster["b"]
         root = _tree(cluster={"group": b.group})
-        samples = parseExposition(collect(LiveObjects(root)))
+        samples = scrape(root)
         assert value(samples, "presence_cluster_lease_safe") == 1
         assert value(samples, "presence_cluster_lease_registrations_total") == 1
         assert value(samples, "presence_cluster_lease_renewals_total") >= 2
         assert value(samples, "presence_cluster_fenced_total") == 0
         cluster.faults["b"].failing = True
         yield cluster.advance(4.0)
-        samples = parseExposition(collect(LiveObjects(root)))
+        samples = scrape(root)
         assert value(samples, "presence_cluster_lease_safe") == 0
         assert value(samples, "presence_cluster_lease_failures_total") >= 1
         assert value(samples, "presence_cluster_fenced_total") == 1
         cluster.faults["b"].failing = False
         yield cluster.advance(1.0)
-        samples = parseExposition(collect(LiveObjects(root)))
+        samples = scrape(root)
         assert value(samples, "presence_cluster_lease_safe") == 1
     finally:
         cluster.stop()

@@ -218,12 +218,15 @@ class SubscriptionManager:
         self._release(pres)
         return document
 
-    def _changed(self, pres: Presentity) -> None:
+    def _changed(self, pres: Presentity, published: Optional[float] = None) -> None:
         """
         Recompose; notify the watchers only if the document changed.
         Without watchers nothing is composed now: the document is
         composed when first asked for (L{documentOf}), which a presentity
         nobody watches may never be.
+
+        @param published: when the PUBLISH causing the change was received,
+            if one did (the notifier's PUBLISH-to-NOTIFY latency).
         """
         if not pres.watchers:
             pres.document = None
@@ -236,7 +239,7 @@ class SubscriptionManager:
                 sub = subs[sid]
                 # A pending watcher is told nothing until it is allowed.
                 if sub.state == "active":
-                    self.notifier.notify(sub)
+                    self.notifier.notify(sub, since=published)
         self._release(pres)
 
     def storeFailed(self, failure: Failure, what: str) -> None:
@@ -767,7 +770,7 @@ class SubscriptionManager:
         # Always recompose: even an identical body makes this publication
         # the newest, which may change what composition takes from it.
         # _changed notifies only if the composed bytes differ.
-        self._changed(pres)
+        self._changed(pres, tx.started)
 
     def _unpublished(self, _: Any, tx: ServerTransaction, old: Publication) -> None:
         self.core.respond(tx, 200, None, [("Expires", "0")])
@@ -775,7 +778,7 @@ class SubscriptionManager:
             self.cluster.publicationRemoved(old)
         pres = self.presentity(old.presentity)
         pres.publications.pop(old.etag, None)
-        self._changed(pres)
+        self._changed(pres, tx.started)
 
     def _publishFailed(
         self, failure: Failure, tx: ServerTransaction, old: Optional[Publication], presentity: str
@@ -911,8 +914,11 @@ class SubscriptionManager:
             self.publicationExpiry.set(pub.etag, pub.expiresAt)
             changed[pres.aor] = pres
             count += 1
+        # PUBLISH-to-NOTIFY from the update's arrival here: the origin's
+        # clock may differ, and a resync brings old publications.
+        now = self.clock.seconds()
         for pres in changed.values():
-            self._changed(pres)
+            self._changed(pres, now)
         return count
 
     def adopt(self, records: Iterable[SubscriptionRecord], notify: bool = True) -> int:

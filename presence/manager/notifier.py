@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, Optional
 
 from twisted.logger import Logger
 
+from presence.latency import NOTIFY_BUCKETS, LatencyHistogram
 from presence.manager.state import CSEQ_BLOCK, Subscription
 from presence.sip.message import Request, Response
 from presence.sip.target import Target
@@ -74,6 +75,9 @@ class Notifier:
         self.minInterval = manager.config.notifyMinInterval
         self.keepOnTimeout = manager.config.keepOnTimeout
         self.counters = {"sent": 0, "failed": 0, "coalesced": 0, "held": 0, "paced": 0}
+        #: Seconds from a PUBLISH's arrival (here, or its replicated update
+        #: from a peer) to each NOTIFY carrying its change.
+        self.publishToNotify = LatencyHistogram(NOTIFY_BUCKETS)
         #: While set, NOTIFYs are held back in L{held}, neither sent nor
         #: failed.
         self.fenced = False
@@ -139,10 +143,11 @@ class Notifier:
             if sub is not None:
                 sub.dirty = False
                 sub.final = None
+                sub.changedAt = None
                 count += 1
         return count
 
-    def notify(self, sub: Subscription, immediate: bool = False) -> None:
+    def notify(self, sub: Subscription, immediate: bool = False, since: Optional[float] = None) -> None:
         """
         Let C{sub}'s watcher know the current state, now or as soon as rate
         control and the NOTIFY in flight allow.
@@ -150,9 +155,14 @@ class Notifier:
         @param immediate: skip rate control: the NOTIFY that answers a
             SUBSCRIBE must go at once (RFC 6665 §4.2, RFC 3265 §3.1.6.2).
             The NOTIFY in flight, if any, is still waited for.
+        @param since: when the PUBLISH (or a peer's update) that changed
+            the state arrived, for L{publishToNotify}; a change folded into
+            a NOTIFY already due keeps the older time.
         """
         if sub.terminated and sub.final is None:
             return
+        if since is not None and sub.changedAt is None:
+            sub.changedAt = since
         if not immediate and sub.id in self.paced:
             # Its paced turn sends the latest state.
             sub.dirty = True
@@ -303,6 +313,7 @@ class Notifier:
         """
         self._cancelTimer(sub)
         sub.dirty = False
+        sub.changedAt = None
         self.held.pop(sub.id, None)
         self.paced.pop(sub.id, None)
         self._unpark(sub.id)
@@ -365,8 +376,12 @@ class Notifier:
         target = self.targetOf(sub)
         request = self.build(sub)
         sub.inFlight = True
-        sub.lastNotify = self.clock.seconds()
+        sub.lastNotify = now = self.clock.seconds()
         self.counters["sent"] += 1
+        changedAt = sub.changedAt
+        if changedAt is not None:
+            sub.changedAt = None
+            self.publishToNotify.observe(now - changedAt)
         final = sub.final
         sub.final = None
         tx = manager.core.sendRequest(request, target)

@@ -94,13 +94,16 @@ class Subscription:
     @ivar terminated: the subscription has ended; only its final NOTIFY may
         still go out.
     @ivar final: the reason of a final NOTIFY still to send, or L{None}.
+    @ivar changedAt: when the oldest publication change not yet sent to
+        this watcher was published (clock seconds), or L{None}: its next
+        NOTIFY measures the PUBLISH-to-NOTIFY latency.
     """
 
     __slots__ = (
         "id", "callId", "localTag", "remoteTag", "eventId", "watcher", "presentity",
         "remoteTarget", "routeSet", "target", "expiresAt", "state", "cseq", "cseqCeiling",
         "remoteCSeq", "createdAt", "lastNotify", "inFlight", "dirty", "timer", "timeouts",
-        "terminated", "final",
+        "terminated", "final", "changedAt",
     )
 
     def __init__(
@@ -145,6 +148,7 @@ class Subscription:
         self.timeouts = 0
         self.terminated = False
         self.final: Optional[str] = None
+        self.changedAt: Optional[float] = None
 
     @property
     def dialogKey(self) -> DialogKey:

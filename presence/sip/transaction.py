@@ -38,6 +38,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from presence.latency import LatencyHistogram
 from presence.sip.headers import MAGIC_COOKIE, HeaderError
 from presence.sip.message import Message, Request, Response
 from presence.sip.parser import ParseError, parseMessage
@@ -50,6 +51,10 @@ COMPLETED = "Completed"
 TERMINATED = "Terminated"
 
 Send = Callable[[Message, Target], None]
+
+#: The methods whose answer times L{TransactionLayer.answerTimes} keeps: a
+#: fixed set, so the metrics' label set is bounded.
+TIMED_METHODS = ("SUBSCRIBE", "PUBLISH", "REGISTER")
 
 # Separates the parts of a transaction key.  The parser refuses NUL in a
 # message head, so no header value can contain it and forge another key.
@@ -634,6 +639,10 @@ class TransactionLayer:
         self._timerK = _ExpiryQueue(reactor, self.timers.T4, resolution, self._clients)
         self._timerE = _TimerQueue(reactor, self.timers.T1)
         self._timerF = _TimerQueue(reactor, 64 * self.timers.T1)
+        #: Method to the seconds from a request's arrival to its final
+        #: response (the dispatcher's relayed ones included), for the
+        #: methods whose answer waits for real work.
+        self.answerTimes: Dict[str, LatencyHistogram] = {method: LatencyHistogram() for method in TIMED_METHODS}
 
     def __len__(self) -> int:
         """
@@ -749,6 +758,9 @@ class TransactionLayer:
         C{transaction} sent its final response: keep only a lingering
         record until Timer J, or nothing over a reliable transport.
         """
+        timed = self.answerTimes.get(transaction.request.method)
+        if timed is not None:
+            timed.observe(self._reactor.seconds() - transaction.started)
         key = transaction._key
         servers = self._servers
         if transaction.source.reliable or servers.get(key) is not transaction:

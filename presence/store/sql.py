@@ -51,6 +51,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from presence.interfaces import IBindingStore, ILeaseStore, IStore
+from presence.latency import LatencyHistogram
 from presence.store import schema
 from presence.store.driversql import DriverStatement
 from presence.store.errors import DuplicateRecord, NoSuchRecord, StoreNotRunning
@@ -317,6 +318,8 @@ class SQLStore:
     @ivar writeCount: write operations completed (successfully or not).
     @ivar lastBatchSize: operations in the last batch.
     @ivar lastCommitLatency: seconds the last batch spent in the database.
+    @ivar commitLatency: the seconds of every committed batch, a
+        L{LatencyHistogram}.
     @ivar schemaVersion: the schema version after start, else C{None}.
     """
 
@@ -395,6 +398,7 @@ class SQLStore:
         self.writeCount = 0
         self.lastBatchSize = 0
         self.lastCommitLatency = 0.0
+        self.commitLatency = LatencyHistogram()
         self.schemaVersion: Optional[int] = None
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -752,6 +756,7 @@ class SQLStore:
             self.lastCommitLatency = result.latency
             if result.committed:
                 self.commitCount += 1
+                self.commitLatency.observe(result.latency)
             if result.replayed:
                 self.replayCount += 1
                 self.log.warn(
