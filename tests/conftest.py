@@ -41,7 +41,7 @@ def requireTool(name: str) -> str:
     return path  # type: ignore[return-value]
 
 
-_PACKAGES = {"sipp": "sip-tester", "sipsak": "sipsak", "baresip": "baresip-core", "linphonec": "linphone-cli", "pypy3": "pypy3", "systemd-analyze": "systemd"}
+_PACKAGES = {"sipp": "sip-tester", "sipsak": "sipsak", "baresip": "baresip-core", "linphonec": "linphone-cli", "pypy3": "pypy3", "systemd-analyze": "systemd", "kamailio": "kamailio"}
 
 _postgresChecked: Optional[str] = None
 

@@ -23,6 +23,20 @@ _TWISTD = "from twisted.scripts.twistd import run; run()"
 _ADDRESS = re.compile(r"(UDP|TCP|TLS|WSS|WS) ([0-9a-fA-F.:]+):(\d+)")
 
 
+def endProcess(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """
+    Signal a child process we started and wait for it; kill it if it
+    does not end within C{timeout}.
+    """
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 class ServerProcess:
     """
     A presence server in a child process.
@@ -126,13 +140,7 @@ class ServerProcess:
         """
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        endProcess(self.process, sig, timeout)
         if self._reader is not None:
             self._reader.join(10)
         if self.process.stdout is not None:
