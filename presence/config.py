@@ -116,6 +116,25 @@ def _clientEndpoint(text: str) -> str:
     return text
 
 
+def _websocketURL(text: str) -> str:
+    """
+    A C{ws://} or C{wss://} URL with a host, or empty for none.
+    """
+    from urllib.parse import urlsplit
+
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        parts = urlsplit(text)
+        parts.port  # raises ValueError for a bad port
+    except ValueError as e:
+        raise ValueError("not a URL: %s" % (e,))
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError("must be a ws://HOST[:PORT] or wss://HOST[:PORT] URL")
+    return text
+
+
 def _nonNegativeFloat(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -306,6 +325,19 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
     "metrics": {
         "enabled": ("metricsEnabled", _boolean, False),
         "listen": ("metricsListen", _endpoint, "tcp:9090:interface=127.0.0.1"),
+    },
+    # The browser buddy list (presence.web): a static page and SIP.js served
+    # over HTTP, off unless enabled.  root: a directory to serve instead of
+    # the packaged page; sipjs: the SIP.js package directory (empty: found
+    # in node_modules, see presence.web.sipjs); websocket: the SIP
+    # WebSocket URL the page offers (empty: one of our ws/wss listeners on
+    # the host the page came from).
+    "web": {
+        "enabled": ("webEnabled", _boolean, False),
+        "listen": ("webListen", _endpoint, "tcp:8080:interface=127.0.0.1"),
+        "root": ("webRoot", _text, ""),
+        "sipjs": ("webSipjs", _text, ""),
+        "websocket": ("webWebsocket", _websocketURL, ""),
     },
     # The dispatching node (presence.dispatcher, --role=dispatcher): the
     # managers it forwards to, how it picks one, how it checks they live,

@@ -188,6 +188,7 @@ def makeService(options: Any) -> service.IService:
 
         SIPService(config, withDatabase=False).setServiceParent(root)
         DispatcherService(config).setServiceParent(root)
+        _addWeb(root, config, options)
         _addAdmin(root, config, options)
         return root
     # Stopped by the tree, after the manager has issued the writes of the
@@ -231,8 +232,23 @@ def makeService(options: Any) -> service.IService:
         if problem is not None:
             options.fail(problem)
         ClusterService(config).setServiceParent(root)
+    _addWeb(root, config, options)
     _addAdmin(root, config, options)
     return root
+
+
+def _addWeb(root: service.MultiService, config: Config, options: Any) -> None:
+    """
+    The browser buddy list, off by default, in a process serving SIP to
+    user agents; imported only when enabled.
+    """
+    if config.webEnabled:
+        from presence.web.service import WebService, webProblem
+
+        problem = webProblem(config)
+        if problem is not None:
+            options.fail(problem)
+        WebService(config).setServiceParent(root)
 
 
 def _addAdmin(root: service.MultiService, config: Config, options: Any) -> None:

@@ -1,6 +1,7 @@
 """
-Listening for the admin services (manhole, metrics) on a Twisted endpoint
-description, and dropping their connections when they stop.
+Listening for the services that serve one endpoint (manhole, metrics, the
+web page) on a Twisted endpoint description, and dropping their
+connections when they stop.
 
 Why not C{strports.service}: we need the bound address at once (to log
 it; with port 0 the kernel picks it, and tests read it from the log), a
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
+from twisted.application import service
 from twisted.internet import interfaces
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
+
+from presence.runtime import RuntimeService
 
 
 class TrackingFactory(WrappingFactory):
@@ -126,3 +130,45 @@ class Listener:
         if port is not None:
             stopping.insert(0, maybeDeferred(port.stopListening))
         return gatherResults(stopping, consumeErrors=True).addCallback(lambda _: None)
+
+
+class ListeningService(RuntimeService):
+    """
+    A service serving one endpoint: it listens when it starts (see
+    L{listenOn}) and, when it stops, stops listening and drops the
+    connections still open.  Only the subclass's configuration is pickled.
+
+    @ivar address: the address it listens on, once started.
+    """
+
+    def _resetRuntime(self) -> None:
+        """
+        No port before start.
+        """
+        self._listener: Optional[Listener] = None
+        self.address: Any = None
+
+    def listenOn(self, description: str, factory: Any) -> Any:
+        """
+        Listen with C{factory} on the endpoint C{description}, then count as
+        running; for the subclass's C{startService}.
+
+        @return: the bound address.
+        @raise Exception: why it cannot listen (L{Listener.listen}).
+        """
+        listener = Listener(self.reactor, description, factory)
+        self.address = listener.listen()
+        self._listener = listener
+        service.Service.startService(self)
+        return self.address
+
+    def stopService(self) -> Any:
+        """
+        Stop listening and close the open connections.
+        """
+        service.Service.stopService(self)
+        listener, self._listener = self._listener, None
+        self.address = None
+        if listener is None:
+            return None
+        return listener.stop()

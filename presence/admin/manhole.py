@@ -28,7 +28,6 @@ import stat
 from typing import Any, Iterable, List, Optional
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from twisted.application import service
 from twisted.conch import manhole
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.error import ValidPublicKey
@@ -46,7 +45,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from presence.admin.console import Console
-from presence.admin.listening import Listener, describe, isLoopback
+from presence.admin.listening import ListeningService, describe, isLoopback
 from presence.config import Config, ConfigError
 from presence.runtime import RuntimeService
 
@@ -291,7 +290,7 @@ class ManholeRealm(TerminalRealm):
         return insults.ServerProtocol(manhole.ColoredManhole, self.console.namespace())
 
 
-class ManholeService(RuntimeService):
+class ManholeService(ListeningService):
     """
     The manhole in the service tree (name C{"manhole"}).  Put it after the
     services it shows; it finds them through its parent.
@@ -311,13 +310,6 @@ class ManholeService(RuntimeService):
             raise ConfigError(problem)
         self.config = config
         RuntimeService.__init__(self, reactor)
-
-    def _resetRuntime(self) -> None:
-        """
-        No keys, portal nor port before start: L{startService} builds them.
-        """
-        self._listener: Optional[Listener] = None
-        self.address: Any = None
 
     def startService(self) -> None:
         """
@@ -341,11 +333,7 @@ class ManholeService(RuntimeService):
         # by every factory in the process.
         factory.publicKeys = {hostKey.sshType(): hostKey.public()}
         factory.privateKeys = {hostKey.sshType(): hostKey}
-        listener = Listener(self.reactor, config.manholeListen, factory)
-        self.address = listener.listen()
-        self._listener = listener
-        service.Service.startService(self)
-        where = describe(self.address)
+        where = describe(self.listenOn(config.manholeListen, factory))
         self.log.info(
             "Manhole listening on {address} (host key {fingerprint})",
             address=where,
@@ -357,17 +345,6 @@ class ManholeService(RuntimeService):
                 "authorized key can reach a Python prompt inside the server from the network",
                 address=where,
             )
-
-    def stopService(self) -> Any:
-        """
-        Stop listening and end the open sessions.
-        """
-        service.Service.stopService(self)
-        listener, self._listener = self._listener, None
-        self.address = None
-        if listener is None:
-            return None
-        return listener.stop()
 
 
 __all__: List[str] = [

@@ -26,13 +26,12 @@ from typing import Any, List, Optional
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
-from twisted.application import service
 from twisted.logger import Logger
 from twisted.web import resource, server
 
 from presence.admin.collectors import PresenceCollector
 from presence.admin.console import LiveObjects
-from presence.admin.listening import Listener, describe, isLoopback
+from presence.admin.listening import ListeningService, describe, isLoopback
 from presence.admin.readiness import Readiness
 from presence.config import Config
 from presence.runtime import RuntimeService
@@ -161,7 +160,7 @@ class QuietSite(server.Site):
         pass
 
 
-class MetricsService(RuntimeService):
+class MetricsService(ListeningService):
     """
     The metrics listener in the service tree (name C{"metrics"}).  It finds
     the parts it reports on through its parent.
@@ -176,13 +175,6 @@ class MetricsService(RuntimeService):
         self.config = config
         RuntimeService.__init__(self, reactor)
 
-    def _resetRuntime(self) -> None:
-        """
-        No site and no port before start: L{startService} builds them.
-        """
-        self._listener: Optional[Listener] = None
-        self.address: Any = None
-
     def startService(self) -> None:
         """
         Listen.
@@ -193,22 +185,7 @@ class MetricsService(RuntimeService):
         assert self.parent is not None, "the metrics endpoint needs the service tree as its parent"
         live = LiveObjects(self.parent)
         site = QuietSite(MetricsRoot(makeRegistry(live), Readiness(live, self.reactor)))
-        listener = Listener(self.reactor, self.config.metricsListen, site)
-        self.address = listener.listen()
-        self._listener = listener
-        service.Service.startService(self)
-        where = describe(self.address)
+        where = describe(self.listenOn(self.config.metricsListen, site))
         self.log.info("Metrics listening on {address} (GET /metrics, /health, /ready)", address=where)
         if not isLoopback(self.address):
             self.log.warn("The metrics endpoint listens on {address}, not on loopback only", address=where)
-
-    def stopService(self) -> Any:
-        """
-        Stop listening and close open scrape connections.
-        """
-        service.Service.stopService(self)
-        listener, self._listener = self._listener, None
-        self.address = None
-        if listener is None:
-            return None
-        return listener.stop()
