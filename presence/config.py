@@ -329,7 +329,7 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
     # The browser buddy list (presence.web): a static page and SIP.js served
     # over HTTP, off unless enabled.  root: a directory to serve instead of
     # the packaged page; sipjs: the SIP.js package directory (empty: found
-    # in node_modules, see presence.web.sipjs); websocket: the SIP
+    # in node_modules, see presence.web.site); websocket: the SIP
     # WebSocket URL the page offers (empty: one of our ws/wss listeners on
     # the host the page came from).
     "web": {
