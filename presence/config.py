@@ -321,6 +321,11 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "peer_secret_file": ("billingPeerSecretFile", _text, ""),
         "call_timeout": ("billingCallTimeout", _positiveFloat, 2.0),
     },
+    # The control channel (presence.admin.control) presence-admin live
+    # talks to: a UNIX socket, mode 0600; empty: none.
+    "control": {
+        "socket": ("controlSocket", _text, ""),
+    },
     # The Prometheus metrics endpoint (presence.admin.metrics).
     "metrics": {
         "enabled": ("metricsEnabled", _boolean, False),

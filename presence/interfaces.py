@@ -418,3 +418,14 @@ class IPeer(Interface):
         @return: a Deferred firing with C{True} once committed, C{False}
             when this node does not hold it.
         """
+
+    def takeOver(items):
+        """
+        The caller, draining before maintenance, has recorded the node
+        called as the owner of these subscriptions in the store: serve
+        them.  C{items} is a list of C{[subscriptionId, stale]} pairs;
+        a stale one (a change not yet told, or a NOTIFY in flight when it
+        was handed over) gets a NOTIFY with the current state.
+
+        @return: a Deferred firing with how many are now served.
+        """

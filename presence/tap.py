@@ -262,6 +262,13 @@ def _addAdmin(root: service.MultiService, config: Config, options: Any) -> None:
         if problem is not None:
             options.fail(problem)
         ManholeService(config).setServiceParent(root)
+    if config.controlSocket:
+        from presence.admin.control import ControlService, controlProblem
+
+        problem = controlProblem(config)
+        if problem is not None:
+            options.fail(problem)
+        ControlService(config, options.get("role") or "all").setServiceParent(root)
     if config.metricsEnabled:
         from presence.admin.metrics import MetricsService
 

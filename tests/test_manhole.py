@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import stat
+import struct
 import subprocess
 import sys
 from typing import Any, List, Optional
@@ -20,7 +21,7 @@ import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.application import service
-from twisted.conch.ssh import channel, connection, keys, session, transport, userauth
+from twisted.conch.ssh import channel, common, connection, keys, session, transport, userauth
 from twisted.internet import defer, protocol
 from twisted.internet.protocol import DatagramProtocol
 
@@ -227,9 +228,17 @@ class ManholeClient(protocol.ClientFactory):
     @ivar hostKey: the host key the server showed.
     """
 
-    def __init__(self, key: keys.Key, script: Optional[List[str]], user: bytes = b"operator") -> None:
+    def __init__(
+        self, key: keys.Key, script: Optional[List[str]], user: bytes = b"operator", command: Optional[str] = None
+    ) -> None:
+        """
+        @param command: send this exec request instead of opening a shell.
+        """
         self.key = key
         self.script = script
+        self.command = command
+        self.exitStatus: Optional[int] = None
+        self.errors: List[bytes] = []
         self.user = user
         self.authenticated = False
         self.hostKey: Optional[keys.Key] = None
@@ -296,6 +305,10 @@ class _Shell(channel.SSHChannel):
     @defer.inlineCallbacks
     def channelOpen(self, data: bytes) -> Any:
         factory = self.conn.transport.factory
+        if factory.command is not None:
+            yield self.conn.sendRequest(self, b"exec", common.NS(factory.command.encode()), wantReply=True)
+            factory.opened.callback(self)
+            return
         yield self.conn.sendRequest(
             self, b"pty-req", session.packRequest_pty_req(b"vt100", (24, 80, 0, 0), b""), wantReply=True
         )
@@ -308,14 +321,21 @@ class _Shell(channel.SSHChannel):
     def dataReceived(self, data: bytes) -> None:
         self.conn.transport.factory.output.append(data)
 
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        self.conn.transport.factory.errors.append(data)
+
+    def request_exit_status(self, data: bytes) -> int:
+        (self.conn.transport.factory.exitStatus,) = struct.unpack(">L", data)
+        return 1
+
     def closed(self) -> None:
         self.conn.transport.loseConnection()
 
 
-def runScript(port: int, key: keys.Key, script: Optional[List[str]]) -> ManholeClient:
+def runScript(port: int, key: keys.Key, script: Optional[List[str]], command: Optional[str] = None) -> ManholeClient:
     from twisted.internet import reactor
 
-    client = ManholeClient(key, script)
+    client = ManholeClient(key, script, command=command)
     reactor.connectTCP("127.0.0.1", port, client, timeout=10)
     return client
 
@@ -450,7 +470,7 @@ def test_sessionShowsAndEndsSubscriptions(tmp_path):
             "import json",
             "terminate('no-such-id')",
             "terminate(subscriptions()[0]['id'], 'bogus')",
-            "d = terminate(subscriptions()[0]['id'])",
+            "d = terminate(subscriptions())",
             "print('AFTER', json.dumps(stats()['subscriptions']))",
         ])
         final = yield ua.next()
@@ -463,6 +483,36 @@ def test_sessionShowsAndEndsSubscriptions(tmp_path):
         assert printed(output, "AFTER") == 0
     finally:
         yield udp.stopListening()
+        yield tree.root.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_execRequestRunsOneStatement(tmp_path):
+    """
+    An SSH exec request (C{ssh host 'stats()'}) runs that one statement:
+    an expression's value is printed (a Deferred's once it fired), what
+    statements print is sent, and an exception is a traceback on
+    standard error with exit status 1.
+    """
+    tree = Tree(str(tmp_path))
+    yield tree.start()
+    try:
+        client = runScript(tree.manholePort, tree.key, None, command="stats()")
+        output = yield client.done
+        assert client.exitStatus == 0, (output, client.errors)
+        assert output.startswith("{'managerReady': True, 'subscriptions': 0,") and output.endswith("}\n")
+
+        client = runScript(tree.manholePort, tree.key, None, command="n = len(subscriptions()); print('N', n)")
+        assert (yield client.done) == "N 0\n" and client.exitStatus == 0
+
+        client = runScript(tree.manholePort, tree.key, None, command="status()")
+        output = yield client.done
+        assert client.exitStatus == 0 and "'healthy': True" in output, output
+
+        client = runScript(tree.manholePort, tree.key, None, command="terminate('nope')")
+        assert (yield client.done) == "" and client.exitStatus == 1
+        assert "KeyError: \"no live subscription 'nope'\"" in b"".join(client.errors).decode()
+    finally:
         yield tree.root.stopService()
 
 
@@ -543,6 +593,18 @@ def _ssh(port: int, keyPath: str, script: str) -> subprocess.CompletedProcess:
     )
 
 
+def _sshExec(port: int, keyPath: str, command: str) -> subprocess.CompletedProcess:
+    """
+    C{ssh ... host COMMAND}: an exec request, no terminal, no input.
+    """
+    return subprocess.run(
+        [requireTool("ssh"), "-F", "/dev/null", "-i", keyPath, "-p", str(port),
+         "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "operator@127.0.0.1", command],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+    )
+
+
 def _writeOpenSSHKey(path: str, key: keys.Key) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -584,6 +646,12 @@ def test_opensshAgainstTwistd(tmp_path):
         assert result.returncode == 0, (result.returncode, output, result.stderr)
         assert "'managerReady': True, 'subscriptions': 1," in output, output
         assert "Manhole login by operator with " + fingerprint(key) in server.waitFor("Manhole login by")
+
+        result = _sshExec(port, os.path.join(workdir, "id_operator"), "stats()")
+        assert result.returncode == 0, result
+        assert result.stdout.startswith(b"{'managerReady': True, 'subscriptions': 1,"), result.stdout
+        result = _sshExec(port, os.path.join(workdir, "id_operator"), "terminate('nope')")
+        assert result.returncode == 1 and b"KeyError" in result.stderr, result
 
         result = _ssh(port, os.path.join(workdir, "id_stranger"), "stats()\r")
         assert result.returncode == 255

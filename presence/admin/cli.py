@@ -19,6 +19,7 @@ from typing import Any, Callable, List, Optional
 import sqlalchemy as sa
 from twisted.python import usage
 
+from presence.admin import live as livecli
 from presence.admin import provisioning
 from presence.config import Config, ConfigError, loadConfig
 from presence.tap import DEFAULT_CONFIG
@@ -27,8 +28,13 @@ from presence.tap import Options as ServerOptions
 
 class AdminError(Exception):
     """
-    A failure to report in one line, with exit status 1.
+    A failure to report in one line, with exit status C{status} (1 unless
+    said otherwise).
     """
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        Exception.__init__(self, message)
+        self.status = status
 
 
 class MktapOptions(ServerOptions):
@@ -83,6 +89,7 @@ class Options(usage.Options):
         ["account", None, provisioning.AccountOptions, "Accounts: add, remove, passwd, block, unblock, modify, show, list."],
         ["policy", None, provisioning.PolicyOptions, "Who may watch a presentity: allow, block, ask, clear, show."],
         ["watchers", None, provisioning.WatchersOptions, "Who watches an AOR, in which state."],
+        ["live", None, livecli.LiveOptions, "The running servers: presentities, watchers, terminate, drain, status."],
     ]
 
     # The same line as twistd presence --version.
@@ -227,6 +234,21 @@ def writePrivately(path: str, write: Callable[[Any], None]) -> None:
         raise
 
 
+def live(options: Options, out: Any) -> int:
+    """
+    C{live ...}: over the control channels of running servers.
+    """
+    sub = options.subOptions
+    sockets = list(sub["sockets"])
+    if not sockets:
+        configured = options.loadConfig().controlSocket
+        sockets = [configured] if configured else []
+    try:
+        return livecli.runLive(sub, sockets, out, options.err)
+    except livecli.LiveError as e:
+        raise AdminError(str(e), e.status)
+
+
 COMMANDS = {
     "mktap": mktap,
     "initdb": initdb,
@@ -235,6 +257,7 @@ COMMANDS = {
     "account": provisioning.account,
     "policy": provisioning.policy,
     "watchers": provisioning.watchers,
+    "live": live,
 }
 
 
@@ -249,17 +272,18 @@ def run(argv: List[str], out: Any = None, err: Any = None, stdin: Any = None) ->
     err = err or sys.stderr
     options = Options()
     options.stdin = stdin if stdin is not None else sys.stdin
+    options.err = err
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
         err.write("presence-admin: %s\n" % (e,))
         return 2
     try:
-        COMMANDS[options.subCommand](options, out)  # type: ignore[index]
+        status = COMMANDS[options.subCommand](options, out)  # type: ignore[index]
     except AdminError as e:
         err.write("presence-admin: %s\n" % (e,))
-        return 1
-    return 0
+        return e.status
+    return status or 0
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -1,11 +1,15 @@
 """
-What the manhole offers an operator: the live objects of the service tree and
-a few helpers that read them (C{stats()}, C{presentity()},
-C{subscriptions()}) or act on them (C{terminate()}).
+What an operator can read and do in the live server: the live objects of
+the service tree and the helpers that read them (C{stats()},
+C{presentity()}, C{presentities()}, C{subscriptions()}, C{status()}) or
+act on them (C{terminate()}, C{refresh()}, C{drain()}, C{resume()}).
 
-The helpers live here, apart from the SSH plumbing of
-L{presence.admin.manhole}, so that they are plain code, tested against a
-service tree without any SSH.  They look the live objects up at each call:
+This is the one place where the admin tools touch the subscription
+manager, the cluster and the dispatcher: the manhole's namespace
+(L{presence.admin.manhole}) and the control channel's commands
+(L{presence.admin.control}) are both these helpers, so they are plain
+code, tested against a service tree without any SSH or socket.  What they
+return is plain data (dicts, lists, strings, numbers), ready for JSON.  They look the live objects up at each call:
 the subscription manager only exists once the store is ready, and a
 manhole session may outlive a restart of it.
 
@@ -16,10 +20,11 @@ there), so it reads the same state the server changes, with no locking.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Dict, List, Optional, Union
+import heapq
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 
 from presence.manager.state import Subscription
 from presence.sip.uri import URIError, normaliseAOR
@@ -35,6 +40,11 @@ class NotRunning(RuntimeError):
     """
     The part of the server a helper needs is not running (yet).
     """
+
+
+#: A subscription as the helpers take it: its id, the summary
+#: L{Console.subscriptions} gives, or the object itself.
+SubscriptionRef = Union[str, Dict[str, Any], Subscription]
 
 
 class LiveObjects:
@@ -74,6 +84,20 @@ class LiveObjects:
         The L{presence.sip.core.SIPCore}, once the SIP service started.
         """
         return getattr(self.service("sip"), "core", None)
+
+    @property
+    def cluster(self) -> Any:
+        """
+        The L{presence.cluster.group.PeerGroup}, once the cluster runs.
+        """
+        return getattr(self.service("cluster"), "group", None)
+
+    @property
+    def dispatcher(self) -> Any:
+        """
+        The L{presence.dispatcher.dispatcher.Dispatcher}, once it runs.
+        """
+        return getattr(self.service("dispatcher"), "dispatcher", None)
 
     @property
     def store(self) -> Any:
@@ -131,8 +155,13 @@ class Console:
         return {
             "stats": self.stats,
             "presentity": self.presentity,
+            "presentities": self.presentities,
             "subscriptions": self.subscriptions,
             "terminate": self.terminate,
+            "refresh": self.refresh,
+            "status": self.status,
+            "drain": self.drain,
+            "resume": self.resume,
             "root": live.root,
             "manager": live.manager,
             "core": live.core,
@@ -214,28 +243,72 @@ class Console:
             "watchers": watchers,
         }
 
+    def presentities(self, after: Optional[str] = None, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+        """
+        The presentities this manager holds (those with live publications
+        or watchers here), in AOR order: for each, how many watchers
+        (C{active} of them), publications, and whether a registration
+        binding makes it open.
+
+        @param after: start after this AOR (the last of the previous page).
+        @param limit: at most this many (all when L{None}); a page is
+            picked in time linear in the presentities held, without
+            sorting them all.
+        """
+        manager = self._manager()
+        held = manager.presentities
+        subs = manager.subscriptions
+        aors = _page(held, after, limit)
+        result = []
+        for aor in aors:
+            pres = held[aor]
+            watchers = [subs[i] for i in pres.watchers if i in subs]
+            result.append(
+                {
+                    "aor": aor,
+                    "watchers": len(watchers),
+                    "active": sum(1 for sub in watchers if sub.state == "active"),
+                    "publications": len(pres.publications),
+                    "registered": pres.registered is not None,
+                }
+            )
+        return result
+
     def subscriptions(
-        self, watcher: Optional[str] = None, presentity: Optional[str] = None, objects: bool = False
+        self,
+        watcher: Optional[str] = None,
+        presentity: Optional[str] = None,
+        objects: bool = False,
+        after: Optional[Iterable[str]] = None,
+        limit: Optional[int] = None,
     ) -> List[Any]:
         """
         The live subscriptions, optionally only those of C{watcher} or to
-        C{presentity}, ordered by presentity then watcher.
+        C{presentity}, ordered by presentity, watcher, then id.
 
         @param objects: give the L{Subscription} objects themselves instead
             of summaries.
+        @param after: start after this C{(presentity, watcher, id)}: the
+            last of the previous page.
+        @param limit: at most this many (all when L{None}).
         """
         manager = self._manager()
-        wanted = [
-            sub
-            for sub in manager.subscriptions.values()
-            if (watcher is None or sub.watcher == _aor(watcher))
-            and (presentity is None or sub.presentity == _aor(presentity))
-        ]
-        wanted.sort(key=lambda sub: (sub.presentity, sub.watcher, sub.id))
+        subs = manager.subscriptions
+        if presentity is not None:
+            pres = manager.presentities.get(_aor(presentity))
+            candidates: Iterable[Subscription] = [subs[i] for i in pres.watchers if i in subs] if pres else []
+        else:
+            candidates = subs.values()
+        if watcher is not None:
+            wanted = _aor(watcher)
+            candidates = [sub for sub in candidates if sub.watcher == wanted]
+        keyed = {(sub.presentity, sub.watcher, sub.id): sub for sub in candidates}
+        start = tuple(after) if after is not None else None
+        chosen = [keyed[key] for key in _page(keyed, start, limit)]
         if objects:
-            return wanted
+            return chosen
         now = self.clock.seconds()
-        return [self._summary(sub, now) for sub in wanted]
+        return [self._summary(sub, now) for sub in chosen]
 
     @staticmethod
     def _summary(sub: Subscription, now: float) -> Dict[str, Any]:
@@ -252,26 +325,216 @@ class Console:
             "pending": sub.dirty,
         }
 
-    def terminate(
-        self, subscription: Union[str, Subscription], reason: str = "deactivated"
-    ) -> Deferred:
+    def terminate(self, subscription: Union[SubscriptionRef, Iterable[SubscriptionRef]], reason: str = "deactivated") -> Deferred:
         """
-        End a subscription now: it is forgotten and deleted from the store,
-        and its watcher gets a final NOTIFY (C{Subscription-State:
+        End subscriptions now: each is forgotten and deleted from the
+        store, and its watcher gets a final NOTIFY (C{Subscription-State:
         terminated;reason=REASON}).  RFC 6665 lets the watcher subscribe
         again after C{deactivated}, but not after C{rejected}.
 
-        @param subscription: a subscription, or its id.
+        @param subscription: what L{subscriptions} returns (a list of
+            summaries, or one of them), ids, or the objects.
         @param reason: one of L{REASONS}.
-        @return: a Deferred firing once the store has deleted it.
-        @raise KeyError: for an id of no live subscription.
+        @return: a Deferred firing with how many ended, once the store
+            has deleted them.
+        @raise KeyError: for one that is not live (then none is ended).
         @raise ValueError: for a reason RFC 6665 does not define.
         """
         manager = self._manager()
         if reason not in REASONS:
             raise ValueError("reason must be one of %s" % (", ".join(sorted(REASONS)),))
-        ident = subscription if isinstance(subscription, str) else subscription.id
-        sub = manager.subscriptions.get(ident)
-        if sub is None:
-            raise KeyError("no live subscription %r" % (ident,))
-        return manager.terminate(sub, reason)
+        many = not isinstance(subscription, (str, dict, Subscription))
+        refs = list(subscription) if many else [subscription]  # type: ignore[call-overload]
+        subs = []
+        for ref in refs:
+            ident = _identOf(ref)
+            sub = manager.subscriptions.get(ident)
+            if sub is None:
+                raise KeyError("no live subscription %r" % (ident,))
+            if sub not in subs:
+                subs.append(sub)
+        return gatherResults([manager.terminate(sub, reason) for sub in subs]).addCallback(lambda _: len(subs))
+
+    def refresh(self, aor: str) -> Dict[str, Any]:
+        """
+        Send every active watcher of C{aor} a NOTIFY with the current
+        state now (what Kamailio calls C{refreshWatchers}): after a fix in
+        the database, or to check a watcher's path.  They are paced at
+        C{[cluster] adopt_notify_rate} per second; one with a NOTIFY in
+        flight gets the latest state once it is answered.
+        """
+        manager = self._manager()
+        aor = _aor(aor)
+        pres = manager.presentities.get(aor)
+        subs = manager.subscriptions
+        active = [subs[i] for i in sorted(pres.watchers) if i in subs] if pres is not None else []
+        active = [sub for sub in active if sub.state == "active"]
+        return {"aor": aor, "watchers": len(active), "queued": manager.notifier.pace(active)}
+
+    def drain(self, grace: float = 2.0) -> Deferred:
+        """
+        Stop taking new work before maintenance and hand every
+        subscription over to the peers this manager reaches
+        (L{presence.cluster.drain}); without a cluster, only stop taking
+        new work.  Asked again while a drain runs, wait for that one.
+
+        @param grace: seconds between refusing new work and the first
+            hand-over (the dispatcher needs one ping to see it).
+        @return: a Deferred firing with what was done.
+        """
+        from presence.cluster.drain import Drain
+
+        manager = self._manager()
+        group = self.live.cluster
+        if group is None:
+            manager.setDraining(True)
+            return succeed(
+                {
+                    "node": manager.node,
+                    "draining": True,
+                    "handedOver": 0,
+                    "failed": 0,
+                    "to": {},
+                    "remaining": len(manager.subscriptions),
+                    "peers": [],
+                }
+            )
+        running = getattr(group, "drainRun", None)
+        if running is None or not manager.draining:
+            running = group.drainRun = Drain(group, grace)
+            running.start()
+        return running.whenDone()
+
+    def resume(self) -> Dict[str, Any]:
+        """
+        Take new work again after a drain.  What was handed over stays
+        with the peers.
+        """
+        manager = self._manager()
+        manager.setDraining(False)
+        group = self.live.cluster
+        if group is not None:
+            group.drainRun = None
+        return {"node": manager.node, "draining": False, "subscriptions": len(manager.subscriptions)}
+
+    def status(self) -> Deferred:
+        """
+        Health of this process and of the cluster as it sees it: for a
+        manager, whether it serves, drains, is fenced or overloaded, its
+        peers' links and every manager's lease in the database; for a
+        dispatcher, each manager's state.  C{healthy} sums it up.
+
+        @return: a Deferred firing with the status (the leases are read
+            from the store, off the reactor thread).
+        """
+        result: Dict[str, Any] = {}
+        healthy = True
+        managerService = self.live.service("manager")
+        manager = self.live.manager
+        if managerService is not None:
+            if manager is None:
+                healthy = False
+                result["manager"] = {"ready": False}
+            else:
+                notifier = manager.notifier
+                overloaded = manager.overload.shedding
+                result["manager"] = {
+                    "node": manager.node,
+                    "ready": True,
+                    "draining": manager.draining,
+                    "fenced": notifier.fenced,
+                    "overloaded": overloaded,
+                    "subscriptions": len(manager.subscriptions),
+                    "presentities": len(manager.presentities),
+                    "publications": len(manager.publications),
+                    "pacedWaiting": notifier.waiting,
+                }
+                healthy = healthy and not (manager.draining or notifier.fenced or overloaded)
+        dispatcher = self.live.dispatcher
+        if dispatcher is not None:
+            now = self.clock.seconds()
+            managers = [
+                {
+                    "name": state.name,
+                    "address": str(state.spec),
+                    "up": state.up,
+                    "draining": state.draining,
+                    "inFlight": state.inFlight,
+                    "pings": state.pings,
+                    "answers": state.answers,
+                    "lastAnswer": None if state.lastAnswer is None else round(now - state.lastAnswer, 3),
+                }
+                for state in dispatcher.managers
+            ]
+            result["dispatcher"] = {"policy": dispatcher.policyName, "managers": managers}
+            healthy = healthy and all(m["up"] and not m["draining"] for m in managers)
+        elif self.live.service("dispatcher") is not None:
+            healthy = False
+            result["dispatcher"] = {"ready": False}
+        group = self.live.cluster
+        if group is None:
+            if self.live.service("cluster") is not None:
+                healthy = False
+                result["cluster"] = {"ready": False}
+            result["healthy"] = healthy
+            return succeed(result)
+        lease = group.lease
+        cluster = {
+            "node": group.node,
+            "quorum": group.quorum,
+            "peers": {name: name in group.peers for name in sorted(group.peerNames)},
+            "lease": None if lease is None else {"epoch": lease.epoch, "holding": lease.holding},
+            "counters": dict(group.counters),
+        }
+        result["cluster"] = cluster
+        healthy = healthy and all(cluster["peers"].values()) and (lease is None or lease.holding)
+
+        def leases(records: List[Any]) -> Dict[str, Any]:
+            now = self.clock.seconds()
+            cluster["leases"] = [
+                {
+                    "node": record.node,
+                    "epoch": record.epoch,
+                    "expires": _when(record.expiresAt),
+                    "expiresIn": round(record.expiresAt - now, 3),
+                }
+                for record in sorted(records, key=lambda r: r.node)
+            ]
+            result["healthy"] = healthy
+            return result
+
+        def unreadable(failure: Any) -> Dict[str, Any]:
+            cluster["leases"] = None
+            cluster["leasesError"] = failure.getErrorMessage()
+            result["healthy"] = False
+            return result
+
+        return group.store.loadLeases().addCallbacks(leases, unreadable)
+
+
+def _page(keys: Iterable[Any], after: Any, limit: Optional[int]) -> List[Any]:
+    """
+    The keys after C{after} (all when L{None}) in order, at most C{limit}
+    of them: a page of a listing without sorting every key.
+    """
+    if after is not None:
+        keys = [key for key in keys if key > after]
+    if limit is None:
+        return sorted(keys)
+    return heapq.nsmallest(limit, keys)
+
+
+def _identOf(ref: Any) -> str:
+    """
+    The id of a subscription given as L{SubscriptionRef}.
+    """
+    if isinstance(ref, Subscription):
+        return ref.id
+    if isinstance(ref, dict):
+        ident = ref.get("id")
+        if not isinstance(ident, str):
+            raise KeyError("not a subscription summary: %r" % (ref,))
+        return ident
+    if isinstance(ref, str):
+        return ref
+    raise TypeError("a subscription, its id or its summary, not %r" % (ref,))

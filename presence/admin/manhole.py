@@ -12,10 +12,17 @@ own C{manhole_tap} generates one with the process umask (0755 and the like),
 which is why we do not use it.
 
 What a session sees is L{presence.admin.console.Console.namespace}:
-C{stats()}, C{presentity(aor)}, C{subscriptions(watcher=, presentity=)},
-C{terminate(subscription, reason)}, and C{root}, C{manager}, C{core},
-C{store}.  Typed code runs on the reactor thread: it sees a consistent
-state, but a slow statement stalls the whole server.
+C{stats()}, C{presentity(aor)}, C{presentities()},
+C{subscriptions(watcher=, presentity=)}, C{terminate(subscriptions)},
+C{refresh(aor)}, C{status()}, C{drain()}, C{resume()}, and C{root},
+C{manager}, C{core}, C{store}.  Typed code runs on the reactor thread: it
+sees a consistent state, but a slow statement stalls the whole server.
+
+Besides the interactive prompt, an SSH exec request runs one statement
+and ends (C{ssh -p 2222 admin@127.0.0.1 'stats()'}): what it prints, and
+an expression's value (a Deferred's once it fires), go to standard
+output, a traceback to standard error with exit status 1.  For scripts,
+the control channel (C{presence-admin live}) gives JSON.
 
 Only the configuration is pickled into a C{.tap} file; keys, the portal and
 the listening port are built in L{ManholeService.startService}.
@@ -23,23 +30,26 @@ the listening port are built in L{ManholeService.startService}.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
-from typing import Any, Iterable, List, Optional
+import traceback
+from functools import partial
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch import manhole
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.insults import insults
-from twisted.conch.interfaces import IConchUser
+from twisted.conch.interfaces import IConchUser, ISession
 from twisted.conch.manhole_ssh import ConchFactory, TerminalRealm, TerminalSession
 from twisted.conch.ssh import keys
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ISSHPrivateKey
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -233,6 +243,39 @@ class AuditingChecker:
         return self.checker.requestAvatarId(credentials).addCallbacks(accepted, refused)
 
 
+def execute(namespace: Dict[str, Any], source: str) -> Deferred:
+    """
+    Run C{source}, one expression or statements, in a copy of
+    C{namespace}, on the reactor thread.
+
+    @return: a Deferred firing with C{(output, errors, exit status)}:
+        what C{print} wrote and the expression's C{repr} (once a Deferred
+        it gave has fired), a traceback, 0 or 1.
+    """
+    out = io.StringIO()
+    scope = dict(namespace)
+    scope["print"] = partial(print, file=out)
+
+    def run() -> Any:
+        try:
+            code = compile(source, "<ssh>", "eval")
+        except SyntaxError:
+            exec(compile(source, "<ssh>", "exec"), scope)
+            return None
+        return eval(code, scope)
+
+    def shown(result: Any) -> Any:
+        if result is not None:
+            out.write(repr(result) + "\n")
+        return (out.getvalue(), "", 0)
+
+    def failed(failure: Failure) -> Any:
+        text = "".join(traceback.format_exception(failure.type, failure.value, failure.getTracebackObject()))
+        return (out.getvalue(), text, 1)
+
+    return maybeDeferred(run).addCallbacks(shown, failed)
+
+
 class ManholeSession(TerminalSession):
     """
     Twisted's terminal session, made to cope with ordinary clients: a
@@ -240,11 +283,31 @@ class ManholeSession(TerminalSession):
     window resize is passed on, and end-of-file (the client closed its
     input) ends the session instead of raising C{NotImplementedError}.
     The session ends with exit status 0.
+
+    An exec request (C{ssh host 'stats()'}) runs that one statement
+    (L{execute}) in a fresh namespace and ends with its exit status.
+
+    @ivar namespaceFactory: makes the namespace of one exec request.
     """
 
     width = 80
     height = 24
     _terminal: Any = None
+    namespaceFactory: Callable[[], Dict[str, Any]] = dict
+
+    def execCommand(self, proto: Any, cmd: bytes) -> None:
+        source = cmd.decode("utf-8", "replace")
+
+        def done(result: Any) -> None:
+            output, errors, status = result
+            if output:
+                proto.outReceived(output.encode("utf-8"))
+            if errors:
+                proto.errReceived(errors.encode("utf-8"))
+            reason = ProcessDone(0) if status == 0 else ProcessTerminated(exitCode=status)
+            proto.processEnded(Failure(reason))
+
+        execute(self.namespaceFactory(), source).addCallback(done)
 
     def openShell(self, proto: Any) -> None:
         terminal = self._terminal = self.transportFactory(
@@ -285,6 +348,11 @@ class ManholeRealm(TerminalRealm):
         TerminalRealm.__init__(self)
         self.console = console
         self.chainedProtocolFactory = self._terminalProtocol
+
+    def _getAvatar(self, avatarId: Any) -> Any:
+        user = TerminalRealm._getAvatar(self, avatarId)
+        ISession(user.original).namespaceFactory = self.console.namespace
+        return user
 
     def _terminalProtocol(self) -> insults.ServerProtocol:
         return insults.ServerProtocol(manhole.ColoredManhole, self.console.namespace())
@@ -356,6 +424,7 @@ __all__: List[str] = [
     "ManholeSession",
     "checkAuthorizedKeys",
     "configProblem",
+    "execute",
     "fingerprint",
     "loadHostKey",
     "manholeProblem",

@@ -158,6 +158,9 @@ TOMBSTONE_SLACK = 60.0
 #: Most updates per page a peer may ask for.
 MAX_PAGE = 1000
 
+#: Most subscriptions one takeOver call may carry.
+MAX_TAKE_OVER = 1000
+
 #: Seconds after a peer's live lease would run out before adoption is
 #: tried again.
 LEASE_RETRY_SLACK = 0.25
@@ -244,6 +247,9 @@ class PeerGroup:
         self._leaseLive: Set[str] = set()
         self._resyncing: Dict[str, bool] = {}
         self._syncWaiters: Dict[str, List[Deferred]] = {}
+        # The drain before maintenance, while one runs or ran
+        # (presence.cluster.drain).
+        self.drainRun: Any = None
         self.counters: Dict[str, int] = {
             "sent": 0,
             "received": 0,
@@ -847,6 +853,35 @@ class PeerGroup:
 
         return d.addCallback(done)
 
+    def takeOver(self, items: List[Tuple[str, bool]], former: str) -> Deferred:
+        """
+        C{former}, draining, gave us these subscriptions in the store
+        (L{presence.cluster.drain}): load those the store says are ours
+        and serve them; NOTIFY the stale ones.
+
+        @return: a Deferred firing with how many are now served.
+        """
+        manager = self.manager
+        if manager is None or self.store is None or not items:
+            return succeed(0)
+        reads = [self.store.getSubscription(subscriptionId) for subscriptionId, _ in items]
+        stale = [subscriptionId for subscriptionId, isStale in items if isStale]
+
+        def loaded(records: List[Any]) -> int:
+            if self.manager is not manager:
+                return 0
+            ours = [r for r in records if r is not None and r.owner == self.node]
+            count = manager.adopt(ours, notify=False)
+            subs = manager.subscriptions
+            manager.notifier.pace(subs[i] for i in stale if i in subs)
+            self.counters["takenOver"] += count
+            self.log.info(
+                "Took over {count} subscriptions from {peer}, which drains", count=count, peer=former
+            )
+            return count
+
+        return gatherResults(reads, consumeErrors=True).addCallback(loaded)
+
     def _logFailure(self, failure: Failure, what: str) -> None:
         self.log.failure("Cluster: {what} failed", failure, what=what)
 
@@ -884,6 +919,19 @@ class LocalPeer:
         if not isinstance(subscriptionId, str) or len(subscriptionId) > 128:
             return maybeDeferred(_refuse, "handOver(subscriptionId) takes a string")
         return self.group.handOver(subscriptionId, self.caller)
+
+
+    def takeOver(self, items: Any) -> Deferred:
+        if not isinstance(items, list) or len(items) > MAX_TAKE_OVER or not all(
+            isinstance(item, (list, tuple))
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and len(item[0]) <= 128
+            and type(item[1]) is bool
+            for item in items
+        ):
+            return maybeDeferred(_refuse, "takeOver(items) takes at most %d [id, stale] pairs" % (MAX_TAKE_OVER,))
+        return self.group.takeOver([(item[0], item[1]) for item in items], self.caller)
 
 
 def _refuse(message: str) -> None:

@@ -183,6 +183,9 @@ class PeerAvatar(pb.Avatar):
     def perspective_handOver(self, subscriptionId: Any) -> Deferred:
         return self._checked(lambda: self.local.handOver(subscriptionId))
 
+    def perspective_takeOver(self, items: Any) -> Deferred:
+        return self._checked(lambda: self.local.takeOver(items))
+
     def perspective_ping(self) -> bool:
         return True
 
@@ -262,6 +265,9 @@ class RemotePeer:
 
     def handOver(self, subscriptionId: str) -> Deferred:
         return self._call("handOver", subscriptionId).addCallback(lambda ok: ok is True)
+
+    def takeOver(self, items: Any) -> Deferred:
+        return self._call("takeOver", items).addCallback(lambda count: count if type(count) is int else 0)
 
     def ping(self) -> Deferred:
         return self._call("ping")

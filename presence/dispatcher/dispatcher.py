@@ -349,9 +349,9 @@ class Dispatcher:
         info = relay.info
         if info is not None:
             owner = self._byName.get(info.manager)
-            if owner is not None and owner.up and owner.name not in relay.tried:
+            if owner is not None and owner.up and not owner.draining and owner.name not in relay.tried:
                 return owner
-        candidates = [m for m in self.managers if m.up and m.name not in relay.tried]
+        candidates = [m for m in self.managers if m.up and not m.draining and m.name not in relay.tried]
         if not candidates:
             return None
         return self.policy.choose(candidates, relay.key)
@@ -361,7 +361,7 @@ class Dispatcher:
         Whether a live manager is left that C{relay} was not sent to (a
         check that, unlike L{_choose}, takes no policy turn).
         """
-        return any(m.up and m.name not in relay.tried for m in self.managers)
+        return any(m.up and not m.draining and m.name not in relay.tried for m in self.managers)
 
     def _toManager(self, relay: _Relay) -> None:
         """

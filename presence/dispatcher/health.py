@@ -3,6 +3,11 @@ Which managers are alive: an OPTIONS ping to each every C{interval}
 seconds, and a manager that has not answered for C{deadAfter} seconds is
 taken out.
 
+A manager that answers 503 is alive but draining (before maintenance,
+C{presence-admin live drain}): it gets no new requests nor dialogs it
+does not hold, while the requests already sent to it are still answered
+there; it is back in rotation with its first other answer.
+
 Every answer pushes the manager's deadline C{deadAfter} seconds on, so a
 manager that dies is out at most C{deadAfter} seconds after its last
 answer, whatever the ping phase: with the defaults (0.5 s pings, 1.5 s)
@@ -31,6 +36,8 @@ class ManagerState:
     What the dispatcher knows of one manager.
 
     @ivar up: whether it answered within the last C{deadAfter} seconds.
+    @ivar draining: whether its last answer was a 503: alive, but out of
+        rotation.
     @ivar inFlight: requests forwarded to it still waiting for a final
         response (the C{least_loaded} measure).
     @ivar pending: the relays of those requests, to fail them over when
@@ -47,6 +54,7 @@ class ManagerState:
         self.index = index
         self.link = link
         self.up = False
+        self.draining = False
         self.inFlight = 0
         self.pending: Set[Any] = set()
         self.pings = 0
@@ -168,6 +176,13 @@ class HealthChecker:
         # answer to an out-of-dialog request carries one (RFC 3261 §8.2.6.2).
         if not _hasToTag(response):
             return
+        draining = response.code == 503
+        if draining != manager.draining:
+            manager.draining = draining
+            if draining:
+                self.log.warn("Manager {name} is draining: out of rotation", name=manager.name)
+            else:
+                self.log.info("Manager {name} is back in rotation", name=manager.name)
         self.alive(manager)
 
     def alive(self, manager: ManagerState) -> None:

@@ -122,6 +122,8 @@ class SubscriptionManager:
         self.authorizer = authorizer
         self.gate: Optional[AuthGate] = None
         self.registrations: Any = None
+        # Draining before maintenance (L{setDraining}): new work refused.
+        self.draining = False
         self._billingEpoch = 0
         if authorizer is None:
             self.log.warn(
@@ -362,6 +364,12 @@ class SubscriptionManager:
         @param askCluster: ask the cluster for a dialog we do not hold.
         """
         sub = self.dialogs.get(key)
+        if sub is None and self.draining:
+            # Handed over (or never ours): not taken back while draining.
+            # The watcher keeps its subscription and asks again; by then
+            # the dispatcher sends it to a manager in rotation.
+            self.core.respond(tx, 503, "Draining", [("Retry-After", "1")])
+            return
         if sub is None and askCluster and self.cluster is not None:
             # Another manager of the cluster may own it, or have died.
             d = self.cluster.dialogMissing(request, key)
@@ -613,13 +621,39 @@ class SubscriptionManager:
 
         return self.store.removeSubscription(sub.id).addCallbacks(removed, failed)
 
+    def setDraining(self, draining: bool) -> None:
+        """
+        Stop taking new work before maintenance, or take it again: while
+        draining, new SUBSCRIBEs and initial PUBLISHes get 503 (the
+        dispatcher tries another manager), in-dialog requests for dialogs
+        not held too, and OPTIONS 503, which takes this manager out of the
+        dispatcher's rotation.  Subscriptions held are served as before
+        until they are handed over (L{presence.cluster.drain}).
+        """
+        if draining == self.draining:
+            return
+        self.draining = draining
+        if draining:
+            self.core.addHandler("OPTIONS", self._drainingOptions)
+            self.log.warn("Subscription manager {node} draining: refusing new work", node=self.node)
+        else:
+            self.core.removeHandler("OPTIONS")
+            self.log.info("Subscription manager {node} takes new work again", node=self.node)
+
+    def _drainingOptions(self, request: Request, tx: ServerTransaction) -> None:
+        self.core.respond(tx, 503, "Draining", [("Retry-After", str(self.overload.retryAfter))])
+
     # PUBLISH (RFC 3903 §6).
 
     def _shed(self, tx: ServerTransaction) -> bool:
         """
         Refuse a request that would create state while overloaded (see
-        L{presence.manager.overload}): 503 with Retry-After.
+        L{presence.manager.overload}) or draining: 503 with Retry-After,
+        which the dispatcher answers by trying another manager.
         """
+        if self.draining:
+            self.core.respond(tx, 503, "Draining", [("Retry-After", str(self.overload.retryAfter))])
+            return True
         if not self.overload.overloaded():
             return False
         self.core.respond(tx, 503, "Overloaded", [("Retry-After", str(self.overload.retryAfter))])

@@ -103,6 +103,14 @@ class OverloadGuard:
             return self.lag
         return max(self.lag, self.clock.seconds() - self._due)
 
+    @property
+    def shedding(self) -> bool:
+        """
+        Whether the last new request was refused (for status reports:
+        unlike L{overloaded}, it counts nothing).
+        """
+        return self._shedding
+
     def overloaded(self) -> bool:
         """
         Whether a new subscription or publication should be refused now.

@@ -117,8 +117,15 @@ class SIPCore:
         """
         self.handlers[method] = handler
 
+    def removeHandler(self, method: str) -> None:
+        """
+        Stop serving C{method} with a handler (OPTIONS is then answered
+        by the core again).
+        """
+        self.handlers.pop(method, None)
+
     def allowed(self) -> List[str]:
-        return ["OPTIONS"] + sorted(self.handlers)
+        return ["OPTIONS"] + sorted(m for m in self.handlers if m != "OPTIONS")
 
     # Incoming.
 
