@@ -216,8 +216,8 @@ class Cluster:
                 "[billing]\nno_auth_domains = example.test\n"
                 "[cluster]\nlisten = tcp:%d:interface=%s\npeers = %s\nsecret_file = %s\n"
                 "adopt_after = 2\nping_interval = 0.5\nretry_delay = 0.2\n"
-                "lease_time = 3\nlease_interval = 0.5\n"
-                % (name, self.pbPorts[name], host, peers, self.secretFile)
+                "lease_time = 3\nlease_interval = 0.5\n[control]\nsocket = %s\n"
+                % (name, self.pbPorts[name], host, peers, self.secretFile, self.controlSocket(name))
             )
         port = self.sipPorts.get(name, 0)
         listen = ["--listen", "udp:%d:interface=%s" % (port, host)]
@@ -251,7 +251,8 @@ class Cluster:
         with open(config, "w") as f:
             f.write(
                 "[dispatcher]\nmanagers = %s\npolicy = round_robin\nping_interval = 0.5\n"
-                "dead_after = 1.5\nsecret_file = %s\n" % (managers, secret)
+                "dead_after = 1.5\nsecret_file = %s\n[control]\nsocket = %s\n"
+                % (managers, secret, self.controlSocket("dispatcher"))
             )
         process = ServerProcess(
             self.workdir,
@@ -262,6 +263,13 @@ class Cluster:
             process.waitFor("Manager %s is up" % (name,))
         self.dispatcher = process
         return process
+
+    def controlSocket(self, name: str) -> str:
+        """
+        The control channel of process C{name} (a manager, or
+        C{"dispatcher"}), for C{presence-admin live}.
+        """
+        return os.path.join(self.workdir, name + ".control")
 
     def owners(self) -> Dict[Tuple[str, str], str]:
         """

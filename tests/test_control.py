@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pickle
+import socket
+import stat
 from typing import Any, Dict, List, Optional
 
 import pytest
+import pytest_twisted
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
@@ -20,14 +25,26 @@ from zope.interface.verify import verifyObject
 
 from presence.admin import live as livecli
 from presence.admin.console import Console, NotRunning
-from presence.admin.control import CommandError, Commands, ControlProtocol
+from presence.admin.control import (
+    CommandError,
+    Commands,
+    ControlError,
+    ControlProtocol,
+    ControlService,
+    clearStaleSocket,
+    controlProblem,
+)
+from presence.config import Config
 from presence.cluster.group import LocalPeer
 from presence.dispatcher.health import HealthChecker, ManagerState
 from presence.dispatcher.managers import ManagerSpec
 from presence.interfaces import IPeer
 from presence.sip.message import Request, Response
-from tests.harness import pidf, publish, refresh, request, subscribe
+from presence.tap import Options, makeService
+from tests.harness import refresh, request, subscribe
+from tests.sipclient import answer, newRequest
 from tests.test_cluster import BOB, Node, cluster  # noqa: F401 (fixture)
+from tests.test_manhole import UserAgent
 
 ALICE = "sip:alice@example.test"
 CAROL = "sip:carol@example.test"
@@ -260,6 +277,22 @@ def test_drainWithoutPeersOnlyRefusesNewWork(cluster):
     assert a.manager.draining and len(a.manager.subscriptions) == 1
 
 
+def test_drainingManagerAdoptsNothing(cluster):
+    """
+    While a manager drains, a dead peer's subscriptions go to the
+    managers that stay.
+    """
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    watchers(c, (ALICE, BOB), (CAROL, BOB))
+    a.manager.setDraining(True)
+    c.crash()
+    cluster.cut("a", "c")
+    cluster.cut("b", "c")
+    cluster.advance(10.0)
+    assert a.manager.subscriptions == {} and len(b.manager.subscriptions) == 2
+    assert {r.owner for r in result(cluster.shared.loadSubscriptions())} == {"b"}
+
+
 def test_takeOverRefusesBadItems(cluster):
     """
     takeOver is a peer's call: anything but [id, stale] pairs is refused,
@@ -457,3 +490,113 @@ def test_tableOutput():
     out = io.StringIO()
     livecli._write(out, [], True)
     assert out.getvalue() == "(none)\n"
+
+
+# The channel on a real socket, with the CLI.
+
+
+def _config(workdir: str, path: str) -> str:
+    config = os.path.join(workdir, "presence.ini")
+    with open(config, "w") as f:
+        f.write(
+            "[server]\ndatabase = sqlite:///%s\n[manager]\nnotify_min_interval = 0\n"
+            "[billing]\nno_auth_domains = example.test\n[control]\nsocket = %s\n"
+            % (os.path.join(workdir, "presence.sqlite"), path)
+        )
+    return config
+
+
+def _cli(*argv: str) -> Any:
+    """
+    presence-admin in a thread (it blocks; the server runs on this
+    reactor): C{(status, output, errors)}.
+    """
+    from twisted.internet import threads
+
+    from presence.admin.cli import run
+
+    def call() -> Any:
+        out, err = io.StringIO(), io.StringIO()
+        status = run(list(argv), out, err)
+        return status, out.getvalue(), err.getvalue()
+
+    return threads.deferToThread(call)
+
+
+@pytest_twisted.inlineCallbacks
+def test_controlSocketWithTheCLI(tmp_path):
+    """
+    A server with [control] socket: the socket has mode 0600; the CLI,
+    pointed at the configuration, lists a watcher and ends its
+    subscription, whose watcher gets the final NOTIFY; a second server
+    may not take the socket; a stale socket file is replaced.
+    """
+    from twisted.internet import reactor
+
+    workdir = str(tmp_path)
+    path = os.path.join(workdir, "presence.control")
+    config = _config(workdir, path)
+    options = Options()
+    options.parseOptions(["--config", config, "--domain", "example.test", "--listen", "udp:0:interface=127.0.0.1"])
+    root = makeService(options)
+    root.startService()
+    ua = UserAgent()
+    udp = reactor.listenUDP(0, ua, interface="127.0.0.1")
+    try:
+        yield root.getServiceNamed("manager").whenReady()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and stat.S_ISSOCK(os.stat(path).st_mode)
+        sipPort = root.getServiceNamed("sip").addresses[0][2]
+        ua.send(newRequest("SUBSCRIBE", BOB, ua.port, Event="presence", Expires="300", fromURI=ALICE), sipPort)
+        got = [(yield ua.next()), (yield ua.next())]
+        ua.send(answer([m for m in got if isinstance(m, Request)][0]), sipPort)
+
+        status, out, err = yield _cli("--config", config, "live", "watchers", BOB)
+        assert status == 0, err
+        [listed] = json.loads(out)
+        assert (listed["node"], listed["watcher"], listed["state"]) == ("manager", ALICE, "active")
+        status, out, err = yield _cli("live", "--socket", path, "--table", "presentities")
+        assert status == 0 and out.split("\n")[1].split() == ["manager", BOB, "1", "1", "0", "False"], out
+
+        status, out, err = yield _cli("--config", config, "live", "terminate", "--watcher", ALICE)
+        assert status == 0 and json.loads(out)["manager"]["terminated"] == 1, (out, err)
+        final = yield ua.next()
+        assert final.method == "NOTIFY" and final.header("subscription-state") == "terminated;reason=deactivated"
+        ua.send(answer(final), sipPort)
+        status, out, err = yield _cli("--config", config, "live", "terminate", "--watcher", ALICE)
+        assert status == livecli.EXIT_NOT_FOUND
+
+        second = ControlService(Config(controlSocket=path), "all")
+        second.setServiceParent(service.MultiService())
+        with pytest.raises(ControlError, match="in use by another running process"):
+            second.startService()
+    finally:
+        yield udp.stopListening()
+        yield root.stopService()
+    assert not os.path.exists(path)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()
+    status, out, err = yield _cli("live", "--socket", path, "stats")
+    assert status == livecli.EXIT_UNREACHABLE and "cannot reach the control channel" in err
+    control = ControlService(Config(controlSocket=path), "dispatcher")
+    control.setServiceParent(service.MultiService())
+    control.startService()
+    try:
+        status, out, err = yield _cli("live", "--socket", path, "presentities")
+        assert status == livecli.EXIT_NOT_RUNNING and "(not-running)" in err
+    finally:
+        yield control.stopService()
+
+
+def test_controlProblems(tmp_path):
+    assert controlProblem(Config()) is None
+    assert "does not exist" in controlProblem(Config(controlSocket=str(tmp_path / "no" / "c")))
+    assert "under 100 bytes" in controlProblem(Config(controlSocket="/" + "x" * 120))
+    regular = tmp_path / "file"
+    regular.write_text("")
+    with pytest.raises(ControlError, match="not a socket"):
+        clearStaleSocket(str(regular))
+    svc = ControlService(Config(controlSocket=str(tmp_path / "c")), "manager")
+    svc.address = "x"
+    copy = pickle.loads(pickle.dumps(svc))
+    assert copy.config == svc.config and copy.role == "manager" and copy.address is None

@@ -325,6 +325,13 @@ class Console:
             "pending": sub.dirty,
         }
 
+    def held(self, ids: Iterable[str]) -> List[str]:
+        """
+        Those of C{ids} that name a live subscription here, once each.
+        """
+        subs = self._manager().subscriptions
+        return [i for i in dict.fromkeys(ids) if i in subs]
+
     def terminate(self, subscription: Union[SubscriptionRef, Iterable[SubscriptionRef]], reason: str = "deactivated") -> Deferred:
         """
         End subscriptions now: each is forgotten and deleted from the

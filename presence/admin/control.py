@@ -186,15 +186,13 @@ class Commands:
         watcher = _string(args, "watcher")
         presentity = _string(args, "presentity")
         console = self.console
-        manager = console._manager()
         if ids is not None:
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > MAX_LIMIT:
                 raise CommandError("usage", "ids must be a list of at most %d strings" % (MAX_LIMIT,))
             if watcher is not None or presentity is not None:
                 raise CommandError("usage", "give ids, or watcher and/or presentity, not both")
-            held = [i for i in dict.fromkeys(ids) if i in manager.subscriptions]
-            missing = [i for i in dict.fromkeys(ids) if i not in manager.subscriptions]
-            chosen: List[Any] = held
+            chosen: List[Any] = console.held(ids)
+            missing = [i for i in dict.fromkeys(ids) if i not in chosen]
         elif watcher is None and presentity is None:
             raise CommandError("usage", "give ids, a watcher or a presentity")
         else:
@@ -437,7 +435,7 @@ class ControlService(RuntimeService):
         clearStaleSocket(path)
         assert self.parent is not None, "the control channel needs the service tree as its parent"
         commands = Commands(Console(self.parent, self.reactor), self.node(), self.role)
-        listener = Listener(self.reactor, "unix:%s:mode=600" % (_escape(path),), ControlFactory(commands, ownerOrRoot))
+        listener = Listener(self.reactor, "unix:%s:mode=600:lockfile=0" % (_escape(path),), ControlFactory(commands, ownerOrRoot))
         listener.listen()
         # listenUNIX chmods after bind; make sure, whatever the platform.
         os.chmod(path, 0o600)

@@ -404,8 +404,6 @@ def _status(command: str, answers: Dict[str, Any], items: List[Any], errors: Lis
         return 0 if all(not a["remaining"] and not a["failed"] for a in answers.values()) else EXIT_FAILED
     if command == "status":
         return 0 if all(answer.get("healthy") for answer in answers.values()) else EXIT_UNHEALTHY
-    if command == "presentity" and codes:
-        return EXIT_NOT_FOUND
     return 0
 
 

@@ -668,6 +668,10 @@ class PeerGroup:
         self._adoptTimers.pop(name, None)
         if name in self.peers or self.manager is None:
             return
+        if self.manager.draining:
+            # Draining for maintenance: the managers staying adopt.
+            self._armAdoption(name)
+            return
         reachable = len(self.peers) + 1
         if reachable < self.quorum:
             self.counters["adoptionsPostponed"] += 1
