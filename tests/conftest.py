@@ -41,7 +41,22 @@ def requireTool(name: str) -> str:
     return path  # type: ignore[return-value]
 
 
-_PACKAGES = {"sipp": "sip-tester", "sipsak": "sipsak", "baresip": "baresip-core", "linphonec": "linphone-cli", "pypy3": "pypy3", "systemd-analyze": "systemd", "kamailio": "kamailio"}
+def requireNodeModules(directory: str, *modules: str) -> str:
+    """
+    The path of C{node}, or skip (fail in CI) without it or without the
+    npm C{modules} installed under C{directory} (by C{npm ci} there, as
+    C{.ci/run} does).
+    """
+    node = requireTool("node")
+    missing = [m for m in modules if not os.path.isdir(os.path.join(directory, "node_modules", m))]
+    if missing:
+        skipOrFail(
+            "npm modules %s are not installed (npm ci in %s)" % (", ".join(missing), directory)
+        )
+    return node
+
+
+_PACKAGES = {"sipp": "sip-tester", "sipsak": "sipsak", "baresip": "baresip-core", "linphonec": "linphone-cli", "pypy3": "pypy3", "systemd-analyze": "systemd", "kamailio": "kamailio", "node": "nodejs"}
 
 _postgresChecked: Optional[str] = None
 

@@ -34,7 +34,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 import sqlalchemy as sa
@@ -239,7 +239,11 @@ class Cluster:
         self.sipPorts[name] = process.ports["UDP"]
         return process
 
-    def startDispatcher(self) -> ServerProcess:
+    def startDispatcher(self, listen: Sequence[str] = (), policy: str = "round_robin") -> ServerProcess:
+        """
+        @param listen: more listen specs, beside UDP and TCP.
+        @param policy: its C{[dispatcher] policy}.
+        """
         config = os.path.join(self.workdir, "dispatcher.ini")
         managers = " ".join(
             "%s=%s:%s:%d" % (n, self.transport, MANAGERS[n], self.sipPorts[n]) for n in NAMES
@@ -250,14 +254,15 @@ class Cluster:
         os.chmod(secret, 0o600)
         with open(config, "w") as f:
             f.write(
-                "[dispatcher]\nmanagers = %s\npolicy = round_robin\nping_interval = 0.5\n"
+                "[dispatcher]\nmanagers = %s\npolicy = %s\nping_interval = 0.5\n"
                 "dead_after = 1.5\nsecret_file = %s\n[control]\nsocket = %s\n"
-                % (managers, secret, self.controlSocket("dispatcher"))
+                % (managers, policy, secret, self.controlSocket("dispatcher"))
             )
         process = ServerProcess(
             self.workdir,
             ["--role=dispatcher", "--config", config, "--listen", "udp:0:interface=" + DISPATCHER,
-             "--listen", "tcp:0:interface=" + DISPATCHER, "--advertise", DISPATCHER],
+             "--listen", "tcp:0:interface=" + DISPATCHER, "--advertise", DISPATCHER]
+            + [arg for spec in listen for arg in ("--listen", spec)],
         ).start("Dispatcher ready")
         for name in NAMES:
             process.waitFor("Manager %s is up" % (name,))
@@ -316,7 +321,14 @@ class Cluster:
         return problems
 
 
-def _startCluster(tmp_path: Any, database: str, relays: bool = False, transport: str = "udp") -> Iterator[Cluster]:
+def _startCluster(
+    tmp_path: Any,
+    database: str,
+    relays: bool = False,
+    transport: str = "udp",
+    listen: Sequence[str] = (),
+    policy: str = "round_robin",
+) -> Iterator[Cluster]:
     if not _loopbackUsable():
         skipOrFail("cannot bind 127.0.0.2: the loopback interface does not answer for 127/8")
     cluster = Cluster(str(tmp_path), database, relays, transport)
@@ -327,7 +339,7 @@ def _startCluster(tmp_path: Any, database: str, relays: bool = False, transport:
             for peer in NAMES:
                 if peer != name:
                     cluster.managers[name].waitFor("Resynchronised from %s" % (peer,))
-        cluster.startDispatcher()
+        cluster.startDispatcher(listen, policy)
         yield cluster
     finally:
         problems = cluster.stop()
