@@ -2,8 +2,9 @@
 Live control: the console's helpers and the control channel's commands
 over a cluster of managers in memory (L{tests.test_cluster.Cluster}: real
 managers and groups on one L{MemoryStore}, a fake network, a L{Clock}),
-the channel's protocol over a L{StringTransport}, a manager's drain
-and the dispatcher's view of it, and the CLI's exit statuses.
+the channel's protocol over a L{StringTransport}, a manager's drain,
+and the CLI's exit statuses (the dispatcher's view of a drain is in
+L{tests.test_dispatcher}).
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from presence.admin.control import (
 )
 from presence.config import Config
 from presence.cluster.group import LocalPeer
-from presence.dispatcher.health import HealthChecker, ManagerState
-from presence.dispatcher.managers import ManagerSpec
 from presence.interfaces import IPeer
 from presence.sip.message import Request, Response
 from presence.tap import Options, makeService
@@ -308,48 +307,6 @@ def test_takeOverRefusesBadItems(cluster):
     # Still a's in the store: b does not take it.
     assert result(peer.takeOver([[sid, False]])) == 0
     assert cluster["b"].manager.subscriptions == {}
-
-
-def test_dispatcherTakesADrainingManagerOutOfRotation():
-    """
-    An OPTIONS answered 503 marks a manager draining (alive, out of
-    rotation); its next other answer brings it back.
-    """
-    changes: List[Any] = []
-
-    class Clock:
-        def seconds(self) -> float:
-            return 0.0
-
-        def callLater(self, delay: float, f: Any, *a: Any) -> Any:
-            class Call:
-                def active(self) -> bool:
-                    return True
-
-                def reset(self, delay: float) -> None:
-                    pass
-
-                def cancel(self) -> None:
-                    pass
-
-            return Call()
-
-    state = ManagerState(ManagerSpec.fromString("m1=udp:127.0.0.3:5060"))
-    checker = HealthChecker(None, Clock(), [state], 0.5, 1.5, lambda m, up: changes.append(up))
-
-    def answer(code: int) -> None:
-        ping = Request("OPTIONS", "sip:127.0.0.3")
-        for name, value in (("via", "SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1"), ("from", "<sip:d@x>;tag=1"),
-                            ("to", "<sip:127.0.0.3>"), ("call-id", "c"), ("cseq", "1 OPTIONS")):
-            ping.setHeader(name, value)
-        response = Response.forRequest(ping, code)
-        response.setHeader("To", "<sip:127.0.0.3>;tag=m")
-        checker._answered(response, state, None)
-
-    answer(503)
-    assert state.up and state.draining and changes == [True]
-    answer(200)
-    assert state.up and not state.draining
 
 
 # The channel's commands and protocol.

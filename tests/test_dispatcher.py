@@ -494,6 +494,51 @@ def test_inDialogRequestForADeadOwnerGoesToALiveManagerWithTheRoute():
     assert response.code == 481  # type: ignore[attr-defined]
 
 
+def test_drainingManagerOutOfRotation():
+    """
+    A manager answering its ping 503 drains (presence-admin live drain):
+    it is alive, but gets no new request, and its dialogs go to a manager
+    in rotation; a request it already has is still answered by it, not
+    failed over.  Its next 200 puts it back.
+    """
+    node = Node("round_robin")
+    recordRoute, owner = _dialog(node)
+    node.receive(subscribe(callId="in-flight"), UA)
+    waiting, waitingAt = forwardedOnce(node)
+    drainer = node.dispatcher._byName[owner]
+
+    def answerPings(code: int) -> None:
+        for message, host, port in node.take():
+            if not _isPing(message):
+                continue  # The waiting request, retransmitted.
+            answered = code if _nameAt(host, port) == owner else 200
+            node.receive(Response.forRequest(message, answered, toTag="pong"), Target("UDP", host, port))
+
+    node.clock.advance(0.5)
+    answerPings(503)
+    assert drainer.up and drainer.draining and (owner, False) not in node.changes
+    for i in range(6):
+        node.receive(subscribe(callId="new-%d" % (i,)), UA)
+        forwarded, name = forwardedOnce(node)
+        assert name != owner
+        answerFrom(node, name, forwarded, 200)
+        node.takeNonPing()
+    node.receive(subscribe(toTag="mgrtag", route=[recordRoute]), UA)
+    forwarded, name = forwardedOnce(node)
+    assert name != owner and forwarded.headerValues("route") == [recordRoute]
+    answerFrom(node, name, forwarded, 200)
+    node.takeNonPing()
+    answerFrom(node, waitingAt, waiting, 200)
+    [(response, _, _)] = node.takeNonPing()
+    assert response.code == 200 and response.callId == "in-flight"  # type: ignore[attr-defined]
+
+    node.clock.advance(0.5)
+    answerPings(200)
+    assert not drainer.draining
+    node.receive(subscribe(toTag="mgrtag", route=[recordRoute]), UA)
+    assert forwardedOnce(node)[1] == owner
+
+
 def test_forgedRouteRefused():
     node = Node()
     recordRoute, owner = _dialog(node)
