@@ -227,6 +227,38 @@ class RawHTTP(protocol.Protocol):
         self.lost.callback(None)
 
 
+@defer.inlineCallbacks
+def _listen(root: service.MultiService):
+    """
+    Start C{root} with a metrics listener on a free loopback port; return
+    a L{RawHTTP} client connected to it.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    metrics = MetricsService(Config(metricsEnabled=True, metricsListen="tcp:0:interface=127.0.0.1"))
+    metrics.setServiceParent(root)
+    root.startService()
+    try:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", metrics.address.port)
+        client = yield connectProtocol(endpoint, RawHTTP())
+    except BaseException:
+        yield root.stopService()
+        raise
+    return client
+
+
+@defer.inlineCallbacks
+def _stop(root: service.MultiService, client: RawHTTP):
+    """
+    Stop C{root}: its listener closes the client's connection at once.
+    """
+    from twisted.internet import reactor
+
+    yield root.stopService()
+    yield client.lost.addTimeout(5, reactor)
+
+
 @pytest_twisted.inlineCallbacks
 def test_serviceServesAndClosesKeptAliveConnections():
     """
@@ -235,18 +267,11 @@ def test_serviceServesAndClosesKeptAliveConnections():
     process's own metrics; /health and /ready; 404 elsewhere; all on one
     connection kept alive, which stopping the service closes at once.
     """
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-
     store = SimpleNamespace(batchCount=3, commitCount=3, replayCount=0, writeCount=5,
                             lastBatchSize=2, lastCommitLatency=0.5)
     root = _tree(store={"store": store})
-    metrics = MetricsService(Config(metricsEnabled=True, metricsListen="tcp:0:interface=127.0.0.1"))
-    metrics.setServiceParent(root)
-    root.startService()
+    client = yield _listen(root)
     try:
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", metrics.address.port)
-        client = yield connectProtocol(endpoint, RawHTTP())
         code, headers, body = yield client.get(b"/metrics")
         assert code == 200
         assert headers[b"content-type"] == b"text/plain; version=0.0.4; charset=utf-8"
@@ -283,8 +308,7 @@ def test_serviceServesAndClosesKeptAliveConnections():
         assert code == 200  # a leaf: Prometheus never asks, nothing is exposed twice
         assert not client.lost.called
     finally:
-        yield root.stopService()
-    yield client.lost.addTimeout(5, reactor)
+        yield _stop(root, client)
 
 
 # Readiness.
@@ -316,6 +340,25 @@ def _ready(root, clock=None):
     results = []
     Readiness(LiveObjects(root), clock or Clock()).check().addCallback(results.append)
     return results
+
+
+@pytest_twisted.inlineCallbacks
+def test_notReadyOverHTTP():
+    """
+    /ready answers 503 with one line per reason while a part cannot serve;
+    /health still answers 200.
+    """
+    root = _tree(manager={"manager": None}, store={"store": FailingStore()})
+    client = yield _listen(root)
+    try:
+        code, headers, body = yield client.get(b"/ready")
+        assert code == 503 and headers[b"content-type"] == b"text/plain; charset=utf-8"
+        assert body == (b"not ready: the subscription manager is loading\n"
+                        b"not ready: the database cannot be reached: connection refused\n")
+        code, _, body = yield client.get(b"/health")
+        assert (code, body) == (200, b"live\n")
+    finally:
+        yield _stop(root, client)
 
 
 def test_readyWhenEveryPartServes():
