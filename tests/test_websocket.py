@@ -677,3 +677,15 @@ def test_watcherOverWebSocketNotifiedOverIt():
         alice.send(TextMessage(data=Response.forRequest(update, 200).toBytes().decode()))
     finally:
         h.stop()
+
+
+def test_factoryNamesHTTP11ForALPN():
+    """
+    Over WSS a browser offers ALPN (http/1.1): the factory must name it,
+    or Twisted's TLS refuses the handshake (an internal-error alert).
+    """
+    from twisted.internet.interfaces import IProtocolNegotiationFactory
+
+    factory = SIPWebSocketFactory(SIPCore(Clock(), Limits()), "WSS", Limits())
+    assert IProtocolNegotiationFactory.providedBy(factory)
+    assert factory.acceptableProtocols() == [b"http/1.1"]

@@ -19,8 +19,10 @@ from twisted.internet import interfaces
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
+from zope.interface import directlyProvides
 
 from presence.runtime import RuntimeService
 
@@ -29,6 +31,11 @@ class TrackingFactory(WrappingFactory):
     """
     Wraps a server factory and keeps its live connections, so that
     L{closeAll} can drop them.
+
+    It offers the ALPN protocols of the factory it wraps (a web site's
+    C{http/1.1}): over C{ssl:}, Twisted asks the factory it wraps in TLS,
+    and one naming none fails the handshake of every client that offers
+    ALPN, which every browser and Prometheus do.
     """
 
     noisy = False
@@ -36,6 +43,14 @@ class TrackingFactory(WrappingFactory):
     def __init__(self, wrappedFactory: Any) -> None:
         WrappingFactory.__init__(self, wrappedFactory)
         self._idleWaiters: List[Deferred] = []
+        if IProtocolNegotiationFactory.providedBy(wrappedFactory):
+            directlyProvides(self, IProtocolNegotiationFactory)
+
+    def acceptableProtocols(self) -> List[bytes]:
+        """
+        The wrapped factory's ALPN protocols (only asked when it has some).
+        """
+        return list(self.wrappedFactory.acceptableProtocols())
 
     def unregisterProtocol(self, p: Any) -> None:
         WrappingFactory.unregisterProtocol(self, p)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, FrozenSet, List, Optional, Sequence, Tuple
 
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from wsproto import ConnectionType, WSConnection
@@ -47,6 +48,7 @@ from wsproto.events import (
 )
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
+from zope.interface import implementer
 
 from presence.sip.parser import FramingError, Limits
 from presence.sip.target import Target, TransportError
@@ -339,6 +341,7 @@ class SIPWebSocketProtocol(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class SIPWebSocketFactory(Factory):
     """
     Makes a L{SIPWebSocketProtocol} for each accepted WS or WSS connection.
@@ -358,6 +361,14 @@ class SIPWebSocketFactory(Factory):
 
     def buildProtocol(self, addr: object) -> SIPWebSocketProtocol:
         return SIPWebSocketProtocol(self)
+
+    def acceptableProtocols(self) -> List[bytes]:
+        """
+        The ALPN protocol of WSS: the WebSocket handshake is HTTP/1.1.
+        Over TLS, Twisted fails the handshake of a client offering ALPN
+        (every browser does) when the factory names no protocol.
+        """
+        return [b"http/1.1"]
 
 
 _HTTP_REASONS = {400: "Bad Request", 403: "Forbidden", 426: "Upgrade Required", 431: "Request Header Fields Too Large"}
