@@ -6,6 +6,7 @@ and the page itself in headless Chromium against a real server.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -22,15 +23,16 @@ import pytest_twisted
 from twisted.application import service
 from twisted.internet import defer
 
+from presence.admin.cli import run as runAdmin
 from presence.config import Config, ConfigError
 from presence.pidf.parser import parsePidf
 from presence.web import site
 from presence.web.service import WebService, offersWebSocket, webProblem
 from presence.web.site import WebError, describePage, findSipjs, pageRoot, sipjsCandidates
+from tests.certs import selfSigned
 from tests.conftest import skipOrFail
 from tests.pidf_examples import DM, PIDF, RFC_EXAMPLES, RPID
 from tests.serverprocess import REPO, ServerProcess
-from tests.test_billing_integration import presenceAdmin
 
 # Settings.
 
@@ -201,6 +203,26 @@ def test_treeRefusesAMissingSipjs(tmp_path):
     assert str(caught.value).startswith("[web] sipjs = ")
 
 
+def test_trackedSiteOffersItsALPNProtocols():
+    """
+    Wrapped to track its connections, a site still names its ALPN
+    protocols: over ssl:, Twisted fails the handshake with every browser
+    when the factory it wraps names none.  A factory without any stays so.
+    """
+    from twisted.internet import protocol
+    from twisted.internet.interfaces import IProtocolNegotiationFactory
+    from twisted.web import resource, server
+
+    from presence.admin.listening import TrackingFactory
+
+    site = server.Site(resource.Resource())
+    tracked = TrackingFactory(site)
+    assert IProtocolNegotiationFactory.providedBy(tracked)
+    assert tracked.acceptableProtocols() == list(site.acceptableProtocols())
+    assert b"http/1.1" in tracked.acceptableProtocols()
+    assert not IProtocolNegotiationFactory.providedBy(TrackingFactory(protocol.Factory()))
+
+
 def _tree(addresses: List[Tuple[str, str, int]]) -> service.MultiService:
     root = service.MultiService()
     sip = service.Service()
@@ -365,41 +387,50 @@ def _checkPidf(found: Dict[str, Any]) -> None:
         assert found["reread"][status] == {"status": status, "note": note, "activities": meaning[status][1]}
 
 
-def test_buddyListInChromium(tmp_path, capsys):
+@pytest.mark.parametrize("secure", [False, True], ids=["http+ws", "https+wss"])
+def test_buddyListInChromium(tmp_path, capsys, secure):
     """
-    Two users log in to the page in Chromium; one publishes away, then
-    online, and the other's page shows each within 2 s (timed from the
-    click), with the note; screenshots are kept under tests/artifacts/.
+    Two users log in to the page in Chromium, over http and ws, or https
+    and wss (a self-signed certificate the browser is told to accept); one
+    publishes away, then online, and the other's page shows each within
+    2 s (timed from the click), with the note; screenshots are kept under
+    tests/artifacts/.
     """
     node = _requireBrowser()
     workdir = str(tmp_path)
     database = "sqlite:///%s" % (os.path.join(workdir, "presence.sqlite"),)
-    presenceAdmin(database, "initdb")
     users = [{"aor": "%s@example.test" % (name,), "password": PASSWORD} for name in ("alice", "bob")]
-    for aor in [user["aor"] for user in users] + ["carol@example.test"]:
-        presenceAdmin(database, "account", "add", aor, "--customer", "acme", "--password-file", "-",
-                      password=PASSWORD)
+    _provision(database, [user["aor"] for user in users] + ["carol@example.test"])
+    web, sip = "tcp:0:interface=127.0.0.1", "ws:0:interface=127.0.0.1"
+    if secure:
+        key, cert, _ = selfSigned(tmp_path, ["presence.example.test"])
+        web = "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (key, cert)
+        sip = "wss:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (key, cert)
     config = os.path.join(workdir, "presence.ini")
     with open(config, "w") as f:
-        f.write("[web]\nenabled = yes\nlisten = tcp:0:interface=127.0.0.1\n")
+        f.write("[web]\nenabled = yes\nlisten = %s\n" % (web,))
     server = ServerProcess(
         workdir,
         [
             "--config", config,
             "--database", database,
             "--listen", "udp:0:interface=127.0.0.1",
-            "--listen", "ws:0:interface=127.0.0.1",
+            "--listen", sip,
             "--domain", "example.test",
         ],
     ).start(READY)
     try:
-        url = re.search(r"(http://127\.0\.0\.1:\d+/)", server.waitFor(READY)).group(1)  # type: ignore[union-attr]
+        url = re.search(r"(https?://127\.0\.0\.1:\d+/)", server.waitFor(READY)).group(1)  # type: ignore[union-attr]
+        assert url.startswith("https:" if secure else "http:")
+        transport = "wss" if secure else "ws"
         os.makedirs(ARTIFACTS, exist_ok=True)
         job: Dict[str, Any] = {
             "url": url,
-            "websocket": "ws://127.0.0.1:%d" % (server.ports["WS"],),
+            "websocket": "%s://127.0.0.1:%d" % (transport, server.ports[transport.upper()]),
+            "acceptCertificate": secure,
             "chromium": CHROMIUM,
             "artifacts": ARTIFACTS,
+            "prefix": "buddylist-%s" % (transport,),
             "limitMs": LIMIT_MS,
             "users": users,
             "idle": "sip:carol@example.test",
@@ -425,8 +456,18 @@ def test_buddyListInChromium(tmp_path, capsys):
             assert os.path.getsize(shot) > 10000, shot
         with capsys.disabled():
             sys.stdout.write(
-                "\nbuddy list in Chromium: away shown after %d ms, online after %d ms; screenshots: %s\n"
-                % (result["awayMs"], result["onlineMs"], " ".join(result["screenshots"]))
+                "\nbuddy list in Chromium over %s: away shown after %d ms, online after %d ms; screenshots: %s\n"
+                % (transport, result["awayMs"], result["onlineMs"], " ".join(result["screenshots"]))
             )
     finally:
         server.stopCleanly()
+
+
+def _provision(database: str, aors: List[str]) -> None:
+    """
+    A fresh database with an account for each of C{aors}, one customer's.
+    """
+    for argv in [["initdb"]] + [["account", "add", aor, "--customer", "acme", "--password-file", "-"] for aor in aors]:
+        err = io.StringIO()
+        code = runAdmin(["--database", database] + argv, io.StringIO(), err, io.StringIO(PASSWORD + "\n"))
+        assert code == 0, err.getvalue()

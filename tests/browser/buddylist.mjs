@@ -11,8 +11,10 @@
 // test checks both answers.
 //
 // Run by tests/test_webpage.py:  node buddylist.mjs JOB.json
-// where JOB.json holds {url, websocket, chromium, artifacts, limitMs,
-// users: [{aor, password}, {aor, password}], idle: AOR, pidf: {NAME: XML}}.
+// where JOB.json holds {url, websocket, acceptCertificate, chromium,
+// artifacts, prefix, limitMs, users: [{aor, password}, {aor, password}],
+// idle: AOR, pidf: {NAME: XML}}; acceptCertificate lets the browser take
+// the server's self-signed certificate (https and wss).
 // Prints one JSON line with what it found and exits 0, or prints why and
 // exits 1.
 
@@ -33,7 +35,11 @@ const row = (aor, status) => {
 };
 
 async function logIn(browser, user) {
-  const context = await browser.newContext({ viewport: { width: 1040, height: 620 }, deviceScaleFactor: 1 });
+  const context = await browser.newContext({
+    viewport: { width: 1040, height: 620 },
+    deviceScaleFactor: 1,
+    ignoreHTTPSErrors: Boolean(job.acceptCertificate),
+  });
   const page = await context.newPage();
   page.on("pageerror", (error) => problems.push(`${user.aor}: page error: ${error.message}`));
   page.on("console", (message) => {
@@ -113,11 +119,11 @@ try {
   await alicePage.waitForSelector(row(bob.aor, "busy"), { timeout: 10000 });
   step(`${alice.aor} sees ${bob.aor} busy`);
   const awayMs = await publishAndWatch(alicePage, bobPage, "away", "Back in ten minutes");
-  const awayShot = join(job.artifacts, "buddylist-away.png");
+  const awayShot = join(job.artifacts, `${job.prefix}-away.png`);
   await bobPage.screenshot({ path: awayShot });
   const onlineMs = await publishAndWatch(alicePage, bobPage, "online", "");
-  const watcherShot = join(job.artifacts, "buddylist-watcher.png");
-  const publisherShot = join(job.artifacts, "buddylist-publisher.png");
+  const watcherShot = join(job.artifacts, `${job.prefix}-watcher.png`);
+  const publisherShot = join(job.artifacts, `${job.prefix}-publisher.png`);
   await bobPage.screenshot({ path: watcherShot });
   await alicePage.screenshot({ path: publisherShot });
   // Offline by choice while still registered: the publication wins.
