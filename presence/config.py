@@ -385,6 +385,38 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
 }
 
 
+#: Keys whose values must not decrease along each row (one section each):
+#: an expiry range whose default lies outside it, a retransmission
+#: interval that starts above its cap, a body or Request-URI limit that a
+#: larger limit already cuts.
+ORDERED: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("manager", ("min_expires", "default_expires", "max_expires")),
+    ("manager", ("publish_min_expires", "publish_default_expires", "publish_max_expires")),
+    ("registrar", ("min_expires", "default_expires", "max_expires")),
+    ("sip", ("t1", "t2")),
+    ("sip", ("max_body_size", "max_message_size")),
+    ("sip", ("max_uri_length", "max_line_length", "max_message_size")),
+)
+
+
+def _orderProblem(values: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+    """
+    The first pair of L{ORDERED} keys out of order, or L{None}; the widest
+    pair first, so that C{min_expires} above C{max_expires} is named so.
+    """
+    for section, keys in ORDERED:
+        settings = [
+            (key, values.get(SCHEMA[section][key][0], SCHEMA[section][key][2])) for key in keys
+        ]
+        pairs = sorted(
+            ((i, j) for i in range(len(keys)) for j in range(i + 1, len(keys))), key=lambda p: p[0] - p[1]
+        )
+        for i, j in pairs:
+            (low, lowValue), (high, highValue) = settings[i], settings[j]
+            if lowValue > highValue:
+                return (section, "%s = %g must not be more than %s = %g" % (low, lowValue, high, highValue))
+    return None
+
 
 def _crossCheck(values: Dict[str, Any]) -> Optional[Tuple[str, str]]:
     """
@@ -392,6 +424,9 @@ def _crossCheck(values: Dict[str, Any]) -> Optional[Tuple[str, str]]:
 
     @return: the section and the one-line complaint, or L{None}.
     """
+    problem = _orderProblem(values)
+    if problem is not None:
+        return problem
     if values.get("manholeEnabled") and not values.get("manholeAuthorizedKeys"):
         return (
             "manhole",

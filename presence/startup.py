@@ -57,26 +57,30 @@ def describe(error: Any) -> str:
         error = error.value
     if isinstance(error, CannotListenError):
         reason = error.socketError
-        text = getattr(reason, "strerror", None) or _firstLine(reason)
+        text = getattr(reason, "strerror", None) or firstLine(reason)
         return "cannot listen on %s:%s: %s" % (error.interface or "*", error.port, text.lower())
     if isinstance(error, OSError) and error.filename is not None:
-        return "cannot open %s: %s" % (error.filename, error.strerror or _firstLine(error))
+        return "cannot open %s: %s" % (error.filename, error.strerror or firstLine(error))
     from OpenSSL import SSL, crypto
 
     if isinstance(error, (SSL.Error, crypto.Error)):
         # OpenSSL's errors are lists of (library, function, reason).
         queue = error.args[0] if error.args and isinstance(error.args[0], list) else []
         reasons = [str(entry[-1]) for entry in queue if isinstance(entry, tuple) and entry[-1]]
-        return "TLS: %s" % ("; ".join(reasons) or _firstLine(error),)
+        return "TLS: %s" % ("; ".join(reasons) or firstLine(error),)
     orig = getattr(error, "orig", None)
     if orig is not None:
         # SQLAlchemy wraps the driver's exception; its own text adds SQL
         # and a documentation link.
-        return "database: %s" % (_firstLine(orig),)
-    return _firstLine(error)
+        return "database: %s" % (firstLine(orig),)
+    return firstLine(error)
 
 
-def _firstLine(error: object) -> str:
+def firstLine(error: object) -> str:
+    """
+    The first line of C{error}'s text, spaces folded; its type's name
+    when it has none.
+    """
     text = str(error).strip()
     return " ".join(text.splitlines()[0].split()) if text else type(error).__name__
 

@@ -8,8 +8,9 @@ mistake is a one-line message rather than a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, List
 
 from twisted.application import service
 from twisted.python import usage
@@ -17,6 +18,7 @@ from twisted.python import usage
 from presence.billing.service import BillingService, billingProblem
 from presence.config import Config, ConfigError, loadConfig
 from presence.manager.service import ManagerService
+from presence.preflight import databaseProblem, problems
 from presence.logs import JSONLogService
 from presence.root import PresenceService
 from presence.sip.listen import ListenError, ListenSpec
@@ -123,54 +125,19 @@ class Options(usage.Options):
         self.config = config.replace(**overrides)
         if self["role"] not in ROLES:
             self.fail("--role: %r is not one of %s" % (self["role"], ", ".join(ROLES)))
+        # What can be checked before the reactor runs (presence.preflight),
+        # so a server that could never work stops at once with one line.
+        found = problems(self.config, self["role"], database=False)
+        if found:
+            fromFile = self.configGiven or os.path.exists(self["config"])
+            self.fail("%s: %s" % (self["config"], found[0]) if fromFile else found[0])
         if self["role"] == "dispatcher":
-            from presence.dispatcher.service import dispatcherProblem
-
-            problem = dispatcherProblem(self.config)
-            if problem is not None:
-                self.fail("%s: %s" % (self["config"], problem))
             # A dispatcher has no database to check.
             return
         problem = databaseProblem(self.config.database)
         if problem is not None:
             where = "--database" if self["database"] else "%s: [server] database" % (self["config"],)
             self.fail("%s = %r: %s" % (where, self.config.database, problem))
-        if self["role"] == "billing":
-            from presence.billing.remote import billingNodeProblem
-
-            problem = billingNodeProblem(self.config)
-            if problem is not None:
-                self.fail("%s: %s" % (self["config"], problem))
-
-
-def databaseProblem(url: str) -> Optional[str]:
-    """
-    Why the database at C{url} cannot be used, in one line, or L{None}.
-
-    Checked before the reactor runs, so a server that could never work
-    stops at once with a plain message instead of a traceback later.
-    """
-    import sqlalchemy as sa
-
-    from presence.store.sql import createEngine
-
-    try:
-        engine = createEngine(url, poolSize=1)
-    except Exception as e:
-        return "bad database URL: %s" % (_firstLine(e),)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as e:
-        return "cannot reach the database: %s" % (_firstLine(getattr(e, "orig", None) or e),)
-    finally:
-        engine.dispose()
-    return None
-
-
-def _firstLine(error: object) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def makeService(options: Any) -> service.IService:

@@ -22,7 +22,7 @@ from twisted.python import usage
 from presence.admin import live as livecli
 from presence.admin import provisioning
 from presence.config import Config, ConfigError, loadConfig
-from presence.tap import DEFAULT_CONFIG
+from presence.tap import DEFAULT_CONFIG, ROLES
 from presence.tap import Options as ServerOptions
 
 
@@ -67,8 +67,17 @@ class UpgradedbOptions(usage.Options):
 
 
 class CheckconfigOptions(usage.Options):
-    synopsis = ""
-    longdesc = "Validate the configuration file and reach its database."
+    synopsis = "[--role ROLE]"
+    longdesc = (
+        "Validate the configuration file for a twistd presence --role: its values, the files "
+        "it names (TLS keys, secrets, log and database folders), and its database, without "
+        "creating anything.  Every problem is one line."
+    )
+    optParameters = [["role", None, "all", "The role to check for: all, dispatcher, manager or billing."]]
+
+    def postOptions(self) -> None:
+        if self["role"] not in ROLES:
+            raise usage.UsageError("--role: %r is not one of %s" % (self["role"], ", ".join(ROLES)))
 
 
 class Options(usage.Options):
@@ -182,13 +191,12 @@ def upgradedb(options: Options, out: Any) -> None:
 
 
 def checkconfig(options: Options, out: Any) -> None:
-    from presence.billing.service import billingProblem
+    from presence.preflight import problems
 
     config = options.loadConfig()
-    problem = billingProblem(config)
-    if problem is not None:
-        raise AdminError(problem)
-    withDatabase(config, lambda conn: conn.execute(sa.text("SELECT 1")))
+    found = problems(config, options.subOptions["role"])
+    if found:
+        raise AdminError("\n".join(found))
     listen = " ".join(str(spec) for spec in config.listen)
     out.write(
         "Configuration OK: listen %s; domains %s; database %s\n"
@@ -281,7 +289,9 @@ def run(argv: List[str], out: Any = None, err: Any = None, stdin: Any = None) ->
     try:
         status = COMMANDS[options.subCommand](options, out)  # type: ignore[index]
     except AdminError as e:
-        err.write("presence-admin: %s\n" % (e,))
+        # One line each: checkconfig reports every problem it found.
+        for line in str(e).splitlines():
+            err.write("presence-admin: %s\n" % (line,))
         return e.status
     return status or 0
 

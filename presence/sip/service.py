@@ -127,8 +127,8 @@ class SIPService(RuntimeService):
                 listening = self.reactor.listenTCP(port, factory, backlog, spec.interface)
             else:
                 try:
-                    context = _tlsContext(spec)
-                except (OSError, ValueError, SSL.Error, crypto.Error) as e:
+                    context = tlsContext(spec)
+                except TLS_ERRORS as e:
                     raise StartupError("SIP over %s on port %d: %s" % (spec.transport, spec.port, describe(e))) from e
                 listening = self.reactor.listenSSL(port, factory, context, backlog, spec.interface)
         bound = listening.getHost()
@@ -227,7 +227,12 @@ def _redacted(url: str) -> str:
         return "(unparseable URL)"
 
 
-def _tlsContext(spec: ListenSpec) -> Any:
+#: What L{tlsContext} raises for files that are missing or not a key and
+#: certificate OpenSSL takes.
+TLS_ERRORS = (OSError, ValueError, SSL.Error, crypto.Error)
+
+
+def tlsContext(spec: ListenSpec) -> Any:
     """
     Server TLS options (for TLS and WSS) from PEM files: C{privateKey} and
     C{certKey}, with an optional C{extraCertChain}.
