@@ -9,6 +9,7 @@ L{tests.test_dispatcher}).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -174,6 +175,22 @@ def test_refreshSendsTheCurrentStateToActiveWatchers(cluster):
     assert all(b"<presence" in n.body for n in sent)
     assert console.refresh("sip:nobody@example.test") == {"aor": "sip:nobody@example.test", "watchers": 0, "queued": 0}
     assert a.notifies() == []
+
+
+def test_cleanupDeletesRowsExpiredLongAgo(cluster):
+    """
+    cleanup() deletes the rows that expired more than its margin ago,
+    and no live one.
+    """
+    a = cluster["a"]
+    watchers(a, (ALICE, BOB))
+    [live] = result(cluster.shared.loadSubscriptions())
+    now = a.clock.seconds()
+    for ident, expired in (("old", now - 61), ("recent", now - 30)):
+        result(cluster.shared.addSubscription(dataclasses.replace(live, id=ident, localTag=ident, expiresAt=expired)))
+    assert result(consoleOf(a).cleanup()) == {"subscriptions": 1, "publications": 0}
+    assert sorted(r.id for r in result(cluster.shared.loadSubscriptions())) == sorted([live.id, "recent"])
+    assert result(consoleOf(a).cleanup(olderThan=0)) == {"subscriptions": 1, "publications": 0}
 
 
 def test_notRunningBeforeTheManager():

@@ -103,6 +103,9 @@ def test_liveSession(cluster):
         status, _, err = live(cluster, "terminate", "no-such-id", nodes=NAMES)
         assert status == 4
 
+        status, cleaned, err = live(cluster, "cleanup", nodes=["m2"])
+        assert status == 0 and cleaned == {"m2": {"subscriptions": 0, "publications": 0}}, err
+
         # Drain m1: its subscriptions go to m2 and m3, the dispatcher
         # takes it out of rotation.
         drained = [w for w in WATCHERS[1:] if homes[w] == "m1"]

@@ -2,7 +2,8 @@
 What an operator can read and do in the live server: the live objects of
 the service tree and the helpers that read them (C{stats()},
 C{presentity()}, C{presentities()}, C{subscriptions()}, C{status()}) or
-act on them (C{terminate()}, C{refresh()}, C{drain()}, C{resume()}).
+act on them (C{terminate()}, C{refresh()}, C{drain()}, C{resume()},
+C{cleanup()}).
 
 This is the one place where the admin tools touch the subscription
 manager, the cluster and the dispatcher: the manhole's namespace
@@ -162,6 +163,7 @@ class Console:
             "status": self.status,
             "drain": self.drain,
             "resume": self.resume,
+            "cleanup": self.cleanup,
             "root": live.root,
             "manager": live.manager,
             "core": live.core,
@@ -423,6 +425,22 @@ class Console:
         if group is not None:
             group.drainRun = None
         return {"node": manager.node, "draining": False, "subscriptions": len(manager.subscriptions)}
+
+    def cleanup(self, olderThan: float = 60.0) -> Deferred:
+        """
+        Delete from the database the subscriptions and publications that
+        expired more than C{olderThan} seconds ago (what Kamailio calls
+        C{presence.cleanup}): rows a manager that never came back left
+        behind.  The live ones expire on their own timers; the margin
+        leaves their owners the time to send the final NOTIFYs.
+
+        @return: a Deferred firing with how many rows of each went.
+        """
+        store = self.live.store
+        if store is None:
+            raise NotRunning("this process has no database")
+        d = store.removeExpired(self.clock.seconds() - olderThan)
+        return d.addCallback(lambda counts: {"subscriptions": counts[0], "publications": counts[1]})
 
     def status(self) -> Deferred:
         """

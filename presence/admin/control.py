@@ -207,6 +207,9 @@ class Commands:
     def command_drain(self, args: Dict[str, Any]) -> Deferred:
         return self.console.drain(_seconds(args, "grace", 2.0))
 
+    def command_cleanup(self, args: Dict[str, Any]) -> Deferred:
+        return self.console.cleanup(_seconds(args, "olderThan", 60.0))
+
     def command_resume(self, args: Dict[str, Any]) -> Dict[str, Any]:
         return self.console.resume()
 

@@ -235,6 +235,15 @@ class DrainOptions(usage.Options):
     ]
 
 
+class CleanupOptions(usage.Options):
+    synopsis = "[--older-than SECONDS]"
+    longdesc = (
+        "Delete from the database the subscriptions and publications that expired "
+        "more than SECONDS ago (60), left behind by a manager that never came back."
+    )
+    optParameters = [["older-than", None, 60.0, "Only those expired this long ago.", float]]
+
+
 class LiveOptions(usage.Options):
     """
     C{presence-admin live [--socket PATH ...] [--table] COMMAND ...}
@@ -261,6 +270,7 @@ class LiveOptions(usage.Options):
         ["refresh-watchers", None, RefreshWatchersOptions, "Re-send the current state to an AOR's watchers."],
         ["drain", None, DrainOptions, "Hand a manager's subscriptions over before maintenance."],
         ["resume", None, ResumeOptions, "Take new work again after a drain."],
+        ["cleanup", None, CleanupOptions, "Delete expired rows from the database."],
     ]
 
     def __init__(self) -> None:
@@ -332,6 +342,8 @@ def _request(command: str, sub: Any) -> Tuple[str, Dict[str, Any]]:
         return "refresh", {"aor": sub["aor"]}
     if command == "drain":
         return "drain", {"grace": sub["grace"]}
+    if command == "cleanup":
+        return "cleanup", {"olderThan": sub["older-than"]}
     args: Dict[str, Any] = {"reason": sub["reason"]}
     if sub["ids"]:
         args["ids"] = sub["ids"]
