@@ -170,6 +170,10 @@ def _roleProblems(config: Config, role: str) -> Iterator[Optional[str]]:
         from presence.admin.manhole import manholeProblem
 
         checks.append(manholeProblem)
+    if config.controlSocket:
+        from presence.admin.control import controlProblem
+
+        checks.append(controlProblem)
     for check in checks:
         problem = check(config)
         if problem is not None:

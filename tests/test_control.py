@@ -37,6 +37,7 @@ from presence.admin.control import (
     controlProblem,
 )
 from presence.config import Config
+from presence.preflight import problems
 from presence.cluster.group import LocalPeer
 from presence.interfaces import IPeer
 from presence.sip.message import Request, Response
@@ -570,6 +571,9 @@ def test_controlProblems(tmp_path):
     regular.write_text("")
     with pytest.raises(ControlError, match="not a socket"):
         clearStaleSocket(str(regular))
+    assert problems(Config(controlSocket=str(regular)), database=False) == [
+        "[control] socket = %r exists and is not a socket" % (str(regular),)
+    ]
     svc = ControlService(Config(controlSocket=str(tmp_path / "c")), "manager")
     svc.address = "x"
     copy = pickle.loads(pickle.dumps(svc))

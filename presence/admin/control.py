@@ -378,7 +378,8 @@ def clearStaleSocket(path: str) -> None:
 def controlProblem(config: Config) -> Optional[str]:
     """
     Why the control channel could not start with C{config}, in one line,
-    or L{None}; checked before the reactor runs.
+    or L{None}; checked before the reactor runs and by C{checkconfig}
+    (L{presence.preflight}), reading only.
     """
     path = config.controlSocket
     if not path:
@@ -388,6 +389,8 @@ def controlProblem(config: Config) -> Optional[str]:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         return "[control] socket = %r: folder %s does not exist" % (path, folder)
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        return "[control] socket = %r exists and is not a socket" % (path,)
     return None
 
 
