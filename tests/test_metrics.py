@@ -336,6 +336,15 @@ class SilentStore:
         return self.reads[-1]
 
 
+def _manager(draining: bool = False) -> SimpleNamespace:
+    """
+    What the collectors read of a subscription manager.
+    """
+    notifier = SimpleNamespace(counters={}, waiting=0, publishToNotify=LatencyHistogram())
+    return SimpleNamespace(subscriptions={}, publications={}, presentities={}, counters={},
+                           notifier=notifier, draining=draining)
+
+
 def _ready(root, clock=None):
     results = []
     Readiness(LiveObjects(root), clock or Clock()).check().addCallback(results.append)
@@ -361,10 +370,25 @@ def test_notReadyOverHTTP():
         yield _stop(root, client)
 
 
+def test_drainingManager():
+    """
+    A draining manager shows in its families, and a dispatcher's view of
+    each manager says whether it drains.
+    """
+    assert value(scrape(_tree(manager={"manager": _manager(draining=True)})), "presence_manager_draining") == 1
+    assert value(scrape(_tree(manager={"manager": _manager()})), "presence_manager_draining") == 0
+    managers = [SimpleNamespace(name="m1", up=True, draining=True, inFlight=0, pings=3, answers=3)]
+    dispatcher = SimpleNamespace(requestsRelayed={}, responsesRelayed={}, counters={}, managers=managers)
+    samples = scrape(_tree(dispatcher={"dispatcher": dispatcher}))
+    assert value(samples, "presence_dispatcher_manager_draining", manager="m1") == 1
+    assert value(samples, "presence_dispatcher_manager_up", manager="m1") == 1
+
+
 def test_readyWhenEveryPartServes():
     lease = SimpleNamespace(holding=True)
-    dispatcher = SimpleNamespace(managers=[SimpleNamespace(up=False), SimpleNamespace(up=True)])
-    root = _tree(manager={"manager": object()}, cluster={"group": SimpleNamespace(lease=lease)},
+    dispatcher = SimpleNamespace(managers=[SimpleNamespace(up=False, draining=False),
+                                           SimpleNamespace(up=True, draining=False)])
+    root = _tree(manager={"manager": _manager()}, cluster={"group": SimpleNamespace(lease=lease)},
                  dispatcher={"dispatcher": dispatcher}, store={"store": SimpleNamespace()})
     assert _ready(root) == [[]]
     # A cluster without a lease configured has none to hold.
@@ -380,11 +404,14 @@ def test_readyWhenEveryPartServes():
         ({"cluster": {"group": None}}, "the cluster has not started"),
         ({"cluster": {"group": SimpleNamespace(lease=SimpleNamespace(holding=False))}},
          "this manager's lease is not held (fenced: NOTIFYs are held back)"),
-        ({"dispatcher": {"dispatcher": SimpleNamespace(managers=[SimpleNamespace(up=False)])}},
-         "no subscription manager answers the dispatcher's health check"),
+        ({"dispatcher": {"dispatcher": SimpleNamespace(managers=[SimpleNamespace(up=False, draining=False),
+                                                                  SimpleNamespace(up=True, draining=True)])}},
+         "no subscription manager is in rotation (all down or draining)"),
+        ({"manager": {"manager": _manager(draining=True)}},
+         "the subscription manager is draining (presence-admin live resume)"),
         ({"billing": {"authorizer": SimpleNamespace(loaded=False)}}, "the accounts are not loaded yet"),
     ],
-    ids=["loading", "store", "database", "cluster", "fenced", "dispatcher", "accounts"],
+    ids=["loading", "store", "database", "cluster", "fenced", "dispatcher", "draining", "accounts"],
 )
 def test_notReady(services, reason):
     assert _ready(_tree(**services)) == [[reason]]

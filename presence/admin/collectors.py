@@ -173,6 +173,7 @@ class ManagerReading(NamedTuple):
     overload: Any
     gate: Any
     authorizer: Any
+    draining: bool
 
 
 def readManager(manager: Any) -> ManagerReading:
@@ -188,10 +189,16 @@ def readManager(manager: Any) -> ManagerReading:
         overload=getattr(manager, "overload", None),
         gate=getattr(manager, "gate", None),
         authorizer=getattr(manager, "authorizer", None),
+        draining=bool(getattr(manager, "draining", False)),
     )
 
 
 def _managerMetrics(out: Families, manager: ManagerReading) -> None:
+    out.single(
+        "presence_manager_draining", "gauge",
+        "1 while the manager drains (presence-admin live drain): new work is refused.",
+        int(manager.draining),
+    )
     out.single("presence_subscriptions", "gauge", "Live subscriptions.", manager.subscriptions)
     out.single("presence_publications", "gauge", "Live publications.", manager.publications)
     out.single(
@@ -444,6 +451,12 @@ def _dispatcherMetrics(out: Families, dispatcher: Any) -> None:
         "gauge",
         "1 while the manager answers the health check (in rotation), 0 while it is out.",
         [((("manager", manager.name),), int(manager.up)) for manager in managers],
+    )
+    out.family(
+        "presence_dispatcher_manager_draining",
+        "gauge",
+        "1 while the manager answers the health check 503 (draining): out of rotation for new work.",
+        [((("manager", manager.name),), int(getattr(manager, "draining", False))) for manager in managers],
     )
     out.family(
         "presence_dispatcher_manager_in_flight",

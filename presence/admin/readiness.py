@@ -7,7 +7,8 @@ A process is ready when every part it runs can serve: its database
 answers a query, its subscription manager has loaded, its cluster lease
 is held (a fenced manager holds its NOTIFYs back), a dispatcher has a
 manager in rotation, a billing node has its accounts in memory.  Each part
-it does not run is not asked about.  Everything here runs on the reactor
+it does not run is not asked about.  A manager that drains (before
+maintenance) is not ready either: it refuses new work.  Everything here runs on the reactor
 thread; the database is asked on the store's reader pool, never here.
 """
 
@@ -18,6 +19,7 @@ from typing import Any, List, Optional, Tuple
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 
+from presence.admin.collectors import readManager
 from presence.admin.console import LiveObjects
 
 #: Seconds the database may take to answer the readiness query.
@@ -119,6 +121,8 @@ class Readiness:
         hasManager, manager = self._part("manager", "manager")
         if hasManager and manager is None:
             reasons.append("the subscription manager is loading")
+        elif manager is not None and readManager(manager).draining:
+            reasons.append("the subscription manager is draining (presence-admin live resume)")
         hasCluster, group = self._part("cluster", "group")
         if hasCluster and group is None:
             reasons.append("the cluster has not started")
@@ -128,8 +132,8 @@ class Readiness:
         hasDispatcher, dispatcher = self._part("dispatcher", "dispatcher")
         if hasDispatcher and dispatcher is None:
             reasons.append("the dispatcher has not started")
-        elif dispatcher is not None and not any(m.up for m in dispatcher.managers):
-            reasons.append("no subscription manager answers the dispatcher's health check")
+        elif dispatcher is not None and not any(m.up and not m.draining for m in dispatcher.managers):
+            reasons.append("no subscription manager is in rotation (all down or draining)")
         hasBilling, authorizer = self._part("billing", "authorizer")
         # A billing node's accounts; a manager waits for its own.
         if hasBilling and not hasManager and getattr(authorizer, "loaded", authorizer is not None) is False:
