@@ -304,9 +304,13 @@ class Console:
         if watcher is not None:
             wanted = _aor(watcher)
             candidates = [sub for sub in candidates if sub.watcher == wanted]
-        keyed = {(sub.presentity, sub.watcher, sub.id): sub for sub in candidates}
-        start = tuple(after) if after is not None else None
-        chosen = [keyed[key] for key in _page(keyed, start, limit)]
+        if after is not None:
+            start = tuple(after)
+            candidates = (sub for sub in candidates if _order(sub) > start)
+        if limit is None:
+            chosen = sorted(candidates, key=_order)
+        else:
+            chosen = heapq.nsmallest(limit, candidates, key=_order)
         if objects:
             return chosen
         now = self.clock.seconds()
@@ -547,6 +551,13 @@ def _page(keys: Iterable[Any], after: Any, limit: Optional[int]) -> List[Any]:
     if limit is None:
         return sorted(keys)
     return heapq.nsmallest(limit, keys)
+
+
+def _order(sub: Subscription) -> Any:
+    """
+    The order of listings: by presentity, watcher, then id.
+    """
+    return (sub.presentity, sub.watcher, sub.id)
 
 
 def _identOf(ref: Any) -> str:
