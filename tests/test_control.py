@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import pytest_twisted
+from twisted.python import usage
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
@@ -447,8 +448,11 @@ def test_noSocketIsUnreachable():
     with pytest.raises(livecli.LiveError) as caught:
         livecli.runLive(options, [], io.StringIO(), io.StringIO())
     assert caught.value.status == livecli.EXIT_UNREACHABLE
-    with pytest.raises(livecli.ChannelError):
-        livecli.runLive(options, ["/nonexistent/presence.control"], io.StringIO(), io.StringIO())
+    err = io.StringIO()
+    assert livecli.runLive(options, ["/nonexistent/a.control", "/nonexistent/b.control"], io.StringIO(), err) == 3
+    assert err.getvalue().count("cannot reach the control channel /nonexistent/") == 2
+    with pytest.raises(usage.UsageError):
+        livecli.LiveOptions().parseOptions(["--json", "--table", "stats"])
 
 
 def test_tableOutput():
@@ -529,6 +533,9 @@ def test_controlSocketWithTheCLI(tmp_path):
         assert status == 0, err
         [listed] = json.loads(out)
         assert (listed["node"], listed["watcher"], listed["state"]) == ("manager", ALICE, "active")
+        status, out, err = yield _cli("live", "-s", str(tmp_path / "gone.control"), "-s", path, "stats")
+        assert status == livecli.EXIT_UNREACHABLE and "gone.control" in err
+        assert json.loads(out)["manager"]["subscriptions"] == 1
         status, out, err = yield _cli("live", "--socket", path, "--table", "presentities")
         assert status == 0 and out.split("\n")[1].split() == ["manager", BOB, "1", "1", "0", "False"], out
 

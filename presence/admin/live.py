@@ -249,13 +249,16 @@ class LiveOptions(usage.Options):
     C{presence-admin live [--socket PATH ...] [--table] COMMAND ...}
     """
 
-    synopsis = "[--socket PATH ...] [--table] [--timeout SECONDS] COMMAND [options]"
+    synopsis = "[--socket PATH ...] [--json|--table] [--timeout SECONDS] COMMAND [options]"
     longdesc = (
         "Read and act on running servers over their control channels.  Exit status: 0 done, "
         "1 failed, 2 usage, 3 channel unreachable, 4 nothing matched, 5 not running here, "
         "6 not healthy (status)."
     )
-    optFlags = [["table", "t", "Print a table for people instead of JSON."]]
+    optFlags = [
+        ["json", "j", "Print JSON (the default)."],
+        ["table", "t", "Print a table for people instead of JSON."],
+    ]
     optParameters = [
         ["timeout", None, None, "Seconds to wait for each answer (default 30; drain 600).", float],
     ]
@@ -289,6 +292,8 @@ class LiveOptions(usage.Options):
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("a live command is required")
+        if self["json"] and self["table"]:
+            raise usage.UsageError("--json or --table, not both")
 
 
 # Running them.
@@ -370,13 +375,15 @@ def runLive(options: LiveOptions, sockets: List[str], out: Any, err: Any) -> int
     items: List[Dict[str, Any]] = []
     answers: Dict[str, Any] = {}
     errors: List[Tuple[str, RemoteError]] = []
+    unreachable: List[str] = []
     for path in sockets:
         client = ControlClient(path, timeout)
         try:
             if command in _LISTINGS:
                 name, args, limit, cursor = _listing(sub, command)
-                # client.node is known once the first page is in.
-                items.extend({"node": client.node, **item} for item in _pages(client, name, args, limit, cursor))
+                # client.node is known once the first page is in; a
+                # listing cut short is left out whole.
+                items.extend([{"node": client.node, **item} for item in _pages(client, name, args, limit, cursor)])
             else:
                 name, args = _request(command, sub)
                 result = client.call(name, args)
@@ -384,15 +391,23 @@ def runLive(options: LiveOptions, sockets: List[str], out: Any, err: Any) -> int
                 answers[key] = result
         except RemoteError as e:
             errors.append((client.node, e))
+        except ChannelError as e:
+            # The others are asked all the same: one process down is
+            # when an operator most wants to hear from the rest.
+            unreachable.append(str(e))
         finally:
             client.close()
+    for problem in unreachable:
+        err.write("presence-admin: %s\n" % (problem,))
     for node, error in errors:
         err.write("presence-admin: %s: %s (%s)\n" % (node, error, error.code))
     if command in _LISTINGS:
-        if items or not errors:
+        if items or not (errors or unreachable):
             _write(out, items, options["table"])
     elif answers:
         _write(out, answers, options["table"])
+    if unreachable:
+        return EXIT_UNREACHABLE
     return _status(command, answers, items, errors, len(sockets))
 
 
