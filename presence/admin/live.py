@@ -282,8 +282,7 @@ class LiveOptions(usage.Options):
 
     def opt_socket(self, path: str) -> None:
         """
-        A process's control socket; repeatable (default: [control] socket
-        of the configuration).
+        A process's control socket; repeatable (default: [control] socket).
         """
         self["sockets"].append(path)
 
