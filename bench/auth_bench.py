@@ -50,7 +50,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from typing import Any, Dict, List, Optional
 
 if __package__ in (None, ""):
@@ -62,6 +61,7 @@ from bench.loadtools import (  # noqa: E402
     Server,
     SippRun,
     loadAverage,
+    log,
     writeInjection,
 )
 
@@ -69,11 +69,6 @@ HOST = "127.0.0.1"
 OPERATIONS_PER_CALL = 5
 DEFAULT_RATES = [100, 200, 300, 400, 500, 600, 800]
 PRESENTITY = "bench@example.test"
-
-
-def log(text: str) -> None:
-    sys.stderr.write(time.strftime("%H:%M:%S ") + text + "\n")
-    sys.stderr.flush()
 
 
 def provision(url: str, accounts: int) -> None:

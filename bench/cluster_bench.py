@@ -91,10 +91,12 @@ from bench.loadtools import (  # noqa: E402
     SippRun,
     _dieWithParent,
     loadAverage,
+    log,
     postgresAvailable,
     stopOnSignals,
     treeState,
 )
+from bench.samples import PIDF_NOTE  # noqa: E402
 from presence.config import MAX_BYTE_SIZE, SCHEMA  # noqa: E402
 from presence.sip.message import Request, Response  # noqa: E402
 from presence.sip.parser import parseMessage  # noqa: E402
@@ -107,16 +109,6 @@ DEFAULT_RATES = {"subscribe": [100, 200, 300, 500, 750], "publish": [250, 500, 7
 #: What every server asks for when C{--udp-rcvbuf} is not given.
 PRODUCT_RCVBUF = SCHEMA["sip"]["udp_receive_buffer"][2]
 
-PIDF = (
-    '<?xml version="1.0" encoding="UTF-8"?>'
-    '<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="%s">'
-    '<tuple id="t1"><status><basic>open</basic></status><note>%s</note></tuple></presence>'
-)
-
-
-def log(text: str) -> None:
-    sys.stderr.write(time.strftime("%H:%M:%S ") + text + "\n")
-    sys.stderr.flush()
 
 
 def freeTCPPort(host: str) -> int:
@@ -420,7 +412,7 @@ class LatencyDriver:
                 note = "n%d" % (count,)
                 aor = "sip:lat%d@example.test" % (random.randrange(presentities),)
                 request = self._request(
-                    "PUBLISH", aor, self.publisher, aor, body=(PIDF % (aor, note)).encode(),
+                    "PUBLISH", aor, self.publisher, aor, body=(PIDF_NOTE % (aor, note)).encode(),
                     Event="presence", Expires="600", Content_Type="application/pidf+xml",
                 )
                 self.sentAt[note] = time.monotonic()

@@ -46,6 +46,14 @@ except (ImportError, OSError):
     _libc = None
 
 
+def log(text: str) -> None:
+    """
+    A progress line on stderr, with the time: stdout carries the figures.
+    """
+    sys.stderr.write(time.strftime("%H:%M:%S ") + text + "\n")
+    sys.stderr.flush()
+
+
 # --- processes and /proc ---------------------------------------------------
 
 

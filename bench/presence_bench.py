@@ -80,6 +80,7 @@ from bench.loadtools import (  # noqa: E402
     Server,
     SippRun,
     loadAverage,
+    log,
     memoryOf,
     postgresAvailable,
     sippPath,
@@ -103,11 +104,6 @@ HOST = "127.0.0.1"
 # authentication (a trusted network); SUBSCRIBE and PUBLISH still go
 # through the billing gate (account standing) but are never challenged.
 NO_AUTH = "[billing]\nno_auth_domains = example.test\n"
-
-
-def log(text: str) -> None:
-    sys.stderr.write(time.strftime("%H:%M:%S ") + text + "\n")
-    sys.stderr.flush()
 
 
 class Bench:

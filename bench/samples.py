@@ -50,3 +50,11 @@ NOTIFY = (
     b"Content-Length: %d\r\n"
     b"\r\n" % (len(PIDF),)
 ) + PIDF
+
+#: A PIDF document with one tuple and a note: C{% (entity URI, note)}; a
+#: new note makes a new document, so each PUBLISH of a load brings NOTIFYs.
+PIDF_NOTE = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="%s">'
+    '<tuple id="t1"><status><basic>open</basic></status><note>%s</note></tuple></presence>'
+)

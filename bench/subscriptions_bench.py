@@ -54,6 +54,7 @@ from bench.loadtools import (  # noqa: E402
     Database,
     Server,
     SippRun,
+    log,
     memoryOf,
     postgresAvailable,
     stopOnSignals,
@@ -68,11 +69,6 @@ HOST = "127.0.0.1"
 NO_AUTH = "[billing]\nno_auth_domains = example.test\n"
 RSS_TARGET_MB = 400
 RELOAD_TARGET_S = 10
-
-
-def log(text: str) -> None:
-    sys.stderr.write(time.strftime("%H:%M:%S ") + text + "\n")
-    sys.stderr.flush()
 
 
 def loadedCount(server: Server) -> Optional[int]:

@@ -470,6 +470,15 @@ def test_peerCloseEchoedAndFlowRemoved():
     assert len(client.core.flows) == 0
 
 
+def test_closeOnStopSaysGoingAway():
+    client = Client().open()
+    client.protocol.close()
+    assert [(type(e), e.code) for e in client.events()] == [(CloseConnection, 1001)]
+    assert client.transport.disconnecting
+    with pytest.raises(TransportError):
+        client.protocol.write(options())
+
+
 def test_connectionLostMidHandshakeLeavesNothing():
     client = Client()
     client.feed(b"GET / HTTP/1.1\r\n")

@@ -211,7 +211,7 @@ class SIPService(RuntimeService):
         if self.core is not None:
             self.core.transactions.stop()
             for flow in self.core.flows.all():
-                flow.transport.loseConnection()
+                flow.close()
         return gatherResults([maybeDeferred(p.stopListening) for p in ports])
 
 

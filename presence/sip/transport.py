@@ -168,6 +168,12 @@ class SIPStreamProtocol(Protocol):
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
+    def close(self) -> None:
+        """
+        Drop the connection, after what was written (the server stops).
+        """
+        self.transport.loseConnection()
+
 
 class SIPStreamFactory(Factory):
     """

@@ -330,10 +330,11 @@ class SIPWebSocketProtocol(Protocol):
             event = BytesMessage(data=data)
         self.transport.write(self._ws.send(event))
 
-    def close(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
+    def close(self, code: int = CloseReason.GOING_AWAY, reason: str = "") -> None:
         """
         Send a close frame and drop the connection (a server closes the
-        TCP connection first, RFC 6455 §7.1.1).
+        TCP connection first, RFC 6455 §7.1.1).  Without a code: 1001,
+        the server is going away (it stops).
         """
         if self._ws.state is ConnectionState.OPEN:
             self.transport.write(self._ws.send(CloseConnection(code=code, reason=reason)))
