@@ -156,6 +156,22 @@ def _digestAlgorithms(text: str) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _userAgentAlgorithms(text: str) -> Tuple[Any, ...]:
+    """
+    C{PRODUCT [< VERSION]: ALGORITHMS} rules, one per line
+    (L{presence.billing.quirks.parseQuirks}).
+    """
+    from presence.billing.quirks import parseQuirks
+
+    return parseQuirks(text)
+
+
+def _knownQuirks() -> Tuple[Any, ...]:
+    from presence.billing.quirks import KNOWN_QUIRKS
+
+    return KNOWN_QUIRKS
+
+
 def _dispatcherManagers(text: str) -> Tuple[Any, ...]:
     """
     C{name=udp:HOST:PORT name2=tcp:HOST:PORT ...}: the managers a
@@ -310,6 +326,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "secret_file": ("billingSecretFile", _text, ""),
         "nonce_lifetime": ("billingNonceLifetime", _positiveFloat, 300.0),
         "algorithms": ("billingAlgorithms", _digestAlgorithms, ("SHA-256", "MD5")),
+        # The offer for clients that fail on the default one, by
+        # User-Agent (presence.billing.quirks); set, it replaces the table.
+        "user_agent_algorithms": ("billingUserAgentAlgorithms", _userAgentAlgorithms, _knownQuirks()),
         "max_auth_failures": ("billingMaxAuthFailures", _positiveInt, 10),
         "auth_failure_window": ("billingAuthFailureWindow", _positiveFloat, 60.0),
         # A separate billing node over Perspective Broker

@@ -283,21 +283,84 @@ def test_unknownAccountAnsweredAsWrongPassword(make, algorithm):
     assert h.store.subscriptions == {}
 
 
-def test_usernameMustBeTheAccounts(make):
+def _signedAs(attempt: Attempt, challenge: str, username: str, password: str, **headers: str) -> Request:
     """
-    Credentials of bob's username cannot act for alice's AOR.
+    The next request of C{attempt}, signed with another username's
+    credentials.
+    """
+    attempt.cseq += 1
+    request = attempt.build(attempt.cseq, **headers)
+    request.setHeader(
+        "Authorization", makeAuthorization(challenge, request.method, request.uri, username, password)
+    )
+    return request
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("kind", ["SUBSCRIBE", "PUBLISH"])
+def test_credentialsOfAnotherAccountForbidden(make, algorithm, kind):
+    """
+    Bob's good credentials on a request acting for alice (her From, her
+    PUBLISH): 403, not another 401, which the UA would answer with the
+    same credentials for ever.  Nothing is recorded, and it is no
+    authentication failure of bob's address.
+    """
+    h = make()
+    attempt = subscribing(h, ALICE, DAVE) if kind == "SUBSCRIBE" else publishing(h, ALICE)
+    challenge = challengeFor(attempt.challenged(), algorithm)
+    request = _signedAs(attempt, challenge, "bob", PASSWORDS[BOB])
+    h.receive(request, attempt.source)
+    (response,), notifies = h.split()
+    assert (response.code, response.reason) == (403, "Credentials Of Another Account")
+    assert notifies == [] and h.store.subscriptions == {} and h.store.publications == {}
+    assert h.manager.gate.counters["failures"] == 0 and h.manager.gate.counters["forbidden"] == 1
+    assert len(h.manager.gate.limiter) == 0
+
+
+def test_credentialsOfAnotherAccountForUnknownAOR(make):
+    """
+    The same for an AOR without an account: bob knows his password, so
+    he gets 403 whether or not the AOR exists (which tells him nothing).
+    """
+    h = make()
+    attempt = subscribing(h, "sip:nobody@example.test", BOB)
+    challenge = challengeFor(attempt.challenged(), SHA256)
+    h.receive(_signedAs(attempt, challenge, "bob", PASSWORDS[BOB]), WATCHER)
+    (response,), _ = h.split()
+    assert response.code == 403
+
+
+@pytest.mark.parametrize("username, password", [("bob", "wrong"), ("nobody", "secret"), ('b"o@b', "x")])
+def test_otherUsernameWithoutItsPasswordChallenged(make, username, password):
+    """
+    Another username with a wrong password, one without an account, or
+    one that names no AOR: a fresh 401 and a failure, as any bad
+    credentials.
     """
     h = make()
     attempt = subscribing(h, ALICE, DAVE)
     challenge = challengeFor(attempt.challenged(), SHA256)
-    attempt.cseq += 1
-    request = attempt.build(attempt.cseq)
-    request.setHeader(
-        "Authorization", makeAuthorization(challenge, "SUBSCRIBE", request.uri, "bob", PASSWORDS[BOB])
-    )
-    h.receive(request, WATCHER)
+    h.receive(_signedAs(attempt, challenge, username, password), WATCHER)
     (response,), _ = h.split()
-    assert response.code == 401
+    assert response.code == 401 and "stale=true" not in challenges(response)[0]
+    assert h.manager.gate.counters["failures"] == 1
+
+
+def test_credentialsOfAnotherAccountStaleFirst(make):
+    """
+    Bob's good credentials on an expired nonce: stale=true first (he
+    signs again without asking his user), then 403.
+    """
+    h = make()
+    attempt = subscribing(h, ALICE, DAVE)
+    challenge = challengeFor(attempt.challenged(), SHA256)
+    h.clock.advance(h.manager.gate.digest.nonceLifetime + 1)
+    h.receive(_signedAs(attempt, challenge, "bob", PASSWORDS[BOB]), WATCHER)
+    (stale,), _ = h.split()
+    assert stale.code == 401 and "stale=true" in challenges(stale)[0]
+    h.receive(_signedAs(attempt, challengeFor(stale, SHA256), "bob", PASSWORDS[BOB]), WATCHER)
+    (response,), _ = h.split()
+    assert response.code == 403
 
 
 def test_credentialsForOtherRealmOrUriRefused(make):

@@ -19,8 +19,9 @@ on the control socket), never a blind sleep.
 
 What baresip's Debian build imposes, found here:
   - libre 1.1's digest knows MD5 only and gives up when any challenge
-    names another algorithm, even after an MD5 one: the server is run with
-    C{[billing] algorithms = MD5} (README, "Softphones").
+    names another algorithm, even after an MD5 one: the server's default
+    challenges per User-Agent (presence.billing.quirks) offer it MD5
+    alone, so it logs in with the shipped C{etc/presence.ini} unchanged.
   - baresip listens for TLS on the SIP port + 1 even without a
     certificate: each instance gets two free ports.
 """
@@ -41,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from tests.conftest import requireTool
-from tests.serverprocess import ServerProcess
+from tests.serverprocess import REPO, ServerProcess
 from tests.test_billing_integration import presenceAdmin
 
 READY = "Subscription manager"
@@ -287,27 +288,17 @@ def baresip() -> str:
     return requireTool("baresip")
 
 
-@pytest.fixture
-def server(tmp_path: Any, baresip: str) -> Any:
+def _serve(workdir: str, baresip: str, configPath: str) -> Any:
     """
-    A server with accounts alice and bob (password "secret"), MD5 digest
-    (for libre), NOTIFYs without rate control, an event per request and
-    keep-alive in its log.
+    A server on C{configPath}, listening on free loopback ports, with
+    accounts alice and bob (password "secret"); C{client(...)} starts a
+    baresip against it.
     """
-    workdir = str(tmp_path)
     database = "sqlite:///%s" % (os.path.join(workdir, "presence.sqlite"),)
     presenceAdmin(database, "initdb")
     for user in ("alice", "bob"):
         presenceAdmin(database, "account", "add", "%s@example.test" % (user,), "--customer", "acme",
                       "--password-file", "-", password=PASSWORD)
-    configPath = os.path.join(workdir, "presence.ini")
-    with open(configPath, "w") as f:
-        f.write(
-            "[manager]\nnotify_min_interval = 0\n"
-            "[billing]\nalgorithms = MD5\n"
-            "[registrar]\nflow_timer = 2\n"
-            "[log]\nrequests = yes\nlevel = debug\n"
-        )
     process = ServerProcess(
         workdir,
         [
@@ -326,10 +317,43 @@ def server(tmp_path: Any, baresip: str) -> Any:
         return agent.start()
 
     process.client = client  # type: ignore[attr-defined]
-    yield process
-    for agent in started:
+    process.started = started  # type: ignore[attr-defined]
+    return process
+
+
+def _stop(process: Any) -> None:
+    for agent in process.started:
         agent.stop()
     process.stopCleanly()
+
+
+@pytest.fixture
+def server(tmp_path: Any, baresip: str) -> Any:
+    """
+    A server with the default digest challenges, NOTIFYs without rate
+    control, an event per request and keep-alive in its log.
+    """
+    configPath = os.path.join(str(tmp_path), "presence.ini")
+    with open(configPath, "w") as f:
+        f.write(
+            "[manager]\nnotify_min_interval = 0\n"
+            "[registrar]\nflow_timer = 2\n"
+            "[log]\nrequests = yes\nlevel = debug\n"
+        )
+    process = _serve(str(tmp_path), baresip, configPath)
+    yield process
+    _stop(process)
+
+
+@pytest.fixture
+def shippedServer(tmp_path: Any, baresip: str) -> Any:
+    """
+    A server on the shipped etc/presence.ini as it is; only where it
+    listens, its database and its domain come from the command line.
+    """
+    process = _serve(str(tmp_path), baresip, os.path.join(REPO, "etc", "presence.ini"))
+    yield process
+    _stop(process)
 
 
 ALICE_CONTACTS = ['"Bob" <sip:bob@example.test>;presence=p2p']
@@ -399,6 +423,24 @@ def test_outboundKeepalives(server: Any) -> None:
     registers = r"REGISTER \S+ from UDP:127\.0\.0\.1:%d -> 200" % (alice.sipPort,)
     assert sum(bool(re.search(registers, line)) for line in server.output) == 1, server.log()
     alice.registered()
+
+
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+def test_shippedConfiguration(shippedServer: Any, transport: str) -> None:
+    """
+    With etc/presence.ini unchanged (no [billing] algorithms override),
+    both baresips log in: each REGISTERs, alice's SUBSCRIBE and bob's
+    PUBLISHes are admitted (his changes reach her), and no
+    authentication fails on the way.
+    """
+    alice = shippedServer.client("alice", transport, ALICE_CONTACTS)
+    bob = shippedServer.client("bob", transport, BOB_CONTACTS)
+    alice.registered()
+    bob.registered()
+    for status, command in (("Offline", "presence_offline"), ("Online", "presence_online")):
+        bob.command(command)
+        alice.waitStatus("bob", status)
+    assert "Authentication failed" not in shippedServer.log()
 
 
 def waitCount(server: Any, pattern: str, count: int = 1, timeout: float = TIMEOUT) -> None:

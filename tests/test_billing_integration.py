@@ -2,7 +2,8 @@
 Accounts and authorization end to end: accounts made with the
 presence-admin console script, a real C{twistd -n presence}, and user
 agents that authenticate with digest -- our own client (SHA-256 and MD5)
-and sipp's [authentication] (MD5: sipp 3.6.1 implements no other).
+and sipp's [authentication] (MD5: sipp 3.6.1 implements no other, and
+is offered nothing else).
 """
 
 from __future__ import annotations
@@ -110,10 +111,13 @@ class UA:
     def request(self, method: str, uri: str, **headers: str) -> Request:
         return newRequest(method, uri, self.client.port, self.transport, fromURI=self.aor, **headers)
 
-    def authenticated(self, request: Request, password: Optional[str] = None) -> Tuple[Response, Response]:
+    def authenticated(
+        self, request: Request, password: Optional[str] = None, username: Optional[str] = None
+    ) -> Tuple[Response, Response]:
         """
         Send C{request}; answer its 401 with credentials (CSeq + 1, new
-        branch).  @return: the 401 and the final answer.
+        branch), of C{username} (by default this UA's user).  @return: the
+        401 and the final answer.
         """
         self.client.send(request)
         challenge = self.client.receive()
@@ -123,7 +127,7 @@ class UA:
         retry = _again(request)
         retry.setHeader(
             "Authorization",
-            makeAuthorization(chosen, retry.method, retry.uri, self.aor[4:].split("@")[0],
+            makeAuthorization(chosen, retry.method, retry.uri, username or self.aor[4:].split("@")[0],
                               password if password is not None else self.password),
         )
         self.client.send(retry)
@@ -241,6 +245,30 @@ def test_wrongPasswordAndUnknownAccount(server):
         del PASSWORDS["sip:nobody@example.test"]
 
 
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+def test_credentialsOfAnotherAccountForbidden(server, transport):
+    """
+    A UA with alice's good credentials acting for bob -- subscribing as
+    bob, publishing bob's presence, registering bob's address -- gets one
+    403 each, not another 401 that it would answer again for ever.
+    """
+    ua = UA(server, "sip:bob@example.test", transport)
+    alice = {"username": "alice", "password": PASSWORDS["sip:alice@example.test"]}
+    try:
+        _, refused = ua.authenticated(ua.request("SUBSCRIBE", "sip:dave@example.test", Event="presence"), **alice)
+        assert (refused.code, refused.reason) == (403, "Credentials Of Another Account")
+        body = (PIDF % (ua.aor, "x")).encode()
+        publish = ua.request("PUBLISH", ua.aor, body=body, Event="presence", Content_Type="application/pidf+xml")
+        _, refused = ua.authenticated(publish, **alice)
+        assert refused.code == 403
+        register = ua.request("REGISTER", "sip:example.test", To="<%s>" % (ua.aor,))
+        _, refused = ua.authenticated(register, **alice)
+        assert (refused.code, refused.reason) == (403, "Credentials Of Another Account")
+        server.waitFor("sip:alice@example.test authenticated from 127.0.0.1 for sip:bob@example.test")
+    finally:
+        ua.close()
+
+
 def test_policyChangesReachRunningServer(server, provisioned):
     """
     presence-admin changes the policy while dave watches bob: ask makes the
@@ -275,16 +303,18 @@ def test_policyChangesReachRunningServer(server, provisioned):
 def test_sippAuthentication(provisioned, tmp_path):
     """
     sipp answers the challenges itself ([authentication]), including a
-    wrong password that must be challenged again.  sipp 3.6.1 computes
-    MD5 only and answers the first challenge it gets: this server offers
-    MD5 first; our client covers SHA-256.  sipp's digest uri defaults to
-    the remote address, hence -auth_uri.
+    wrong password that must be challenged again, with the default
+    settings.  sipp 3.6.1 computes MD5 only and answers the first
+    challenge it gets: the scenario sends "User-Agent: sipp", which is
+    offered MD5 alone (presence.billing.quirks); our client covers
+    SHA-256.  sipp's digest uri defaults to the remote address, hence
+    -auth_uri.
     """
     sipp = requireTool("sipp")
     workdir, database = provisioned
-    sub = tmp_path / "md5first"
+    sub = tmp_path / "defaults"
     sub.mkdir()
-    process = _start(str(sub), database, "algorithms = MD5 SHA-256\n")
+    process = _start(str(sub), database, "")
     try:
         result = subprocess.run(
             [

@@ -212,6 +212,24 @@ def test_challengeStale(authenticator: DigestAuthenticator) -> None:
     assert all(parseChallenge(v).stale for v in values)
 
 
+def test_challengeSomeAlgorithms(authenticator: DigestAuthenticator) -> None:
+    """
+    A client that cannot take every challenge is offered some of them, in
+    the order asked, and what it answers is verified as usual; never an
+    algorithm the authenticator does not accept.
+    """
+    (value,) = authenticator.challenge(REALM, algorithms=["md5"])
+    assert parseChallenge(value).algorithm == MD5
+    assert [parseChallenge(v).algorithm for v in authenticator.challenge(REALM, True, (MD5, SHA256))] == [MD5, SHA256]
+    credentials = parseCredentials(makeAuthorization(value, "SUBSCRIBE", URI, USER, PASSWORD))
+    ha1 = computeHA1(USER, REALM, PASSWORD, MD5)
+    assert authenticator.verify(credentials, "SUBSCRIBE", ha1, REALM) is DigestResult.OK
+    md5Only = DigestAuthenticator(SECRET, authenticator._clock, algorithms=[MD5])
+    for wrong in ([SHA256], []):
+        with pytest.raises(ValueError):
+            md5Only.challenge(REALM, algorithms=wrong)
+
+
 def test_challengeWithOpaque(clock: Clock) -> None:
     authenticator = DigestAuthenticator(SECRET, clock, useOpaque=True)
     challenge = parseChallenge(authenticator.challenge(REALM)[0])

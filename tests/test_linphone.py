@@ -14,6 +14,7 @@ Skips without linphonec or baresip (fails with PRESENCE_REQUIRE_ALL=1).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,15 @@ from typing import Any, List, Optional
 import pytest
 
 from tests.conftest import skipOrFail
-from tests.test_baresip import PASSWORD, TIMEOUT, _freePorts, baresip, server, waitCount  # noqa: F401 (fixtures)
+from tests.test_baresip import (  # noqa: F401 (fixtures)
+    PASSWORD,
+    TIMEOUT,
+    _freePorts,
+    baresip,
+    server,
+    shippedServer,
+    waitCount,
+)
 
 
 def linphoneRc(user: str, transport: str, serverPort: int, sipPort: int, friend: str) -> str:
@@ -178,3 +187,31 @@ def test_linphoneWithBaresip(server: Any, linphonec: str, tmp_path: Any, transpo
     # Offline: its publication withdrawn and its registration (which
     # would keep it open for ten minutes) removed.
     bob.waitStatus("alice", "Offline")
+
+
+def test_shippedConfiguration(shippedServer: Any, linphonec: str, tmp_path: Any) -> None:  # noqa: F811
+    """
+    With etc/presence.ini unchanged, Linphone logs in beside a baresip
+    and keeps SHA-256: it registers, its PUBLISH reaches bob (Online),
+    its SUBSCRIBE brings bob's changes; every Authorization it sent
+    names SHA-256, while baresip was served MD5.
+    """
+    bob = shippedServer.client("bob", "UDP", ['"Alice" <sip:alice@example.test>;presence=p2p'])
+    bob.registered()
+    alice = Linphonec(str(tmp_path), "alice", "UDP", shippedServer.ports["UDP"], "bob").start(linphonec)
+    try:
+        bob.waitStatus("alice", "Online")
+        seen = 0
+        for command, status in (("presence_offline", "Offline"), ("presence_online", "Online")):
+            bob.command(command)
+            seen = alice.waitOutput('Friend "Bob" <sip:bob@example.test> is %s' % (status,), seen)
+    finally:
+        alice.quit()
+    with open(os.path.join(alice.home, "linphone.log"), errors="replace") as f:
+        log = f.read()
+    assert "to [LinphoneRegistrationOk]" in log
+    # Its REGISTER, SUBSCRIBE (to bob) and PUBLISH (of alice), by their URIs.
+    signed = re.findall(r"Authorization:\s*Digest [^\r\n]*?algorithm=([\w-]+)[^\r\n]*?uri=\"([^\"]+)\"", log)
+    assert {"sip:example.test", "sip:bob@example.test", "sip:alice@example.test"} <= {uri for _, uri in signed}
+    assert {algorithm for algorithm, _ in signed} == {"SHA-256"}, signed
+    assert "Authentication failed" not in shippedServer.log()

@@ -8,11 +8,13 @@ setting); SUBSCRIBE without Accept; a first PUBLISH whose <basic> is
 "unknown"; two initial PUBLISHes racing at start-up; credentials sent
 pre-emptively with the nonce of an earlier challenge (REGISTER's, reused
 for SUBSCRIBE and PUBLISH); an empty Supported header; libre's digest that
-gives up on any challenge that is not MD5.
+gives up on any challenge that is not MD5, served by the challenges per
+User-Agent of presence.billing.quirks.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, List, Optional
 
@@ -21,13 +23,17 @@ import pytest
 from presence.billing import db
 from presence.dispatcher.dispatcher import Dispatcher
 from presence.dispatcher.managers import ManagerSpec
-from presence.sip.digest import MD5, makeAuthorization, parseChallenge
+from presence.billing.quirks import KNOWN_QUIRKS, ChallengeQuirks, parseQuirks
+from presence.config import Config, ConfigError
+from presence.sip.digest import MD5, SHA256, makeAuthorization, parseChallenge
 from presence.sip.message import Request, Response
 from tests.harness import PUBLISHER, WATCHER, HeldStore, publish, refresh, subscribe
 from tests.registrarharness import ALICE, BOB, RegistrarHarness, register
+from tests.serverprocess import REPO
 from tests.test_registrar import make  # noqa: F401 (fixture)
 
 PIDF = "application/pidf+xml"
+BARESIP = "baresip v1.0.0 (x86_64/linux)"
 
 # baresip's first PUBLISH (presence module, publisher.c), as captured.
 BARESIP_UNKNOWN = (
@@ -276,8 +282,11 @@ def _notifyOf(body: bytes) -> Request:
 
 
 def _authHarness(make: Any, **kw: Any) -> RegistrarHarness:
+    """
+    Authentication on, the default challenges, accounts alice and bob
+    (password "secret").
+    """
     kw.setdefault("billingNoAuthDomains", ())
-    kw.setdefault("billingAlgorithms", ("MD5",))
     h = make(**kw)
     for aor in (ALICE, BOB):
         h.billing(lambda conn, aor=aor: db.addAccount(conn, aor, "secret", "acme"))
@@ -302,17 +311,17 @@ def test_preemptiveCredentialsWithEarlierNonce(make) -> None:
     without asking its user; a replayed count is refused.
     """
     h = _authHarness(make, billingNonceLifetime=300.0)
-    h.receive(register(ALICE, contacts=["<sip:alice@192.0.2.10>"]), WATCHER)
+    h.receive(register(ALICE, contacts=["<sip:alice@192.0.2.10>"], User_Agent=BARESIP), WATCHER)
     (challenge,) = h.responses()
     assert challenge.code == 401
     (offered,) = challenge.headerValues("www-authenticate")
-    h.registered(_sign(register(ALICE, contacts=["<sip:alice@192.0.2.10>"], cseq=2), offered, 1), WATCHER)
-    sub = _sign(subscribe(fromURI=ALICE), offered, 2)
+    h.registered(_sign(register(ALICE, contacts=["<sip:alice@192.0.2.10>"], User_Agent=BARESIP, cseq=2), offered, 1), WATCHER)
+    sub = _sign(subscribe(fromURI=ALICE, User_Agent=BARESIP), offered, 2)
     h.receive(sub, WATCHER)
     responses, notifies = h.split()
     assert [r.code for r in responses] == [200]
     h.answerAll(notifies, WATCHER)
-    published = _sign(publish(ALICE, fromURI=ALICE), offered, 3)
+    published = _sign(publish(ALICE, fromURI=ALICE, User_Agent=BARESIP), offered, 3)
     h.receive(published, PUBLISHER)
     responses, notifies = h.split()
     assert [r.code for r in responses] == [200]
@@ -330,12 +339,12 @@ def test_preemptiveCredentialsWithEarlierNonce(make) -> None:
     assert replayed.code == 401 and "stale=true" not in replayed.header("www-authenticate")
     # The nonce grows old: stale, with a fresh one to sign with.
     h.clock.advance(301)
-    h.receive(_sign(register(ALICE, contacts=["<sip:alice@192.0.2.10>"], cseq=3), offered, 5), WATCHER)
+    h.receive(_sign(register(ALICE, contacts=["<sip:alice@192.0.2.10>"], User_Agent=BARESIP, cseq=3), offered, 5), WATCHER)
     (stale,) = h.responses()
-    assert stale.code == 401 and "stale=true" in stale.header("www-authenticate")
-    fresh = stale.header("www-authenticate")
+    (fresh,) = stale.headerValues("www-authenticate")
+    assert stale.code == 401 and "stale=true" in fresh and parseChallenge(fresh).algorithm == MD5
     assert parseChallenge(fresh).nonce != parseChallenge(offered).nonce
-    h.registered(_sign(register(ALICE, contacts=["<sip:alice@192.0.2.10>"], cseq=4), fresh, 1), WATCHER)
+    h.registered(_sign(register(ALICE, contacts=["<sip:alice@192.0.2.10>"], User_Agent=BARESIP, cseq=4), fresh, 1), WATCHER)
 
 
 def _ok(h: RegistrarHarness, sub: Request) -> Response:
@@ -347,25 +356,159 @@ def _ok(h: RegistrarHarness, sub: Request) -> Response:
     return Response.forRequest(sub, 200, toTag=subscription.localTag)
 
 
-# libre's digest.
+# libre's digest: the challenges per User-Agent.
 
 
-def test_md5OnlyChallengeForLibre(make) -> None:
+def _offered(h: RegistrarHarness, userAgent: Optional[str] = None, **kw: Any) -> List[str]:
     """
-    libre 1.1 (baresip 1.0) computes MD5 only and gives up as soon as one
-    WWW-Authenticate names another algorithm, whatever the order: a
-    server for such clients sets [billing] algorithms = MD5, and then
-    offers exactly one challenge.
+    The algorithms of the 401 to an unsigned REGISTER sent with
+    C{userAgent}.
+    """
+    request = register(**kw) if userAgent is None else register(User_Agent=userAgent, **kw)
+    h.receive(request, PUBLISHER)
+    (challenge,) = h.responses()
+    assert challenge.code == 401
+    return [parseChallenge(v).algorithm for v in challenge.headerValues("www-authenticate")]
+
+
+@pytest.mark.parametrize(
+    "userAgent, expected",
+    [
+        (BARESIP, [MD5]),
+        ("baresip v3.11.2 (aarch64/Linux)", [MD5]),
+        ("BARESIP", [MD5]),
+        ("baresip v3.12.0 (x86_64/Linux)", [SHA256, MD5]),
+        ("sipp", [MD5]),
+        ("Linphone/5.1.65 (belle-sip/5.1.64)", [SHA256, MD5]),
+        ("sipsak 0.9.8.1", [SHA256, MD5]),
+        ("baresipx v1.0.0", [SHA256, MD5]),
+        ("", [SHA256, MD5]),
+        (None, [SHA256, MD5]),
+    ],
+)
+def test_challengesPerUserAgent(make, userAgent: Optional[str], expected: List[str]) -> None:
+    """
+    libre before 3.12 (baresip 1.0) computes MD5 only and gives up as soon
+    as one WWW-Authenticate names another algorithm, whatever the order;
+    SIPp 3.6 answers the first it reads, with MD5.  With the default
+    settings those get exactly one MD5 challenge; every other client
+    (Linphone, sipsak, newer baresip, none named) SHA-256 then MD5.
+    """
+    assert _offered(_authHarness(make), userAgent) == expected
+
+
+def test_libreSignsItsMd5Challenge(make) -> None:
+    """
+    The whole exchange with the default settings: baresip's REGISTER,
+    SUBSCRIBE and PUBLISH are challenged with MD5 alone and admitted with
+    MD5 credentials; a wrong password and a stale nonce are challenged
+    again with MD5 alone.
     """
     h = _authHarness(make)
-    h.receive(register(), PUBLISHER)
+    h.receive(register(ALICE, contacts=["<sip:alice@192.0.2.10>"], User_Agent=BARESIP), WATCHER)
     (challenge,) = h.responses()
-    offered = challenge.headerValues("www-authenticate")
-    assert [parseChallenge(v).algorithm for v in offered] == [MD5]
-    default = make(billingNoAuthDomains=())
-    default.receive(register(), PUBLISHER)
-    (challenge,) = default.responses()
-    assert [parseChallenge(v).algorithm for v in challenge.headerValues("www-authenticate")] == ["SHA-256", MD5]
+    (offered,) = challenge.headerValues("www-authenticate")
+    h.registered(_sign(register(ALICE, contacts=["<sip:alice@192.0.2.10>"], cseq=2, User_Agent=BARESIP), offered, 1), WATCHER)
+    for build, source in ((subscribe, WATCHER), (lambda **kw: publish(ALICE, **kw), PUBLISHER)):
+        h.receive(build(fromURI=ALICE, User_Agent=BARESIP), source)
+        (challenge,) = h.responses()
+        (value,) = challenge.headerValues("www-authenticate")
+        assert challenge.code == 401 and parseChallenge(value).algorithm == MD5
+        h.receive(_sign(build(fromURI=ALICE, cseq=2, User_Agent=BARESIP), value, 1), source)
+        responses, notifies = h.split()
+        assert [r.code for r in responses] == [200]
+        h.answerAll(notifies, WATCHER)
+    wrong = register(ALICE, contacts=["<sip:alice@192.0.2.10>"], cseq=3, User_Agent=BARESIP)
+    wrong.setHeader("Authorization", makeAuthorization(offered, "REGISTER", wrong.uri, "alice", "wrong", nc=2))
+    h.receive(wrong, WATCHER)
+    (again,) = h.responses()
+    assert again.code == 401 and [parseChallenge(v).algorithm for v in again.headerValues("www-authenticate")] == [MD5]
+    h.clock.advance(h.manager.gate.digest.nonceLifetime + 1)
+    h.receive(_sign(register(ALICE, contacts=["<sip:alice@192.0.2.10>"], cseq=4, User_Agent=BARESIP), offered, 3), WATCHER)
+    (stale,) = h.responses()
+    (value,) = stale.headerValues("www-authenticate")
+    assert "stale=true" in value and parseChallenge(value).algorithm == MD5
+
+
+def test_quirksNeverOfferWhatIsNotAccepted(make) -> None:
+    """
+    An operator who turned MD5 off ([billing] algorithms = SHA-256) keeps
+    it off: baresip is offered SHA-256 like everyone (and cannot log in).
+    """
+    assert _offered(_authHarness(make, billingAlgorithms=(SHA256,)), BARESIP) == [SHA256]
+
+
+def test_quirksTableFromTheIni(make) -> None:
+    """
+    [billing] user_agent_algorithms replaces the built-in table; empty,
+    there are no quirks at all.
+    """
+    config = Config.fromString("[billing]\nuser_agent_algorithms =\n    Zoiper < 5.6: MD5\n    baresip: sha-256, md5\n")
+    rules = config.billingUserAgentAlgorithms
+    h = _authHarness(make, billingUserAgentAlgorithms=rules)
+    assert _offered(h, "Zoiper 5.5.2") == [MD5]
+    assert _offered(h, "zoiper5 5.5") == [SHA256, MD5]
+    assert _offered(h, "Zoiper 5.6.1") == [SHA256, MD5]
+    assert _offered(h, BARESIP) == [SHA256, MD5]
+    none = Config.fromString("[billing]\nuser_agent_algorithms =\n").billingUserAgentAlgorithms
+    assert none == () and _offered(_authHarness(make, billingUserAgentAlgorithms=none), BARESIP) == [SHA256, MD5]
+    assert Config.fromString("").billingUserAgentAlgorithms == KNOWN_QUIRKS
+
+
+def test_sampleShowsTheTable() -> None:
+    """
+    etc/presence.ini shows the built-in table as its value: the same rules.
+    """
+    sample = os.path.join(REPO, "etc", "presence.ini")
+    assert Config.fromFile(sample).billingUserAgentAlgorithms == KNOWN_QUIRKS
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("baresip: SHA-1", "unknown digest algorithm 'SHA-1'"),
+        ("baresip:", "no algorithm"),
+        ("baresip MD5", "is not PRODUCT"),
+        ("baresip < 3.x: MD5", "is not PRODUCT"),
+    ],
+)
+def test_badQuirkRules(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Config.fromString("[billing]\nuser_agent_algorithms = %s\n" % (value,))
+    assert "[billing] user_agent_algorithms" in str(raised.value) and message in str(raised.value)
+
+
+def test_quirkRulesParse() -> None:
+    assert parseQuirks("baresip < 3.12: MD5; SIPp: md5 sha-256") == parseQuirks(
+        "\n  baresip<3.12 : md5\n  sipp:MD5,SHA-256\n"
+    )
+    (quirk,) = parseQuirks("baresip < 3.12: MD5")
+    assert (quirk.product, quirk.below, quirk.algorithms) == ("baresip", (3, 12), (MD5,))
+    quirks = ChallengeQuirks(parseQuirks("a < 2: MD5"))
+    assert quirks.algorithmsFor("a/1.9.9", (SHA256, MD5)) == (MD5,)
+    assert quirks.algorithmsFor("a/2", (SHA256, MD5)) == (SHA256, MD5)
+    assert quirks.algorithmsFor("a", (SHA256, MD5)) == (MD5,)
+    assert quirks.algorithmsFor("  \t", (SHA256, MD5)) == (SHA256, MD5)
+
+
+def test_registerWithAnotherAccountsCredentialsForbidden(make) -> None:
+    """
+    REGISTER goes through the same gate as SUBSCRIBE and PUBLISH: bob's
+    good credentials cannot bind alice's address (403, where another 401
+    would have the UA retry for ever); nothing is bound.
+    """
+    h = _authHarness(make)
+    h.receive(register(ALICE, contacts=["<sip:alice@192.0.2.10>"]), WATCHER)
+    (challenge,) = h.responses()
+    request = register(ALICE, contacts=["<sip:alice@192.0.2.10>"], cseq=2)
+    request.setHeader(
+        "Authorization",
+        makeAuthorization(challenge.header("www-authenticate"), "REGISTER", request.uri, "bob", "secret"),
+    )
+    h.receive(request, WATCHER)
+    (response,) = h.responses()
+    assert (response.code, response.reason) == (403, "Credentials Of Another Account")
+    assert h.registrar.bindings == {}
 
 
 # Odd but harmless headers.

@@ -12,8 +12,14 @@ What each answer is, and why:
 
   - no credentials: 401 with one C{WWW-Authenticate} per algorithm
     (SHA-256 first, then MD5), C{qop="auth"}, realm = the AOR's domain;
+    a client known to fail on that offer gets the one it can answer,
+    chosen by its User-Agent (L{presence.billing.quirks});
   - good credentials: admitted, unless the account is blocked or its
     presence is disabled (403) -- told only to whom knows the password;
+  - good credentials of another account than the AOR's (authenticated
+    as alice, acting for bob): 403 -- another 401 would have the UA
+    retry the same credentials for ever.  The other account is the one
+    whose AOR has the digest username as user part, in the same domain;
   - wrong password, unknown account, unusable or replayed credentials: a
     fresh 401, the same for all of them (no account enumeration: the
     digest check does the same work for an unknown user);
@@ -33,12 +39,14 @@ What each answer is, and why:
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from typing import Any, Iterable, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from presence.billing.quirks import ChallengeQuirks
 from presence.billing.records import BLOCKED, AccountInfo, domainOf
 from presence.sip.digest import (
     DigestAuthenticator,
@@ -49,6 +57,10 @@ from presence.sip.digest import (
 )
 
 Headers = List[Tuple[str, str]]
+
+#: A digest username that can be the user part of an AOR (RFC 3261
+#: section 25.1 unreserved and user-unreserved characters, and escapes).
+_USER_PART = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]{1,128}\Z")
 
 
 class Admitted:
@@ -138,7 +150,8 @@ class AuthGate:
 
     @ivar counters: C{challenges} (401 without a failure), C{failures}
         (bad credentials), C{stale}, C{rateLimited}, C{forbidden} (403 for
-        the account's standing), C{admitted}.
+        the account's standing, or credentials of another account),
+        C{admitted}.
     """
 
     log = Logger()
@@ -150,17 +163,21 @@ class AuthGate:
         clock: Any,
         noAuthDomains: Iterable[str] = (),
         limiter: Optional[FailureLimiter] = None,
+        quirks: Optional[ChallengeQuirks] = None,
     ) -> None:
         """
         @param authorizer: an L{presence.interfaces.IAuthorizer}.
         @param digest: issues and checks nonces; managers of one cluster
             share its secret.
+        @param quirks: the challenges per User-Agent; the built-in table
+            by default.
         """
         self.authorizer = authorizer
         self.digest = digest
         self.clock = clock
         self.noAuthDomains = frozenset(d.lower() for d in noAuthDomains)
         self.limiter = limiter if limiter is not None else FailureLimiter(clock)
+        self.quirks = quirks if quirks is not None else ChallengeQuirks()
         self.counters = {
             "challenges": 0,
             "failures": 0,
@@ -170,11 +187,12 @@ class AuthGate:
             "admitted": 0,
         }
 
-    def challenge(self, realm: str, stale: bool = False) -> Headers:
+    def challenge(self, request: Any, realm: str, stale: bool = False) -> Headers:
         """
-        The C{WWW-Authenticate} headers of a 401 for C{realm}.
+        The C{WWW-Authenticate} headers of a 401 to C{request} for C{realm}.
         """
-        return [("WWW-Authenticate", value) for value in self.digest.challenge(realm, stale)]
+        algorithms = self.quirks.algorithmsFor(request.header("user-agent"), self.digest.algorithms)
+        return [("WWW-Authenticate", value) for value in self.digest.challenge(realm, stale, algorithms)]
 
     def admit(self, request: Any, host: str, aor: str) -> Deferred:
         """
@@ -197,7 +215,7 @@ class AuthGate:
         values = request.headerValues("authorization")
         if not values:
             self.counters["challenges"] += 1
-            return succeed(Refused(401, None, self.challenge(domain)))
+            return succeed(Refused(401, None, self.challenge(request, domain)))
         credentials = None
         for value in values:
             try:
@@ -208,7 +226,7 @@ class AuthGate:
                 credentials = parsed
                 break
         if credentials is None:
-            return succeed(self._failed(host, domain, aor, "no usable credentials"))
+            return succeed(self._failed(request, host, domain, aor, "no usable credentials"))
         d = self.authorizer.account(aor)
         d.addCallback(self._verify, request, credentials, host, domain, aor)
         return d
@@ -222,24 +240,58 @@ class AuthGate:
         domain: str,
         aor: str,
     ) -> Any:
-        ha1 = None
-        if account is not None and account.username == credentials.username:
-            ha1 = account.ha1For(credentials.algorithm)
-        result = self.digest.verify(credentials, request.method, ha1, domain, request.uri)
+        if account is None or account.username != credentials.username:
+            return self._verifyOther(request, credentials, host, domain, aor)
+        result = self.digest.verify(
+            credentials, request.method, account.ha1For(credentials.algorithm), domain, request.uri
+        )
         if result is DigestResult.OK:
             return self._standing(account, aor)
+        return self._refused(result, request, host, domain, aor)
+
+    def _verifyOther(
+        self, request: Any, credentials: DigestCredentials, host: str, domain: str, aor: str
+    ) -> Any:
+        """
+        The credentials are not those of C{aor}'s account: are they the
+        good credentials of another one?  Then the UA knows its password
+        and acts for an AOR that is not its own: 403.
+        """
+        other = "sip:%s@%s" % (credentials.username, domain)
+        if other == aor or not _USER_PART.match(credentials.username):
+            d: Deferred = succeed(None)
+        else:
+            d = self.authorizer.account(other)
+
+        def verified(account: Optional[AccountInfo]) -> Any:
+            ha1 = None
+            if account is not None and account.username == credentials.username:
+                ha1 = account.ha1For(credentials.algorithm)
+            result = self.digest.verify(credentials, request.method, ha1, domain, request.uri)
+            if result is DigestResult.OK:
+                self.counters["forbidden"] += 1
+                self.log.info(
+                    "{other} authenticated from {host} for {aor}: refused",
+                    other=other, host=host, aor=aor,
+                )
+                return Refused(403, "Credentials Of Another Account")
+            return self._refused(result, request, host, domain, aor)
+
+        return d.addCallback(verified)
+
+    def _refused(self, result: DigestResult, request: Any, host: str, domain: str, aor: str) -> Refused:
         if result is DigestResult.STALE:
             self.counters["stale"] += 1
-            return Refused(401, None, self.challenge(domain, stale=True))
-        return self._failed(host, domain, aor, result.value)
+            return Refused(401, None, self.challenge(request, domain, stale=True))
+        return self._failed(request, host, domain, aor, result.value)
 
-    def _failed(self, host: str, domain: str, aor: str, why: str) -> Refused:
+    def _failed(self, request: Any, host: str, domain: str, aor: str, why: str) -> Refused:
         self.counters["failures"] += 1
         self.limiter.failed(host)
         self.log.info(
             "Authentication failed for {aor} from {host}: {why}", aor=aor, host=host, why=why
         )
-        return Refused(401, None, self.challenge(domain))
+        return Refused(401, None, self.challenge(request, domain))
 
     def _standing(self, account: Optional[AccountInfo], aor: str) -> Any:
         if account is not None:

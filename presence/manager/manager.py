@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from presence.billing.gate import AuthGate, FailureLimiter
+from presence.billing.quirks import ChallengeQuirks
 from presence.billing.records import ALLOW, BLOCK
 from presence.config import Config
 from presence.manager.admission import Admission
@@ -136,7 +137,8 @@ class SubscriptionManager:
                     os.urandom(32), clock, config.billingNonceLifetime, config.billingAlgorithms
                 )
             limiter = FailureLimiter(clock, config.billingMaxAuthFailures, config.billingAuthFailureWindow)
-            self.gate = AuthGate(authorizer, digest, clock, config.billingNoAuthDomains, limiter)
+            quirks = ChallengeQuirks(config.billingUserAgentAlgorithms)
+            self.gate = AuthGate(authorizer, digest, clock, config.billingNoAuthDomains, limiter, quirks)
         self.admission = Admission(core, self.gate, clock, self.counters, self.log)
 
     def install(self) -> None:

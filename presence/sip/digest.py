@@ -629,7 +629,9 @@ class DigestAuthenticator:
         mac = self._mac(_OPAQUE_LABEL, nonce.encode("utf-8"))[:12]
         return base64.urlsafe_b64encode(mac).decode("ascii")
 
-    def challenge(self, realm: str, stale: bool = False) -> List[str]:
+    def challenge(
+        self, realm: str, stale: bool = False, algorithms: Optional[Iterable[str]] = None
+    ) -> List[str]:
         """
         Header values for a 401 C{WWW-Authenticate} (or 407
         C{Proxy-Authenticate}): one per algorithm, strongest first, sharing
@@ -638,7 +640,18 @@ class DigestAuthenticator:
 
         @param stale: set after L{DigestResult.STALE}, so the client retries
             with the new nonce without asking its user again.
+        @param algorithms: the ones to offer this client, in order (for a
+            client that cannot take them all, L{presence.billing.quirks});
+            every algorithm offered by default when L{None}.
+        @raise ValueError: for an algorithm not among L{algorithms}, which
+            could never be verified.
         """
+        if algorithms is None:
+            offered = self.algorithms
+        else:
+            offered = tuple(_canonicalAlgorithm(a) for a in algorithms)
+            if not offered or not set(offered) <= set(self.algorithms):
+                raise ValueError("can only offer some of %r, not %r" % (self.algorithms, offered))
         nonce = self.newNonce(realm)
         opaque = self._opaqueFor(nonce) if self.useOpaque else None
         return [
@@ -650,7 +663,7 @@ class DigestAuthenticator:
                 opaque=opaque,
                 stale=stale,
             ).toHeaderValue()
-            for algorithm in self.algorithms
+            for algorithm in offered
         ]
 
     def verify(
