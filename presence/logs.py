@@ -180,13 +180,13 @@ class JSONLogService(RuntimeService):
         observer.outFile = self._open()
         old.close()
 
-    def setLevel(self, level: str) -> None:
+    def reconfigure(self, config: Config) -> None:
         """
-        Apply a new C{[log] level}.
+        Apply a new C{[log] level} (SIGHUP, L{presence.reload}).
         """
-        self.config = self.config.replace(logLevel=level)
+        self.config = config
         if self._observer is not None:
-            self._observer.setLevel(level)
+            self._observer.setLevel(config.logLevel)
 
     def stopService(self) -> None:
         service.Service.stopService(self)

@@ -1,6 +1,6 @@
 """
-The root of the service tree: it orders start-up and shutdown, and ends
-the process when start-up fails.
+The root of the service tree: it orders start-up and shutdown, ends the
+process when start-up fails, and reloads on SIGHUP (L{presence.reload}).
 
 C{MultiService} starts every child and lets an exception escape half-way,
 leaving the process running with what did start (a thread pool keeps it
@@ -18,12 +18,15 @@ start.
 
 from __future__ import annotations
 
-from typing import Any, Generator, Optional
+import signal
+from typing import Any, Dict, Generator, Optional
 
 from twisted.application import service
 from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
+from presence.config import Config
+from presence.reload import reloadTree
 from presence.startup import StartupError, describe, exitStatusAtExit, isBug
 
 
@@ -32,20 +35,41 @@ class PresenceService(service.MultiService):
     Starts children in order; stops them as described above.
 
     @ivar exitStatus: L{None} while start-up has not failed; then 1.
+    @ivar config: the configuration in force.
+    @ivar configPath: the file SIGHUP reads again.
+    @ivar overrides: the settings the command line gave, which win over
+        the file.
+    @ivar role: what this process runs (C{--role}).
     """
 
     log = Logger()
     _reactor: Any = None
     exitStatus: Optional[int] = None
 
-    def __init__(self, reactor: Optional[Any] = None) -> None:
+    def __init__(
+        self,
+        reactor: Optional[Any] = None,
+        config: Optional[Config] = None,
+        configPath: Optional[str] = None,
+        configGiven: bool = False,
+        overrides: Optional[Dict[str, Any]] = None,
+        role: str = "all",
+    ) -> None:
         """
         @param reactor: the reactor whose stop ends the process (tests give
             a fake one); L{None} for the global reactor, and then a failed
-            start-up sets the process's exit status too.
+            start-up sets the process's exit status too, and SIGHUP
+            reloads.
+        @param configGiven: whether C{configPath} was named (a default path
+            that does not exist means the built-in defaults).
         """
         service.MultiService.__init__(self)
         self._reactor = reactor
+        self.config = config or Config()
+        self.configPath = configPath
+        self.configGiven = configGiven
+        self.overrides = dict(overrides or {})
+        self.role = role
 
     def __getstate__(self) -> Any:
         state = service.MultiService.__getstate__(self)
@@ -66,12 +90,28 @@ class PresenceService(service.MultiService):
         Start each child in order; the first that raises ends start-up.
         """
         service.Service.startService(self)
+        if self._reactor is None and hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._hangup)
         for child in self:
             try:
                 child.startService()
             except Exception as e:
                 self.abortStartup(child.name or type(child).__name__, e)
                 return
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        """
+        The SIGHUP handler: Python runs it between two bytecodes of the
+        main thread, so the work goes to the reactor's next turn.
+        """
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """
+        Reopen the log files and apply the live changes of the
+        configuration file (L{presence.reload}).
+        """
+        reloadTree(self)
 
     def abortStartup(self, what: str, error: Any) -> None:
         """

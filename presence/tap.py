@@ -123,6 +123,8 @@ class Options(usage.Options):
         if self["advertise"]:
             overrides["advertise"] = self["advertise"]
         self.config = config.replace(**overrides)
+        # Kept by the root: SIGHUP reads the file again under them.
+        self.overrides = overrides
         if self["role"] not in ROLES:
             self.fail("--role: %r is not one of %s" % (self["role"], ", ".join(ROLES)))
         # What can be checked before the reactor runs (presence.preflight),
@@ -147,7 +149,14 @@ def makeService(options: Any) -> service.IService:
     writes are flushed before it closes.
     """
     config: Config = options.config
-    root = PresenceService()
+    path = options.get("config")
+    root = PresenceService(
+        config=config,
+        configPath=os.path.abspath(path) if path else None,
+        configGiven=getattr(options, "configGiven", False),
+        overrides=getattr(options, "overrides", {}),
+        role=options.get("role") or "all",
+    )
     if config.logJsonFile:
         JSONLogService(config).setServiceParent(root)
     if options.get("role") == "dispatcher":

@@ -145,3 +145,16 @@ def cleanReactor(request: pytest.FixtureRequest):
             % (leftCalls, leftReaders, leftWriters),
             pytrace=False,
         )
+
+
+@pytest.fixture
+def logEvents():
+    """
+    Every C{twisted.logger} event published during the test, in order.
+    """
+    from twisted.logger import globalLogPublisher
+
+    seen: list = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)

@@ -1013,3 +1013,29 @@ def test_routeSecretFromAFile(tmp_path):
     assert "not both" in (dispatcherProblem(both) or "")
     assert "cannot read" in (dispatcherProblem(config.replace(dispatcherSecretFile=str(tmp_path / "no"))) or "")
     assert routeSecret(Config(dispatcherManagers=managers)) == b""
+
+
+def test_setManagersOnReload():
+    """
+    [dispatcher] managers changed on SIGHUP: a removed manager is dropped
+    at once, the request waiting at it fails over, and a new one joins the
+    rotation on its first answer.
+    """
+    node = Node(policy="round_robin")
+    node.receive(subscribe(), UA)
+    _, first = forwardedOnce(node)
+    kept = [name for name in ("m1", "m2", "m3") if name != first]
+    specs = parseManagers(" ".join("%s=udp:%s:%d" % ((name,) + ADDRESS[name]) for name in kept) + " m4=udp:10.0.0.4:5060")
+    added, removed = node.dispatcher.setManagers(specs)
+    assert (added, removed) == (["m4"], [first])
+    (failedOver, host, port) = node.takeNonPing()[0]
+    assert _nameAt(host, port) in kept
+    assert [m.name for m in node.dispatcher.managers] == kept + ["m4"]
+    assert node.dispatcher.live() == kept
+    node.advance(0.6)
+    pinged = {(host, port) for message, host, port in node.network.sent if _isPing(message)}
+    assert ("10.0.0.4", 5060) in pinged and ADDRESS[first] not in pinged
+    node.answerPings()
+    assert node.dispatcher.live() == kept + ["m4"]
+    with pytest.raises(ValueError):
+        node.dispatcher.setManagers(())

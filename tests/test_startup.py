@@ -13,13 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List
 
 import pytest
 from twisted.application import service
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 
 from presence.root import PresenceService
 from presence.startup import StartupError, describe, failStartup
@@ -45,14 +44,6 @@ class Child(service.Service):
         service.Service.stopService(self)
 
 
-@pytest.fixture
-def events():
-    seen: List[dict] = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
-
-
 def _critical(events):
     return [formatEvent(e) for e in events if e.get("log_level") == LogLevel.critical]
 
@@ -65,7 +56,7 @@ def _tree(*children):
     return root, reactor
 
 
-def test_raisingChildEndsStartup(events):
+def test_raisingChildEndsStartup(logEvents):
     """
     A child that raises stops the start-up: the later ones never start,
     the cause is one critical line, the reactor is stopped once it runs,
@@ -77,14 +68,14 @@ def test_raisingChildEndsStartup(events):
     root.startService()
     assert (first.running, later.starts) == (1, 0)
     assert root.exitStatus == 1
-    assert _critical(events) == ["Cannot start: metrics: cannot listen on 127.0.0.1:5060: address already in use"]
+    assert _critical(logEvents) == ["Cannot start: metrics: cannot listen on 127.0.0.1:5060: address already in use"]
     reactor.run()
     assert reactor.hasStopped
     root.stopService()
     assert (first.stops, failing.stops, later.stops) == (1, 0, 0)
 
 
-def test_firstCauseOnly(events):
+def test_firstCauseOnly(logEvents):
     """
     What fails after the first failure fails because of it: only the first
     is reported.
@@ -94,19 +85,19 @@ def test_firstCauseOnly(events):
     root.startService()
     failStartup(store, "the database", StartupError("the database: unable to open database file"))
     failStartup(manager, "the subscription manager", StartupError("the store is not running"))
-    assert _critical(events) == ["Cannot start: the database: unable to open database file"]
+    assert _critical(logEvents) == ["Cannot start: the database: unable to open database file"]
     assert len(reactor.whenRunningHooks) == 1
 
 
-def test_bugKeepsItsTraceback(events):
+def test_bugKeepsItsTraceback(logEvents):
     """
     An exception meaning a bug in this program is one line too, followed by
     its traceback; an operator's mistake is not.
     """
     root, _ = _tree(Child("sip", AttributeError("'NoneType' object has no attribute 'core'")))
     root.startService()
-    assert _critical(events)[0] == "Cannot start: sip: 'NoneType' object has no attribute 'core'"
-    failures = [e for e in events if "log_failure" in e]
+    assert _critical(logEvents)[0] == "Cannot start: sip: 'NoneType' object has no attribute 'core'"
+    failures = [e for e in logEvents if "log_failure" in e]
     assert len(failures) == 1 and "AttributeError" in failures[0]["log_failure"].getTraceback()
 
 

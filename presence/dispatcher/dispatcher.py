@@ -147,30 +147,14 @@ class Dispatcher:
         for transport, host, _port in addresses:
             self._listening.setdefault(transport, host)
         bindHost = self._listening.get("TCP")
-        if bindHost in _WILDCARD:
-            bindHost = None
+        self._bindHost = None if bindHost in _WILDCARD else bindHost
+        self._pingInterval = pingInterval
+        self._started = False
         self.managers: List[ManagerState] = []
         self._byName: Dict[str, ManagerState] = {}
         self._byUDP: Dict[Tuple[str, int], ManagerState] = {}
         for spec in managers:
-            link = None
-            if spec.transport == "TCP":
-                sameFamily = bindHost is not None and (":" in bindHost) == (":" in spec.host)
-                link = ManagerLink(
-                    core,
-                    reactor,
-                    spec.host,
-                    spec.port,
-                    retryDelay=pingInterval,
-                    bindHost=bindHost.strip("[]") if sameFamily and bindHost else None,
-                )
-            state = ManagerState(spec, link, len(self.managers))
-            if link is not None:
-                link.onLost = partial(self._linkLost, state)
-            self.managers.append(state)
-            self._byName[spec.name] = state
-            if spec.transport == "UDP":
-                self._byUDP[(spec.host, spec.port)] = state
+            self._addManager(spec)
         self.health = HealthChecker(core, reactor, self.managers, pingInterval, deadAfter, self._changed)
         self.counters: Dict[str, int] = {
             "flowFailed": 0,
@@ -188,6 +172,67 @@ class Dispatcher:
 
     # Set-up.
 
+    def _addManager(self, spec: ManagerSpec) -> ManagerState:
+        link = None
+        bindHost = self._bindHost
+        if spec.transport == "TCP":
+            sameFamily = bindHost is not None and (":" in bindHost) == (":" in spec.host)
+            link = ManagerLink(
+                self.core,
+                self.reactor,
+                spec.host,
+                spec.port,
+                retryDelay=self._pingInterval,
+                bindHost=bindHost.strip("[]") if sameFamily and bindHost else None,
+            )
+        state = ManagerState(spec, link, len(self.managers))
+        if link is not None:
+            link.onLost = partial(self._linkLost, state)
+        self.managers.append(state)
+        self._byName[spec.name] = state
+        if spec.transport == "UDP":
+            self._byUDP[(spec.host, spec.port)] = state
+        return state
+
+    def setManagers(self, specs: Sequence[ManagerSpec]) -> Tuple[List[str], List[str]]:
+        """
+        Serve the managers of C{specs} from now on (C{[dispatcher]
+        managers} changed, on SIGHUP).  A new manager is pinged and taken
+        into rotation on its first answer; a removed one, or one whose
+        address changed (removed, then added again), is dropped at once,
+        and the requests waiting at it fail over as when a manager dies.
+        In-dialog requests for a removed manager go to a live one, which
+        adopts the dialog.
+
+        @return: the names added and the names removed.
+        """
+        if not specs:
+            raise ValueError("a dispatcher needs at least one manager")
+        wanted = {spec.name: spec for spec in specs}
+        removed = [manager for manager in self.managers if wanted.get(manager.name) != manager.spec]
+        for manager in removed:
+            self.managers.remove(manager)
+            del self._byName[manager.name]
+            self._byUDP.pop((manager.spec.host, manager.spec.port), None)
+            # Cancels its ping and deadline; if it was up, its requests
+            # fail over to the managers that remain.
+            self.health.down(manager)
+            if manager.link is not None:
+                manager.link.stop()
+        added = []
+        for spec in specs:
+            if spec.name not in self._byName:
+                state = self._addManager(spec)
+                added.append(spec.name)
+                if self._started and state.link is not None:
+                    state.link.start()
+        order = {spec.name: index for index, spec in enumerate(specs)}
+        self.managers.sort(key=lambda manager: order[manager.name])
+        for index, manager in enumerate(self.managers):
+            manager.index = index
+        self.health.managers = list(self.managers)
+        return added, [manager.name for manager in removed]
+
     def install(self) -> None:
         """
         Register with the SIP core.
@@ -204,12 +249,14 @@ class Dispatcher:
         """
         Connect to the TCP managers and start pinging.
         """
+        self._started = True
         for manager in self.managers:
             if manager.link is not None:
                 manager.link.start()
         self.health.start()
 
     def stop(self) -> None:
+        self._started = False
         self.health.stop()
         for manager in self.managers:
             if manager.link is not None:

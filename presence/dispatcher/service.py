@@ -123,6 +123,22 @@ class DispatcherService(RuntimeService):
             managers=" ".join(str(spec) for spec in config.dispatcherManagers),
         )
 
+    def reconfigure(self, config: Config) -> None:
+        """
+        Apply a new C{[dispatcher] managers} (SIGHUP, L{presence.reload}).
+        """
+        changed = config.dispatcherManagers != self.config.dispatcherManagers
+        self.config = config
+        if self.dispatcher is None or not changed:
+            return
+        added, removed = self.dispatcher.setManagers(config.dispatcherManagers)
+        self.log.info(
+            "Dispatcher managers now {managers} (added {added}, removed {removed})",
+            managers=" ".join(str(spec) for spec in config.dispatcherManagers),
+            added=" ".join(added) or "none",
+            removed=" ".join(removed) or "none",
+        )
+
     def stopService(self) -> Any:
         service.Service.stopService(self)
         if self.dispatcher is not None:

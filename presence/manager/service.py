@@ -114,6 +114,22 @@ class ManagerService(RuntimeService):
     def _failed(self, failure: Failure) -> None:
         failStartup(self, "the subscription manager", failure)
 
+    def reconfigure(self, config: Config) -> None:
+        """
+        Apply new overload thresholds (SIGHUP, L{presence.reload}).
+        """
+        self.config = config
+        if self.manager is None:
+            return
+        overload = self.manager.overload
+        overload.maxBacklog = config.maxPendingWrites
+        overload.maxLag = config.maxReactorLag
+        overload.retryAfter = config.overloadRetryAfter
+        if overload.maxLag > 0:
+            overload.start()
+        else:
+            overload.stop()
+
     def whenReady(self) -> Deferred:
         """
         Fires once the manager serves requests (for tests and admin).

@@ -188,6 +188,21 @@ class SIPService(RuntimeService):
                     sysctl=SYSCTL[r.direction],
                 )
 
+    def reconfigure(self, config: Config) -> None:
+        """
+        Apply new C{[log] requests} and message limits (SIGHUP,
+        L{presence.reload}).  Every transport and parser reads the one
+        L{Limits} the core holds, so changing it in place reaches the open
+        connections too.
+        """
+        self.config = config
+        if self.core is None:
+            return
+        self.core.logRequests = config.logRequests
+        fresh = config.limits()
+        for name in type(fresh).__slots__:
+            setattr(self.core.limits, name, getattr(fresh, name))
+
     def pause(self) -> None:
         """
         Stop taking requests but keep the sockets open, so that answers to
