@@ -1,8 +1,8 @@
 """
 SIP over WS and WSS against a real server process, spoken with a Python
 WebSocket client (wsproto over a socket): the handshake, answers over the
-same connection, the keep-alive, and the refusal of a handshake that does
-not offer the sip subprotocol.
+same connection, the keep-alive, the refusal of a handshake that does
+not offer the sip subprotocol, and the close frame of a stopping server.
 """
 
 from __future__ import annotations
@@ -65,4 +65,21 @@ def test_handshakeWithoutSipRefusedByTheServer(tmp_path):
         assert b"subprotocol 'sip'" in data
         server.waitFor("Refused a WebSocket handshake")
     finally:
+        server.stopCleanly()
+
+
+def test_stoppingServerClosesWithGoingAway(tmp_path):
+    from wsproto.events import CloseConnection
+
+    server = ServerProcess(str(tmp_path), ["--listen", "udp:0:interface=127.0.0.1", "--listen", "ws:0:interface=127.0.0.1"]).start()
+    client = WSClient(server.ports["WS"], timeout=20)
+    try:
+        request = newRequest("OPTIONS", "sip:127.0.0.1", client.port, "WS")
+        client.send(request)
+        assert client.receive().code == 200
+        server.process.terminate()
+        event = client._next()
+        assert isinstance(event, CloseConnection) and event.code == 1001, event
+    finally:
+        client.close()
         server.stopCleanly()

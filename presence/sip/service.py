@@ -223,11 +223,46 @@ class SIPService(RuntimeService):
 
         ports = self._datagramPorts + self._streamPorts
         self._datagramPorts, self._streamPorts = [], []
+        waits = [maybeDeferred(p.stopListening) for p in ports]
         if self.core is not None:
             self.core.transactions.stop()
-            for flow in self.core.flows.all():
-                flow.close()
-        return gatherResults([maybeDeferred(p.stopListening) for p in ports])
+            waits.append(self._closeFlows())
+        return gatherResults(waits)
+
+    def _closeFlows(self, timeout: float = 2.0) -> Any:
+        """
+        Close every connection (a WebSocket with its close frame, 1001) and
+        fire once they have all gone, or after C{timeout} seconds: the
+        reactor drops whatever is still unwritten when it stops, so the
+        process must not stop before they have been flushed.
+        """
+        from twisted.internet.defer import Deferred
+
+        flows = self.core.flows  # type: ignore[union-attr]
+        done: Deferred = Deferred()
+
+        def check(token: object = None) -> None:
+            if not len(flows) and not done.called:
+                done.callback(None)
+
+        def expire() -> None:
+            if not done.called:
+                done.callback(None)
+
+        timer = self.reactor.callLater(timeout, expire)
+        flows.addCloseListener(check)
+
+        def cleanUp(result: object) -> object:
+            flows.removeCloseListener(check)
+            if timer.active():
+                timer.cancel()
+            return result
+
+        done.addBoth(cleanUp)
+        for flow in flows.all():
+            flow.close()
+        check()
+        return done
 
 
 def _redacted(url: str) -> str:

@@ -20,10 +20,10 @@ class Target:
     """
     A transport endpoint.
 
-    @ivar transport: C{"UDP"}, C{"TCP"} or C{"TLS"}.
+    @ivar transport: C{"UDP"}, C{"TCP"}, C{"TLS"}, C{"WS"} or C{"WSS"}.
     @ivar host: an IP address (or host name for outgoing requests).
     @ivar port: the port.
-    @ivar flow: for TCP and TLS, the token of the connection a message came
+    @ivar flow: for the connection transports, the token of the connection a message came
         in on or must go out on; L{None} for UDP, or to open a new
         connection.
     """
