@@ -14,8 +14,10 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from types import SimpleNamespace
-from typing import Any, Dict, List, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from xml.etree import ElementTree
 
 import pytest
@@ -387,80 +389,63 @@ def _checkPidf(found: Dict[str, Any]) -> None:
         assert found["reread"][status] == {"status": status, "note": note, "activities": meaning[status][1]}
 
 
-@pytest.mark.parametrize("secure", [False, True], ids=["http+ws", "https+wss"])
-def test_buddyListInChromium(tmp_path, capsys, secure):
+class PageServer:
     """
-    Two users log in to the page in Chromium, over http and ws, or https
-    and wss (a self-signed certificate the browser is told to accept); one
-    publishes away, then online, and the other's page shows each within
-    2 s (timed from the click), with the note; screenshots are kept under
-    tests/artifacts/.
+    A C{twistd presence} with the web page and one ws or wss listener, on
+    a database with the accounts of L{USERS} and L{IDLE}.
+
+    @ivar url: the page's URL; @ivar websocket: the one it must offer.
     """
-    node = _requireBrowser()
-    workdir = str(tmp_path)
-    database = "sqlite:///%s" % (os.path.join(workdir, "presence.sqlite"),)
-    users = [{"aor": "%s@example.test" % (name,), "password": PASSWORD} for name in ("alice", "bob")]
-    _provision(database, [user["aor"] for user in users] + ["carol@example.test"])
-    web, sip = "tcp:0:interface=127.0.0.1", "ws:0:interface=127.0.0.1"
-    if secure:
-        key, cert, _ = selfSigned(tmp_path, ["presence.example.test"])
-        web = "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (key, cert)
-        sip = "wss:0:interface=127.0.0.1:privateKey=%s:certKey=%s" % (key, cert)
-    config = os.path.join(workdir, "presence.ini")
-    with open(config, "w") as f:
-        f.write("[web]\nenabled = yes\nlisten = %s\n" % (web,))
-    server = ServerProcess(
-        workdir,
-        [
-            "--config", config,
-            "--database", database,
-            "--listen", "udp:0:interface=127.0.0.1",
-            "--listen", sip,
-            "--domain", "example.test",
-        ],
-    ).start(READY)
-    try:
-        url = re.search(r"(https?://127\.0\.0\.1:\d+/)", server.waitFor(READY)).group(1)  # type: ignore[union-attr]
-        assert url.startswith("https:" if secure else "http:")
-        transport = "wss" if secure else "ws"
+
+    def __init__(self, workdir: str, secure: bool) -> None:
+        self.workdir = workdir
+        self.database = "sqlite:///%s" % (os.path.join(workdir, "presence.sqlite"),)
+        _provision(self.database, [user["aor"] for user in USERS] + [IDLE])
+        self.transport = "wss" if secure else "ws"
+        web = "tcp:0:interface=127.0.0.1"
+        self.tlsOptions = ""
+        if secure:
+            key, cert, _ = selfSigned(Path(workdir), ["presence.example.test"])
+            self.tlsOptions = ":privateKey=%s:certKey=%s" % (key, cert)
+            web = "ssl:0:interface=127.0.0.1" + self.tlsOptions
+        self.config = os.path.join(workdir, "presence.ini")
+        with open(self.config, "w") as f:
+            f.write("[web]\nenabled = yes\nlisten = %s\n" % (web,))
+        self.process = self._start(0)
+        self.url = re.search(r"(https?://127\.0\.0\.1:\d+/)", self.process.waitFor(READY)).group(1)  # type: ignore[union-attr]
+        assert self.url.startswith("https:" if secure else "http:")
+        self.wsPort = self.process.ports[self.transport.upper()]
+        self.websocket = "%s://127.0.0.1:%d" % (self.transport, self.wsPort)
+
+    def _start(self, wsPort: int) -> ServerProcess:
+        sip = "%s:%d:interface=127.0.0.1%s" % (self.transport, wsPort, self.tlsOptions)
+        return ServerProcess(
+            self.workdir,
+            ["--config", self.config, "--database", self.database, "--listen", "udp:0:interface=127.0.0.1",
+             "--listen", sip, "--domain", "example.test"],
+        ).start(READY)
+
+    def restart(self) -> None:
+        """
+        Stop, then start on the same database and SIP WebSocket port.
+        """
+        self.process.stopCleanly()
+        self.process = self._start(self.wsPort)
+
+    def job(self, prefix: str, **more: Any) -> Dict[str, Any]:
+        """
+        What a browser scenario needs (see tests/browser/session.mjs).
+        """
         os.makedirs(ARTIFACTS, exist_ok=True)
-        job: Dict[str, Any] = {
-            "url": url,
-            "websocket": "%s://127.0.0.1:%d" % (transport, server.ports[transport.upper()]),
-            "acceptCertificate": secure,
-            "chromium": CHROMIUM,
-            "artifacts": ARTIFACTS,
-            "prefix": "buddylist-%s" % (transport,),
-            "limitMs": LIMIT_MS,
-            "users": users,
-            "idle": "sip:carol@example.test",
-            "pidf": {name: xml.decode("utf-8") for name, xml in PIDF_CASES.items()},
-        }
-        jobPath = os.path.join(workdir, "job.json")
-        with open(jobPath, "w") as f:
-            json.dump(job, f)
-        run = subprocess.run(
-            [node, os.path.join(REPO, "tests", "browser", "buddylist.mjs"), jobPath],
-            capture_output=True, timeout=120, cwd=REPO,
+        return dict(
+            url=self.url, websocket=self.websocket, acceptCertificate=self.transport == "wss",
+            chromium=CHROMIUM, artifacts=ARTIFACTS, prefix="%s-%s" % (prefix, self.transport),
+            limitMs=LIMIT_MS, users=USERS, **more,
         )
-        output = run.stdout.decode("utf-8", "replace").strip().splitlines()
-        detail = "stdout:\n%s\nstderr:\n%s\nserver:\n%s" % (
-            run.stdout.decode("utf-8", "replace"), run.stderr.decode("utf-8", "replace"), server.log())
-        assert run.returncode == 0 and output, detail
-        result = json.loads(output[-1])
-        assert result["awayMs"] <= LIMIT_MS and result["onlineMs"] <= LIMIT_MS, detail
-        _checkPidf(result["pidf"])
-        # SIP.js alone would re-send a REGISTER's old credentials.
-        assert ": replay" not in server.log(), detail
-        for shot in result["screenshots"]:
-            assert os.path.getsize(shot) > 10000, shot
-        with capsys.disabled():
-            sys.stdout.write(
-                "\nbuddy list in Chromium over %s: away shown after %d ms, online after %d ms; screenshots: %s\n"
-                % (transport, result["awayMs"], result["onlineMs"], " ".join(result["screenshots"]))
-            )
-    finally:
-        server.stopCleanly()
+
+
+USERS = [{"aor": "%s@example.test" % (name,), "password": PASSWORD} for name in ("alice", "bob")]
+IDLE = "carol@example.test"
 
 
 def _provision(database: str, aors: List[str]) -> None:
@@ -471,3 +456,117 @@ def _provision(database: str, aors: List[str]) -> None:
         err = io.StringIO()
         code = runAdmin(["--database", database] + argv, io.StringIO(), err, io.StringIO(PASSWORD + "\n"))
         assert code == 0, err.getvalue()
+
+
+def _scenario(node: str, script: str, job: Dict[str, Any], server: PageServer,
+              answer: Optional[Callable[[str], str]] = None) -> Tuple[Dict[str, Any], str]:
+    """
+    Run a browser scenario of tests/browser; C{answer} is given each line it
+    prints before its result and returns the line to write back.
+
+    @return: its result, and what to show when a check fails.
+    """
+    jobPath = os.path.join(server.workdir, "job.json")
+    with open(jobPath, "w") as f:
+        json.dump(job, f)
+    trail = open(os.path.join(server.workdir, "scenario.log"), "w+")
+    process = subprocess.Popen(
+        [node, os.path.join(REPO, "tests", "browser", script), jobPath],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=trail, cwd=REPO,
+    )
+    # Every wait in a scenario is bounded; this bounds the whole.
+    killer = threading.Timer(180, process.kill)
+    killer.start()
+    lines = []
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        for raw in iter(process.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            lines.append(line)
+            if answer is not None and not line.startswith("{"):
+                process.stdin.write((answer(line) + "\n").encode("utf-8"))
+                process.stdin.flush()
+        code = process.wait(30)
+    finally:
+        killer.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stdin.close()  # type: ignore[union-attr]
+    trail.seek(0)
+    detail = "stdout:\n%s\nstderr:\n%s\nserver:\n%s" % ("\n".join(lines), trail.read(), server.process.log())
+    trail.close()
+    assert code == 0 and lines, detail
+    return json.loads(lines[-1]), detail
+
+
+@pytest.fixture(params=[False, True], ids=["http+ws", "https+wss"])
+def pageServer(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    _requireBrowser()
+    server = PageServer(str(tmp_path), request.param)
+    yield server
+    server.process.stopCleanly()
+
+
+@pytest.fixture
+def plainPageServer(tmp_path: Path) -> Any:
+    """
+    Over http and ws only: what reconnecting does is the same over wss.
+    """
+    _requireBrowser()
+    server = PageServer(str(tmp_path), False)
+    yield server
+    server.process.stopCleanly()
+
+
+def _report(capsys: Any, what: str, result: Dict[str, Any]) -> None:
+    """
+    Print what was measured and where the screenshots are, even under -q.
+    """
+    for shot in result["screenshots"]:
+        assert os.path.getsize(shot) > 10000, shot
+    with capsys.disabled():
+        sys.stdout.write("\n%s; screenshots: %s\n" % (what, " ".join(result["screenshots"])))
+
+
+def test_buddyListInChromium(pageServer: PageServer, capsys: Any) -> None:
+    """
+    Two users log in to the page in Chromium, over http and ws, or https
+    and wss (a self-signed certificate the browser is told to accept); one
+    publishes away, then online, and the other's page shows each within
+    2 s (timed from the click), with the note; screenshots are kept under
+    tests/artifacts/.
+    """
+    node = _requireBrowser()
+    job = pageServer.job(
+        "buddylist", idle="sip:" + IDLE, pidf={name: xml.decode("utf-8") for name, xml in PIDF_CASES.items()}
+    )
+    result, detail = _scenario(node, "buddylist.mjs", job, pageServer)
+    assert result["awayMs"] <= LIMIT_MS and result["onlineMs"] <= LIMIT_MS, detail
+    _checkPidf(result["pidf"])
+    # SIP.js alone would re-send a REGISTER's old credentials.
+    assert ": replay" not in pageServer.process.log(), detail
+    _report(capsys, "buddy list in Chromium over %s: away shown after %d ms, online after %d ms"
+            % (pageServer.transport, result["awayMs"], result["onlineMs"]), result)
+
+
+def test_buddyListSurvivesARestart(plainPageServer: PageServer, capsys: Any) -> None:
+    """
+    The server restarts under two logged-in pages: while it is down the
+    watcher shows the connection lost and its contact unknown; then both
+    pages reconnect, register, publish and subscribe again on their own,
+    and a change shows within 2 s again.
+    """
+    node = _requireBrowser()
+
+    def answer(line: str) -> str:
+        assert line == "restart", line
+        plainPageServer.restart()
+        return "restarted"
+
+    result, detail = _scenario(node, "reconnect.mjs", plainPageServer.job("buddylist"), plainPageServer, answer)
+    assert result["whileDown"] == "unknown", detail
+    assert result["awayMs"] <= LIMIT_MS, detail
+    _report(capsys, "buddy list over %s after a server restart: back in %d ms, away shown after %d ms"
+            % (plainPageServer.transport, result["backMs"], result["awayMs"]), result)

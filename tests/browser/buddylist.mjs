@@ -10,64 +10,14 @@
 // other clients publish), and asked for the document of each status; the
 // test checks both answers.
 //
-// Run by tests/test_webpage.py:  node buddylist.mjs JOB.json
-// where JOB.json holds {url, websocket, acceptCertificate, chromium,
-// artifacts, prefix, limitMs, users: [{aor, password}, {aor, password}],
-// idle: AOR, pidf: {NAME: XML}}; acceptCertificate lets the browser take
-// the server's self-signed certificate (https and wss).
-// Prints one JSON line with what it found and exits 0, or prints why and
-// exits 1.
+// Run by tests/test_webpage.py (see session.mjs); JOB.json also holds
+// {artifacts, prefix, limitMs, users: [{aor, password}, {aor, password}],
+// idle: AOR, pidf: {NAME: XML}}.
 
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { addContact, job, logIn, row, run, step } from "./session.mjs";
 
-const job = JSON.parse(readFileSync(process.argv[2], "utf-8"));
 const [alice, bob] = job.users;
-const problems = [];
-const began = Date.now();
-// A trail on stderr, which the test shows when it fails.
-const step = (what) => process.stderr.write(`${((Date.now() - began) / 1000).toFixed(2)}s ${what}\n`);
-// A contact's row: the page keys them by sip: URI.
-const row = (aor, status) => {
-  const uri = aor.startsWith("sip:") ? aor : `sip:${aor}`;
-  return `#contacts li[data-aor="${uri}"]${status ? `[data-status="${status}"]` : ""}`;
-};
-
-async function logIn(browser, user) {
-  const context = await browser.newContext({
-    viewport: { width: 1040, height: 620 },
-    deviceScaleFactor: 1,
-    ignoreHTTPSErrors: Boolean(job.acceptCertificate),
-  });
-  const page = await context.newPage();
-  page.on("pageerror", (error) => problems.push(`${user.aor}: page error: ${error.message}`));
-  page.on("console", (message) => {
-    if (message.type() === "error") {
-      problems.push(`${user.aor}: console error: ${message.text()}`);
-    }
-  });
-  await page.goto(job.url);
-  step(`${user.aor}: page loaded`);
-  // The SIP WebSocket field defaults to the server the page came from.
-  await page.waitForFunction(() => document.getElementById("login-ws").value !== "");
-  const offered = await page.inputValue("#login-ws");
-  if (offered !== job.websocket) {
-    throw new Error(`the page offers ${offered}, not ${job.websocket}`);
-  }
-  await page.fill("#login-aor", user.aor);
-  await page.fill("#login-password", user.password);
-  await page.click("#login-submit");
-  await page.waitForSelector('#connection[data-state="registered"]', { timeout: 10000 });
-  step(`${user.aor}: registered`);
-  return page;
-}
-
-async function addContact(page, aor) {
-  await page.fill("#add-aor", aor);
-  await page.click("#add-form button[type=submit]");
-  await page.waitForSelector(row(aor));
-}
 
 // Click a status on `publisher` and time until `watcher` shows it.
 async function publishAndWatch(publisher, watcher, status, note) {
@@ -89,10 +39,7 @@ async function publishAndWatch(publisher, watcher, status, note) {
   return elapsed;
 }
 
-const browser = await chromium.launch({ executablePath: job.chromium });
-step("Chromium started");
-let result;
-try {
+await run(async (browser) => {
   const alicePage = await logIn(browser, alice);
   const pidf = await alicePage.evaluate(async ({ cases, entity }) => {
     const { STATUSES, buildPidf, parsePidf } = await import("./pidf.js");
@@ -134,14 +81,5 @@ try {
   await alicePage.click("#logout");
   await bobPage.waitForSelector(row(alice.aor, "offline"), { timeout: 10000 });
   step(`${alice.aor} logged out, ${bob.aor} sees offline`);
-  result = { awayMs, onlineMs, pidf, screenshots: [awayShot, watcherShot, publisherShot] };
-} catch (e) {
-  problems.unshift(e.message);
-} finally {
-  await browser.close();
-}
-if (problems.length) {
-  console.log(JSON.stringify({ problems }));
-  process.exit(1);
-}
-console.log(JSON.stringify(result));
+  return { awayMs, onlineMs, pidf, screenshots: [awayShot, watcherShot, publisherShot] };
+});

@@ -21,8 +21,10 @@ const EXPIRES = 600;
 // Milliseconds before subscribing again to a contact whose subscription
 // ended (timeout, deactivated, a lost connection): bounded retries.
 const RESUBSCRIBE_DELAY = 30000;
-// Reconnection delays after a lost connection, in milliseconds.
+// Reconnection delays after a lost connection, in milliseconds (the last
+// one repeats), and how many attempts before giving up (some 20 minutes).
 const RECONNECT_DELAYS = [1000, 2000, 5000, 10000, 30000];
+const RECONNECT_ATTEMPTS = 45;
 
 const LABELS = {
   online: "Online",
@@ -61,6 +63,10 @@ function save(key, value) {
   } catch (e) {
     // Storage may be off (private windows): the page works without it.
   }
+}
+
+function withinTwoSeconds(promise) {
+  return Promise.race([promise, new Promise((resolve) => setTimeout(resolve, 2000))]);
 }
 
 // "bob", "bob@example.test" or "sip:bob@example.test" as a sip: URI
@@ -171,6 +177,7 @@ class Session {
     this.stopped = false;
     this.reconnects = 0;
     this.reconnectTimer = null;
+    this.gaveUp = false;
   }
 
   // Connect and REGISTER; resolves once registered, rejects with a message
@@ -377,20 +384,41 @@ class Session {
     }
   }
 
+  // A lost connection (an error; a clean close is our own stop()): what
+  // contacts showed is unknown until we are back, and we try again after
+  // a growing delay.  SIP.js reports a failed attempt here too.
   onDisconnect(error) {
-    this.view.showConnection(this);
     if (this.stopped || !error) {
+      this.view.showConnection(this);
       return;
     }
-    for (const contact of this.contacts.values()) {
-      contact.status = "unknown";
-      this.view.renderContact(contact);
+    if (!this.resumeAfterReconnect) {
+      this.resumeAfterReconnect = true;
+      for (const contact of this.contacts.values()) {
+        contact.status = "unknown";
+        this.view.renderContact(contact);
+      }
     }
-    this.resumeAfterReconnect = true;
+    this.view.showConnection(this);
+    this.scheduleReconnect();
+  }
+
+  // One attempt at a time (SIP.js reports a failed one both here and to
+  // onDisconnect), at most RECONNECT_ATTEMPTS in all.
+  scheduleReconnect() {
+    if (this.stopped || this.reconnectTimer !== null) {
+      return;
+    }
+    if (this.reconnects >= RECONNECT_ATTEMPTS) {
+      this.gaveUp = true;
+      this.view.showConnection(this);
+      return;
+    }
     const delay = RECONNECT_DELAYS[Math.min(this.reconnects, RECONNECT_DELAYS.length - 1)];
     this.reconnects += 1;
     this.reconnectTimer = setTimeout(() => {
-      this.ua.reconnect().catch(() => this.onDisconnect(new Error("reconnect failed")));
+      this.reconnectTimer = null;
+      this.ua.reconnect().catch(() => this.scheduleReconnect());
     }, delay);
   }
 
@@ -415,8 +443,10 @@ class Session {
     if (this.registered) {
       leaving.push(this.registerer.unregister().catch(() => {}));
     }
-    await Promise.race([Promise.all(leaving), new Promise((resolve) => setTimeout(resolve, 2000))]);
-    await this.ua.stop().catch(() => {});
+    await withinTwoSeconds(Promise.all(leaving));
+    // SIP.js's stop() can wait for ever on a subscription the server
+    // ended first.
+    await withinTwoSeconds(this.ua.stop().catch(() => {}));
   }
 }
 
@@ -565,17 +595,24 @@ class View {
       return;
     }
     const element = $("connection");
+    // SIP.js keeps a registration "registered" while the connection is
+    // down: the connection comes first.
     let state = "connecting";
     let text = "Connecting…";
-    if (session.registered) {
+    if (!session.connected) {
+      if (session.gaveUp) {
+        state = "disconnected";
+        text = "Disconnected: log out and in again";
+      } else if (session.resumeAfterReconnect) {
+        state = "disconnected";
+        text = "Connection lost, retrying…";
+      }
+    } else if (session.registered) {
       state = "registered";
       text = "Registered";
-    } else if (session.connected) {
+    } else {
       state = "connected";
       text = "Connected";
-    } else if (session.resumeAfterReconnect) {
-      state = "disconnected";
-      text = "Connection lost, retrying…";
     }
     element.dataset.state = state;
     element.textContent = text;
