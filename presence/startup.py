@@ -72,7 +72,7 @@ def describe(error: Any) -> str:
     if orig is not None:
         # SQLAlchemy wraps the driver's exception; its own text adds SQL
         # and a documentation link.
-        return "database: %s" % (firstLine(orig),)
+        return firstLine(orig)
     return firstLine(error)
 
 

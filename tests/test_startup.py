@@ -120,7 +120,7 @@ def test_describe():
     engine = sa.create_engine("sqlite:////nonexistent-folder/x.sqlite")
     with pytest.raises(sa.exc.OperationalError) as raised:
         engine.connect()
-    assert describe(raised.value) == "database: unable to open database file"
+    assert describe(raised.value) == "unable to open database file"
     assert describe(StartupError("line one\nline two")) == "line one"
 
 
@@ -151,7 +151,7 @@ def test_servicesNameTheirCause(tmp_path):
 # --- real processes ----------------------------------------------------------
 
 
-def _failedStart(workdir, *args: str):
+def _failedStart(workdir, *args: str, twistdArgs=("presence",)):
     """
     Run C{twistd -n presence ARGS}, which must fail, and exit within 5 s
     of its first line (before it, Python imports Twisted: seconds on a
@@ -162,7 +162,7 @@ def _failedStart(workdir, *args: str):
     env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-         "--nodaemon", "--pidfile=", "--logfile=-", "presence"] + list(args),
+         "--nodaemon", "--pidfile=", "--logfile=-"] + list(twistdArgs) + list(args),
         cwd=str(workdir), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     assert process.stdout is not None
@@ -279,3 +279,26 @@ def test_jsonFileInMissingFolderExits(tmp_path):
     assert code == 1 and len(errors) == 1, output
     assert "[log] json_file = %r" % (str(target),) in errors[0]
     assert "the folder %s does not exist" % (target.parent,) in errors[0]
+
+
+def test_databaseGoneExits(tmp_path):
+    """
+    A .tap file is run without the options' checks: a database that fails
+    once the reactor runs ends the process the same way.
+    """
+    import io
+    import shutil
+
+    from presence.admin.cli import run
+
+    folder = tmp_path / "db"
+    folder.mkdir()
+    tap = tmp_path / "presence.tap"
+    args = ["mktap", "--database", "sqlite:///%s" % (folder / "presence.sqlite",), "--listen",
+            "udp:0:interface=127.0.0.1", "-o", str(tap)]
+    assert run(args, io.StringIO(), io.StringIO()) == 0
+    assert list(folder.iterdir()) == []
+    shutil.rmtree(folder)
+    code, errors, output = _failedStart(tmp_path, twistdArgs=("-o", "-f", str(tap)))
+    assert code == 1 and len(errors) == 1, output
+    assert errors[0].endswith("Cannot start: the database: unable to open database file"), errors[0]
