@@ -55,8 +55,11 @@ def _files(config: Config, role: str) -> Iterator[str]:
         problem = _writableFile(config.logJsonFile)
         if problem is not None:
             yield "[log] json_file = %r: %s" % (config.logJsonFile, problem)
+    if config.webEnabled and config.webRoot and not os.path.isdir(config.webRoot):
+        yield "[web] root = %r: no such folder" % (config.webRoot,)
     endpoints = [("manhole", "listen", config.manholeListen, config.manholeEnabled)]
     endpoints.append(("metrics", "listen", config.metricsListen, config.metricsEnabled))
+    endpoints.append(("web", "listen", config.webListen, config.webEnabled))
     endpoints.append(("billing", "listen", config.billingListen, role == "billing"))
     endpoints.append(("billing", "remote", config.billingRemote, role in ("all", "manager")))
     endpoints.append(("cluster", "listen", config.clusterListen, bool(config.clusterPeers)))

@@ -86,6 +86,11 @@ def test_endpointFiles(tmp_path):
     ]
 
 
+def test_webRoot(tmp_path):
+    config = Config(webEnabled=True, webRoot=str(tmp_path / "page"))
+    assert problems(config, database=False) == ["[web] root = %r: no such folder" % (str(tmp_path / "page"),)]
+
+
 def test_jsonLogFolder(tmp_path):
     target = tmp_path / "logs" / "presence.json"
     config = Config(logJsonFile=str(target))
