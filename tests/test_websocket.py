@@ -224,6 +224,44 @@ def test_badHandshakeRefused(data, status):
     assert client.received() == b""
 
 
+UPGRADE = (
+    b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"Host: a\r\nSec-WebSocket-Protocol: sip, \xff\xfe\r\n",
+        b"Host: \xff\xfe.example\r\nSec-WebSocket-Protocol: sip\r\n",
+        b"Host: a\r\nSec-WebSocket-Protocol: sip\r\nSec-WebSocket-Extensions: \xc3\x28\r\n",
+    ],
+)
+def test_undecodableHandshakeRefused(headers):
+    """
+    Bytes wsproto cannot decode (it raises UnicodeDecodeError, not its own
+    error) get a 400 too, and no traceback in the log.
+    """
+    client = Client()
+    failures = watchFailures(client)
+    client.feed(UPGRADE + headers + b"\r\n")
+    status, body = refusal(client.received())
+    assert status == 400 and "undecodable header" in body
+    assert client.closed and failures == []
+
+
+def watchFailures(client: Client) -> List[dict]:
+    """
+    The failures the client's server protocol logs from now on.
+    """
+    from twisted.logger import Logger
+
+    failures: List[dict] = []
+    client.protocol.log = Logger(observer=lambda event: failures.append(event) if "log_failure" in event else None)
+    return failures
+
+
 def test_wrongVersionNamesTheRightOne():
     client = Client()
     client.feed(
@@ -523,7 +561,15 @@ def test_anySegmentationGivesTheSameAnswers(cuts, count):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.binary(max_size=600), st.booleans())
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        # A well-formed upgrade with arbitrary header bytes.
+        st.binary(max_size=80).map(lambda b: UPGRADE + b"Host: a\r\nSec-WebSocket-Protocol: sip\r\nX: " + b + b"\r\n\r\n"),
+        st.binary(max_size=80).map(lambda b: UPGRADE + b"Host: " + b + b"\r\nSec-WebSocket-Protocol: " + b + b"\r\n\r\n"),
+    ),
+    st.booleans(),
+)
 def test_arbitraryBytesNeverRaise(data, afterHandshake):
     """
     Any bytes, as a handshake or as frames, leave the protocol answering,
@@ -531,12 +577,14 @@ def test_arbitraryBytesNeverRaise(data, afterHandshake):
     by a connection that did not upgrade.
     """
     client = Client()
+    failures = watchFailures(client)
     if afterHandshake:
         client.open()
     client.feed(data)
     client.feed(data)
-    if not afterHandshake:
-        assert len(client.core.flows) == 0 or not client.closed
+    if client.protocol.token is None:
+        assert len(client.core.flows) == 0
+    assert failures == []
     client.protocol.connectionLost(None)
     assert len(client.core.flows) == 0
     client.core.transactions.stop()

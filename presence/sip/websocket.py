@@ -157,13 +157,17 @@ class SIPWebSocketProtocol(Protocol):
                 if self._done:
                     return
         except RemoteProtocolError as e:
-            # Only the handshake raises: not HTTP, not an upgrade, or a
-            # head over h11's 16 KiB limit.
+            # Only the handshake raises it: not HTTP, or not an upgrade.
             hint = e.event_hint
             status = getattr(hint, "status_code", 400)
             headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in getattr(hint, "headers", [])]
             self._refuse(status, "Not a WebSocket handshake: %s" % (e,), headers)
-        except Exception:
+        except Exception as e:
+            if self.token is None and isinstance(e, (UnicodeError, ValueError)):
+                # wsproto decodes the Host, the subprotocols and the path
+                # without catching what is not ASCII (or IDNA).
+                self._refuse(400, "Not a WebSocket handshake: undecodable header (%s)" % (type(e).__name__,))
+                return
             self.log.failure("Unexpected error on the WebSocket from {peer}", peer=self.peer)
             self._done = True
             self.transport.abortConnection()
