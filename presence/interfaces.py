@@ -429,3 +429,443 @@ class IPeer(Interface):
 
         @return: a Deferred firing with how many are now served.
         """
+
+
+# --- event packages -----------------------------------------------------------
+
+
+class IEventPackage(Interface):
+    """
+    One SIP event package (RFC 6665 §7) served by the subscription
+    manager: C{presence} (RFC 3856, L{presence.packages.presence}), and
+    any other given to it in its L{IPackageRegistry}.
+
+    The manager does everything an event package shares: the SUBSCRIBE
+    dialog, authentication, billing, expiry, the store, NOTIFY with rate
+    control, PUBLISH entity-tags (RFC 3903) and cluster replication.  A
+    package says only what its bodies mean.  A SUBSCRIBE or PUBLISH is
+    routed by its C{Event} header to the package of that name; one that
+    names no package is answered 489 Bad Event with C{Allow-Events} listing
+    them all.
+
+    How to add an event package:
+
+      1. Write a class providing this interface (a module under
+         L{presence.packages}, next to L{presence.packages.presence}):
+         its C{event} name, its body types, and pure functions on bytes
+         (no I/O, no reactor: they run on the reactor thread for every
+         request).  Refuse hostile bodies in L{parse} as
+         L{presence.pidf} does for PIDF (size and depth limits, no
+         entities, no DTD).
+      2. Add it to the registry the manager is built with
+         (L{presence.packages.PackageRegistry}, see
+         L{presence.packages.defaultPackages}); nothing in the manager or
+         its router changes.  The core's C{Allow-Events} and C{Accept}
+         follow the registry.
+      3. Test it over the sans-IO harness (C{tests/harness.py}) with
+         C{verifyObject(IEventPackage, package)}.
+
+    Resources are AORs of the served domains, one state per (resource,
+    package): publications of C{dialog} never mix with those of
+    C{presence}.
+    """
+
+    event = Attribute(
+        "The event package name of the C{Event} header, lower case "
+        "(C{\"presence\"}, C{\"dialog\"}, ...)."
+    )
+
+    bodyTypes = Attribute(
+        "The content types of NOTIFY bodies a watcher may C{Accept}, lower "
+        "case; the first is the default and the one NOTIFYs carry.  A "
+        "SUBSCRIBE whose C{Accept} header names none of them (nor "
+        "C{type/*}, C{*/*}) is answered 406 with C{Accept} the default; "
+        "one without C{Accept} gets the default."
+    )
+
+    publishTypes = Attribute(
+        "The content types a PUBLISH body may have, lower case; another is "
+        "answered 415 with C{Accept} listing these.  Empty for a package "
+        "whose state nobody publishes (a PUBLISH then gets 489)."
+    )
+
+    ownerOnly = Attribute(
+        "C{True} when only the resource's own account may subscribe (its "
+        "mailbox, its watcher list): another watcher gets 403, and billing's "
+        "watch rules are not asked.  C{False}: billing decides "
+        "(L{IAuthorizer.watchDecision}), as for presence."
+    )
+
+    def parse(body, resource):
+        """
+        Parse and validate a published body of one of L{publishTypes}.
+
+        @param body: the PUBLISH body (bytes, at most the SIP body limit).
+        @param resource: the AOR it is published for.
+        @return: the document, an immutable value the manager keeps with the
+            publication and later gives to L{compose}, never looks into.
+        @raise ValueError: the body is malformed, hostile or not about
+            C{resource}; the PUBLISH is answered 400 with the message as
+            reason phrase (keep it short and free of the body's text).
+        """
+
+    def compose(resource, documents):
+        """
+        Compose the live publications of C{resource} into the one body its
+        watchers get.
+
+        @param documents: what L{parse} returned, one per live
+            publication, newest first (never empty).
+        @return: the body (bytes, of the default body type).  Must be
+            deterministic: the same documents give the same bytes, so "has
+            the state changed?" is a comparison of bytes and a watcher is
+            never notified of a non-change.
+        """
+
+    def withoutState(resource, registered):
+        """
+        The body for C{resource} when nothing is published for it.
+
+        @param registered: the contact of its preferred live registration
+            binding, or L{None} when it has none (presence: open with that
+            contact, or closed).
+        @return: the body (bytes), deterministic as L{compose}.
+        """
+
+    def render(subscription, body):
+        """
+        Rewrite the composed C{body} for one NOTIFY of C{subscription} (the
+        dialog package's C{version}, which grows by one per NOTIFY of a
+        subscription).  Called once per NOTIFY that carries state.
+
+        What the package keeps per subscription lives in
+        C{subscription.packageState} (a string, C{""} at first): change it
+        here and the manager writes it to the store with the subscription,
+        so it survives a restart and an adoption by another manager.
+
+        @param subscription: a L{presence.manager.state.Subscription}
+            (read C{id}, C{watcher}, C{presentity}, C{eventId},
+            C{packageState}; change only C{packageState}).
+        @return: the body to send.
+        """
+
+
+class IPackageRegistry(Interface):
+    """
+    The event packages a subscription manager serves, by name.
+    """
+
+    def get(event):
+        """
+        @param event: an C{Event} header's package name, lower case.
+        @return: the L{IEventPackage} of that name, or L{None}.
+        """
+
+    def names():
+        """
+        @return: the package names in the order given, for C{Allow-Events}.
+        """
+
+    def __iter__():
+        """
+        Iterate over the packages, in the order given.
+        """
+
+
+# --- the subscription manager ----------------------------------------------------
+
+
+class ISubscriptionManager(Interface):
+    """
+    A running subscription manager as the admin side sees it: the metrics
+    endpoint (L{presence.admin.metrics}), the manhole's console
+    (L{presence.admin.console}).  Read and end things; never reach into
+    the manager's dictionaries.
+    """
+
+    node = Attribute("This manager's node name (the C{owner} of its subscriptions).")
+
+    packages = Attribute("The L{IPackageRegistry} it serves.")
+
+    counters = Attribute(
+        "What went wrong, a dict: C{storeErrors} (failed store writes), "
+        "C{billingErrors} (requests billing could not decide), C{rejected} "
+        "(subscriptions billing refused)."
+    )
+
+    notifyCounters = Attribute(
+        "NOTIFYs, a dict: C{sent}, C{failed}, C{coalesced} (folded into a "
+        "later one), C{held} (held back while fenced), C{paced}."
+    )
+
+    publishToNotify = Attribute(
+        "Seconds from a PUBLISH's arrival (or its replicated update's) to "
+        "each NOTIFY carrying its change, a L{presence.latency.LatencyHistogram}."
+    )
+
+    gate = Attribute(
+        "The L{presence.billing.gate.AuthGate} in front of both handlers "
+        "(its C{counters}), or L{None} without billing."
+    )
+
+    authorizer = Attribute(
+        "The L{IAuthorizer} it asks (its C{counters}, where it keeps some), "
+        "or L{None} without billing."
+    )
+
+    overload = Attribute(
+        "The L{presence.manager.overload.OverloadGuard} (its C{counters})."
+    )
+
+    draining = Attribute(
+        "Whether it drains before maintenance (L{setDraining}): new work is "
+        "refused, what it holds is served until handed over."
+    )
+
+    fenced = Attribute(
+        "Whether its NOTIFYs are held back (a manager of a cluster whose "
+        "lease is not safe)."
+    )
+
+    def setDraining(draining):
+        """
+        Stop taking new work before maintenance (C{True}: new SUBSCRIBEs,
+        initial PUBLISHes, in-dialog requests for dialogs not held and
+        OPTIONS get 503, so the dispatcher takes it out of rotation), or
+        take it again (C{False}).
+        """
+
+    def notifyPaced(subscriptionIds):
+        """
+        Send each of these subscriptions held a NOTIFY with the current
+        state, paced at C{[cluster] adopt_notify_rate} per second (ids not
+        held are skipped).
+
+        @return: how many were queued.
+        """
+
+    def resourceTable(event="presence"):
+        """
+        @return: the resources of package C{event} this manager holds (those
+            with publications or watchers), a mapping of AOR to
+            L{presence.manager.state.Presentity} to read, never change.
+        """
+
+    def sizes():
+        """
+        How much the manager holds, a dict of counts: C{subscriptions},
+        C{dialogs}, C{publications} (live, all packages), C{presentities}
+        (resources of all packages with publications or watchers) and
+        C{pacedWaiting} (subscriptions waiting for a paced NOTIFY).
+        """
+
+    def subscription(subscriptionId):
+        """
+        @return: the live L{presence.manager.state.Subscription} of that
+            id, or L{None}.
+        """
+
+    def allSubscriptions():
+        """
+        @return: a list of every live subscription (a copy: ending one while
+            iterating is fine).
+        """
+
+    def resource(aor, event="presence"):
+        """
+        @return: the L{presence.manager.state.Presentity} holding the
+            publications and watchers of C{aor} in package C{event}, or
+            L{None} when it has neither.
+        """
+
+    def documentOf(aor, event="presence"):
+        """
+        @return: the body the watchers of C{aor} in package C{event} get
+            now (bytes), composed if need be.
+        """
+
+    def terminate(subscription, reason):
+        """
+        End C{subscription} now: forget it, delete it from the store, then
+        send its final NOTIFY with C{Subscription-State:
+        terminated;reason=REASON} (none when C{reason} is L{None}).
+
+        @return: a Deferred firing once the store has deleted it.
+        """
+
+
+class IClusterMember(Interface):
+    """
+    A subscription manager as its cluster (L{presence.cluster.group})
+    sees it: replicated publications in, NOTIFYs held while fenced, and
+    subscriptions that change owner.  The group attaches itself by setting
+    L{cluster}.
+    """
+
+    store = Attribute("The L{IStore} (with L{ILeaseStore}) the manager writes to.")
+
+    config = Attribute("The L{presence.config.Config} it runs with.")
+
+    cluster = Attribute(
+        "The L{IPeerGroup} the manager reports to, or L{None} without peers; "
+        "set by the group when it attaches and detaches."
+    )
+
+    node = Attribute("Its node name.")
+
+    draining = Attribute("Whether it drains (L{ISubscriptionManager.setDraining}).")
+
+    def setDraining(draining):
+        """
+        See L{ISubscriptionManager.setDraining}.
+        """
+
+    def subscription(subscriptionId):
+        """
+        @return: the live L{presence.manager.state.Subscription} of that id,
+            or L{None}.
+        """
+
+    def notifyPaced(subscriptionIds):
+        """
+        See L{ISubscriptionManager.notifyPaced}.
+        """
+
+    def fence():
+        """
+        Hold back every NOTIFY from now on (the lease is not safe).
+        """
+
+    def unfence():
+        """
+        Send what was held back, each held subscription its current state
+        once.
+
+        @return: how many subscriptions were held.
+        """
+
+    def heldNotifies():
+        """
+        @return: the ids of the subscriptions whose NOTIFY is held back
+            (final ones of ended subscriptions included).
+        """
+
+    def dropHeld(subscriptionIds):
+        """
+        Forget the held-back NOTIFYs of these subscriptions (another manager
+        serves them now).
+
+        @return: how many were held.
+        """
+
+    def holdsDialog(key):
+        """
+        @param key: a L{presence.manager.state.DialogKey}.
+        @return: whether the manager serves that dialog.
+        """
+
+    def subscriptionIds():
+        """
+        @return: a set of the ids of the subscriptions it serves.
+        """
+
+    def isStale(subscriptionId):
+        """
+        @return: whether that subscription's watcher may not have the
+            current state (a change not yet told, a NOTIFY in flight or
+            waiting for its paced turn): one to NOTIFY after a hand-over.
+        """
+
+    def adopt(records, notify=True):
+        """
+        Serve subscriptions whose ownership just moved to this manager in
+        the store (L{presence.store.records.SubscriptionRecord}).
+
+        @param notify: send each active watcher its current state, paced.
+        @return: how many are now served (expired ones end instead).
+        """
+
+    def release(subscriptionId, owner):
+        """
+        Hand a subscription over to the manager C{owner}, without a final
+        NOTIFY.
+
+        @return: a Deferred firing with C{True} once committed, C{False}
+            when not held or the write failed.
+        """
+
+    def disown(subscriptionIds):
+        """
+        Stop serving subscriptions another manager now owns, without a final
+        NOTIFY.
+
+        @return: how many were dropped.
+        """
+
+    def parsePublication(event, body, resource):
+        """
+        Parse a replicated body with the package C{event}
+        (L{IEventPackage.parse}).
+
+        @raise ValueError: unknown package, or a body the package refuses.
+        """
+
+    def applyRemote(puts, removes):
+        """
+        Apply publications another manager accepted (C{puts}, a list of
+        L{presence.manager.state.Publication}) and ended (C{removes}:
+        C{(presentity, etag)} pairs); recompose and notify once per
+        resource.  Nothing is written.
+
+        @return: how many changed the manager's memory.
+        """
+
+    def publication(etag):
+        """
+        @return: the live publication of that entity-tag, or L{None} (also
+            while a request has claimed it to refresh or modify it).
+        """
+
+    def heldPublication(presentity, etag):
+        """
+        @return: the publication of that entity-tag held for C{presentity},
+            claimed ones included, or L{None}.
+        """
+
+    def publicationKeys():
+        """
+        @return: a list of C{(presentity, etag)} of every publication held,
+            claimed ones included: what a resync walks.
+        """
+
+
+class INotifyHost(Interface):
+    """
+    What the L{presence.manager.notifier.Notifier} asks of its manager
+    while it builds, sends and follows up NOTIFYs.
+    """
+
+    def notifyBody(subscription):
+        """
+        The current state for a NOTIFY of C{subscription}, rendered for it
+        by its package (L{IEventPackage.render}; a changed C{packageState}
+        is written to the store).
+
+        @return: C{(contentType, body)}.
+        """
+
+    def flowFor(subscription):
+        """
+        @return: the L{presence.sip.target.Target} of the flow the watcher
+            registered its contact over (RFC 5626), or L{None}.
+        """
+
+    def terminate(subscription, reason):
+        """
+        End C{subscription} (L{ISubscriptionManager.terminate}).
+        """
+
+    def storeFailed(failure, what):
+        """
+        Count and log a failed store write of C{what}.
+        """

@@ -1763,7 +1763,7 @@ def test_unexpectedErrorAnswers500(make):
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    h.manager._presentityOf = broken  # type: ignore[assignment]
+    h.manager.resourceOf = broken  # type: ignore[assignment]
     h.receive(publish(body=presenceDoc()), PUBLISHER)
     assert [r.code for r in h.responses()] == [500]
 

@@ -895,6 +895,21 @@ def test_refusesNewerSchema(sqlUrl: str) -> Any:
     yield store.stop()
 
 
+def _insertOldSubscription(conn: Any) -> None:
+    """
+    Insert C{sub(1)} into a database older than step 5, with only the
+    columns it has (step 5 added C{package_state}).
+    """
+    conn.execute(sa.insert(schema.subscriptions), [dict(
+        {
+            column: getattr(sub(1), name)
+            for name, column in schema.SUBSCRIPTION_COLUMNS.items()
+            if column != "package_state"
+        },
+        route_set="[]",
+    )])
+
+
 @pytest_twisted.inlineCallbacks
 def test_schemaStep4AddsLeases(sqlUrl: str) -> Any:
     """
@@ -906,10 +921,7 @@ def test_schemaStep4AddsLeases(sqlUrl: str) -> Any:
 
     def fill(conn: Any) -> None:
         assert not sa.inspect(conn).has_table("manager_leases")
-        conn.execute(sa.insert(schema.subscriptions), [dict(
-            {column: getattr(sub(1), name) for name, column in schema.SUBSCRIPTION_COLUMNS.items()},
-            route_set="[]",
-        )])
+        _insertOldSubscription(conn)
 
     _withEngine(sqlUrl, fill)
     store = SQLStore(sqlUrl)
@@ -1090,3 +1102,36 @@ def test_behavesLikeMemoryStore(sqlStore: SQLStore) -> Any:
         assert sorted(subs, key=lambda r: r.id) == sorted(model.subscriptions.values(), key=lambda r: r.id), seed
         assert sorted(pubs, key=lambda r: r.etag) == sorted(model.publications.values(), key=lambda r: r.etag), seed
     assert sqlStore.replayCount > 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_schemaStep5AddsEventPackages(sqlUrl: str) -> Any:
+    """
+    A version-4 database takes step 5 (event packages) with its rows
+    intact: its publications are presence's, its subscriptions have no
+    package state; both are written and read back afterwards.
+    """
+    assert _withEngine(sqlUrl, lambda conn: schema.upgrade(conn, target=4)) == 4
+
+    def fill(conn: Any) -> None:
+        conn.execute(sa.text(
+            "INSERT INTO publications (etag, presentity, content_type, body, expires_at, modified_at, version) "
+            "VALUES ('e1', 'sip:p@example.test', 'application/pidf+xml', :body, 10.0, 5.0, 3)"
+        ), {"body": b"<presence/>"})
+        _insertOldSubscription(conn)
+
+    _withEngine(sqlUrl, fill)
+    store = SQLStore(sqlUrl)
+    yield store.start()
+    try:
+        assert store.schemaVersion == CURRENT_VERSION >= 5
+        (publication,) = yield store.loadPublications()
+        assert (publication.etag, publication.event, publication.version) == ("e1", "presence", 3)
+        (subscription,) = yield store.loadSubscriptions()
+        assert subscription.packageState == ""
+        yield store.updateSubscription("sub-1", packageState="7")
+        assert (yield store.getSubscription("sub-1")).packageState == "7"
+        yield store.putPublication(pub("e2", event="dialog"))
+        assert (yield store.getPublication("e2")).event == "dialog"
+    finally:
+        yield store.stop()

@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.utils import floatToGoString
 
 from presence.admin.console import LiveObjects
+from presence.interfaces import ISubscriptionManager
 from presence.latency import LatencyHistogram
 from presence.version import version
 
@@ -160,7 +161,7 @@ def _sipMetrics(out: Families, core: Any) -> None:
 class ManagerReading(NamedTuple):
     """
     What the collectors read of the subscription manager, all read in
-    L{readManager}: the one place here that knows the manager's insides.
+    L{readManager} through its L{ISubscriptionManager}.
     """
 
     subscriptions: int
@@ -176,20 +177,20 @@ class ManagerReading(NamedTuple):
     draining: bool
 
 
-def readManager(manager: Any) -> ManagerReading:
-    notifier = manager.notifier
+def readManager(manager: ISubscriptionManager) -> ManagerReading:
+    sizes = manager.sizes()
     return ManagerReading(
-        subscriptions=len(manager.subscriptions),
-        publications=len(manager.publications),
-        presentities=len(manager.presentities),
+        subscriptions=sizes["subscriptions"],
+        publications=sizes["publications"],
+        presentities=sizes["presentities"],
         counters=manager.counters,
-        notifies=notifier.counters,
-        pacedWaiting=notifier.waiting,
-        publishToNotify=notifier.publishToNotify,
-        overload=getattr(manager, "overload", None),
-        gate=getattr(manager, "gate", None),
-        authorizer=getattr(manager, "authorizer", None),
-        draining=bool(getattr(manager, "draining", False)),
+        notifies=manager.notifyCounters,
+        pacedWaiting=sizes["pacedWaiting"],
+        publishToNotify=manager.publishToNotify,
+        overload=manager.overload,
+        gate=manager.gate,
+        authorizer=manager.authorizer,
+        draining=manager.draining,
     )
 
 

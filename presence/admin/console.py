@@ -27,7 +27,8 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 
-from presence.manager.state import Subscription
+from presence.interfaces import ISubscriptionManager
+from presence.manager.state import Presentity, Subscription
 from presence.sip.uri import URIError, normaliseAOR
 
 # The reasons RFC 6665 §4.2.2 (and RFC 3265 §3.2.4) define for a
@@ -73,9 +74,10 @@ class LiveObjects:
             return None
 
     @property
-    def manager(self) -> Any:
+    def manager(self) -> Optional[ISubscriptionManager]:
         """
-        The L{presence.manager.manager.SubscriptionManager}, once it serves.
+        The subscription manager, once it serves: seen only as an
+        L{ISubscriptionManager}.
         """
         return getattr(self.service("manager"), "manager", None)
 
@@ -106,6 +108,15 @@ class LiveObjects:
         The store (an L{presence.interfaces.IStore} provider).
         """
         return getattr(self.service("store"), "store", None)
+
+
+def _watchersOf(manager: ISubscriptionManager, pres: Presentity, ordered: bool = False) -> List[Subscription]:
+    """
+    The live subscriptions to C{pres} (by id when C{ordered}).
+    """
+    ids = sorted(pres.watchers) if ordered else pres.watchers
+    subs = [manager.subscription(i) for i in ids]
+    return [sub for sub in subs if sub is not None]
 
 
 def _when(seconds: float) -> str:
@@ -140,7 +151,7 @@ class Console:
         self.live = LiveObjects(root)
         self.clock = clock
 
-    def _manager(self) -> Any:
+    def _manager(self) -> ISubscriptionManager:
         manager = self.live.manager
         if manager is None:
             raise NotRunning("the subscription manager is not running (yet)")
@@ -181,11 +192,10 @@ class Console:
         store = self.live.store
         result["managerReady"] = manager is not None
         if manager is not None:
-            result["subscriptions"] = len(manager.subscriptions)
-            result["dialogs"] = len(manager.dialogs)
-            result["publications"] = len(manager.publications)
-            result["presentities"] = len(manager.presentities)
-            notifies = manager.notifier.counters
+            sizes = manager.sizes()
+            for name in ("subscriptions", "dialogs", "publications", "presentities"):
+                result[name] = sizes[name]
+            notifies = manager.notifyCounters
             result["notifiesSent"] = notifies["sent"]
             result["notifiesFailed"] = notifies["failed"]
             result["notifiesCoalesced"] = notifies["coalesced"]
@@ -221,7 +231,7 @@ class Console:
         manager = self._manager()
         aor = _aor(aor)
         now = self.clock.seconds()
-        pres = manager.presentities.get(aor)
+        pres = manager.resource(aor)
         publications: List[Dict[str, Any]] = []
         watchers: List[Dict[str, Any]] = []
         if pres is not None:
@@ -233,10 +243,7 @@ class Console:
                         "modified": _when(pub.modifiedAt),
                     }
                 )
-            subs = manager.subscriptions
-            watchers = [
-                self._summary(subs[sid], now) for sid in sorted(pres.watchers) if sid in subs
-            ]
+            watchers = [self._summary(sub, now) for sub in _watchersOf(manager, pres, True)]
         document = manager.documentOf(aor)
         return {
             "aor": aor,
@@ -258,13 +265,12 @@ class Console:
             sorting them all.
         """
         manager = self._manager()
-        held = manager.presentities
-        subs = manager.subscriptions
+        held = manager.resourceTable()
         aors = _page(held, after, limit)
         result = []
         for aor in aors:
             pres = held[aor]
-            watchers = [subs[i] for i in pres.watchers if i in subs]
+            watchers = _watchersOf(manager, pres)
             result.append(
                 {
                     "aor": aor,
@@ -295,12 +301,11 @@ class Console:
         @param limit: at most this many (all when L{None}).
         """
         manager = self._manager()
-        subs = manager.subscriptions
         if presentity is not None:
-            pres = manager.presentities.get(_aor(presentity))
-            candidates: Iterable[Subscription] = [subs[i] for i in pres.watchers if i in subs] if pres else []
+            pres = manager.resource(_aor(presentity))
+            candidates: Iterable[Subscription] = _watchersOf(manager, pres) if pres else []
         else:
-            candidates = subs.values()
+            candidates = manager.allSubscriptions()
         if watcher is not None:
             wanted = _aor(watcher)
             candidates = [sub for sub in candidates if sub.watcher == wanted]
@@ -361,7 +366,7 @@ class Console:
         subs = []
         for ref in refs:
             ident = _identOf(ref)
-            sub = manager.subscriptions.get(ident)
+            sub = manager.subscription(ident)
             if sub is None:
                 raise KeyError("no live subscription %r" % (ident,))
             if sub not in subs:
@@ -378,11 +383,13 @@ class Console:
         """
         manager = self._manager()
         aor = _aor(aor)
-        pres = manager.presentities.get(aor)
-        subs = manager.subscriptions
-        active = [subs[i] for i in sorted(pres.watchers) if i in subs] if pres is not None else []
-        active = [sub for sub in active if sub.state == "active"]
-        return {"aor": aor, "watchers": len(active), "queued": manager.notifier.pace(active)}
+        pres = manager.resource(aor)
+        active = [sub for sub in _watchersOf(manager, pres, True) if sub.state == "active"] if pres else []
+        return {
+            "aor": aor,
+            "watchers": len(active),
+            "queued": manager.notifyPaced(sub.id for sub in active),
+        }
 
     def drain(self, grace: float = 2.0) -> Deferred:
         """
@@ -408,7 +415,7 @@ class Console:
                     "handedOver": 0,
                     "failed": 0,
                     "to": {},
-                    "remaining": len(manager.subscriptions),
+                    "remaining": manager.sizes()["subscriptions"],
                     "peers": [],
                 }
             )
@@ -428,7 +435,7 @@ class Console:
         group = self.live.cluster
         if group is not None:
             group.drainRun = None
-        return {"node": manager.node, "draining": False, "subscriptions": len(manager.subscriptions)}
+        return {"node": manager.node, "draining": False, "subscriptions": manager.sizes()["subscriptions"]}
 
     def cleanup(self, olderThan: float = 60.0) -> Deferred:
         """
@@ -465,20 +472,20 @@ class Console:
                 healthy = False
                 result["manager"] = {"ready": False}
             else:
-                notifier = manager.notifier
+                sizes = manager.sizes()
                 overloaded = manager.overload.shedding
                 result["manager"] = {
                     "node": manager.node,
                     "ready": True,
                     "draining": manager.draining,
-                    "fenced": notifier.fenced,
+                    "fenced": manager.fenced,
                     "overloaded": overloaded,
-                    "subscriptions": len(manager.subscriptions),
-                    "presentities": len(manager.presentities),
-                    "publications": len(manager.publications),
-                    "pacedWaiting": notifier.waiting,
+                    "subscriptions": sizes["subscriptions"],
+                    "presentities": sizes["presentities"],
+                    "publications": sizes["publications"],
+                    "pacedWaiting": sizes["pacedWaiting"],
                 }
-                healthy = healthy and not (manager.draining or notifier.fenced or overloaded)
+                healthy = healthy and not (manager.draining or manager.fenced or overloaded)
         dispatcher = self.live.dispatcher
         if dispatcher is not None:
             now = self.clock.seconds()

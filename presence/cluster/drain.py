@@ -93,11 +93,11 @@ class Drain:
         manager.setDraining(True)
         self.log.warn(
             "Draining {node}: handing {count} subscriptions over to {peers} in {grace}s",
-            node=manager.node, count=len(manager.subscriptions),
+            node=manager.node, count=len(manager.subscriptionIds()),
             peers=" ".join(sorted(self.group.peers)) or "no peer", grace=self.grace,
         )
         d = deferLater(self.group.clock, self.grace, lambda: None)
-        d.addCallback(lambda _: self._step(list(manager.subscriptions)))
+        d.addCallback(lambda _: self._step(sorted(manager.subscriptionIds())))
         d.addErrback(self._crashed)
 
     def report(self) -> Dict[str, Any]:
@@ -110,7 +110,7 @@ class Drain:
             "handedOver": self.handedOver,
             "failed": self.failed,
             "to": dict(sorted(self.to.items())),
-            "remaining": len(self.manager.subscriptions),
+            "remaining": len(self.manager.subscriptionIds()),
             "peers": sorted(self.group.peers),
         }
 
@@ -124,11 +124,11 @@ class Drain:
         byPeer: Dict[str, List[Tuple[str, bool]]] = {}
         releases: List[Deferred] = []
         for subscriptionId in chunk:
-            sub = manager.subscriptions.get(subscriptionId)
+            sub = manager.subscription(subscriptionId)
             if sub is None or sub.terminated:
                 continue
             peer = rendezvous(peers, sub.presentity)
-            stale = bool(sub.dirty or sub.inFlight or sub.id in manager.notifier.paced)
+            stale = manager.isStale(subscriptionId)
             d = manager.release(subscriptionId, peer)
             d.addCallback(self._released, byPeer, peer, subscriptionId, stale)
             releases.append(d)

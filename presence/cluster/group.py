@@ -144,12 +144,15 @@ from zope.interface import implementer
 
 from presence.cluster.lease import ManagerLease
 from presence.cluster.messages import MAX_BATCH_BYTES, PublicationUpdate, batches, checkUpdates
-from presence.interfaces import IPeer, IPeerGroup
+from presence.interfaces import IClusterMember, IPeer, IPeerGroup
 from presence.manager.expiry import ExpiryWheel
 from presence.manager.state import Publication
-from presence.pidf import PidfError, parsePidf
 from presence.sip.headers import HeaderError
 from presence.sip.uri import URIError, normaliseAOR
+
+#: The event package of every replicated publication: the updates carry
+#: no package yet.
+PRESENCE = "presence"
 
 #: Seconds a tombstone outlives its publication's expiry: room for clock
 #: differences between the nodes.
@@ -193,7 +196,7 @@ class PeerGroup:
     @ivar peerNames: every other manager's name.
     @ivar peers: the peers whose link is up, name to L{IPeer}.
     @ivar tombstones: entity-tag to the removal update, while remembered.
-    @ivar manager: the L{SubscriptionManager}, once attached.
+    @ivar manager: the manager, an L{IClusterMember}, once attached.
     @ivar counters: what it did, for the admin console and metrics.
     """
 
@@ -234,7 +237,7 @@ class PeerGroup:
         self.leaseInterval = leaseInterval
         self.lease: Optional[ManagerLease] = None
         self.pageBytes = MAX_BATCH_BYTES
-        self.manager: Any = None
+        self.manager: Optional[IClusterMember] = None
         self.store: Any = None
         self.peers: Dict[str, Any] = {}
         self.tombstones: Dict[str, PublicationUpdate] = {}
@@ -270,7 +273,7 @@ class PeerGroup:
 
     # Life cycle.
 
-    def attach(self, manager: Any) -> None:
+    def attach(self, manager: IClusterMember) -> None:
         """
         Start serving C{manager}: it reports to us from now on, and every
         peer not up within C{adoptAfter} seconds has its subscriptions
@@ -280,7 +283,7 @@ class PeerGroup:
         self.store = manager.store
         manager.cluster = self
         if self.leaseTime:
-            manager.notifier.fence()
+            manager.fence()
             self.lease = ManagerLease(
                 self.node, self.store, self.clock, self, self.leaseTime, self.leaseInterval
             )
@@ -364,7 +367,7 @@ class PeerGroup:
 
         def found(record: Any) -> Any:
             manager = self.manager
-            if manager is None or key in manager.dialogs:
+            if manager is None or manager.holdsDialog(key):
                 return None
             if record is None or (record.remoteTag, record.eventId) != (remoteTag, eventId):
                 return None
@@ -456,8 +459,8 @@ class PeerGroup:
                 self.counters["ignored"] += 1
                 continue
             try:
-                document = parsePidf(update.body, update.presentity)
-            except PidfError as e:
+                document = manager.parsePublication(PRESENCE, update.body, update.presentity)
+            except ValueError as e:
                 self.counters["refused"] += 1
                 self.log.warn(
                     "Refused publication {etag} of {presentity} from {sender}: {error}",
@@ -466,7 +469,7 @@ class PeerGroup:
                 continue
             replaced = update.replaces
             if replaced and replaced not in self.tombstones:
-                old = manager.publications.get(replaced)
+                old = manager.publication(replaced)
                 until = old.expiresAt if old is not None else now + manager.config.publishMaxExpires
                 self._bury(removalOf(update.presentity, replaced, until, update.origin))
                 if puts.pop(replaced, None) is None:
@@ -474,7 +477,7 @@ class PeerGroup:
             origin = "" if update.origin == self.node else (update.origin or sender)
             puts[etag] = Publication(
                 etag, update.presentity, update.body, document, update.expiresAt,
-                update.modifiedAt, update.version, origin,
+                update.modifiedAt, update.version, origin, PRESENCE,
             )
         applied = manager.applyRemote(list(puts.values()), removes)
         self.counters["applied"] += applied
@@ -486,10 +489,9 @@ class PeerGroup:
         refresh in progress included).
         """
         manager = self.manager
-        if update.etag in manager.publications:
+        if manager.publication(update.etag) is not None:
             return True
-        pres = manager.presentities.get(update.presentity)
-        return pres is not None and update.etag in pres.publications
+        return manager.heldPublication(update.presentity, update.etag) is not None
 
     def _bury(self, removal: PublicationUpdate) -> None:
         """
@@ -522,9 +524,7 @@ class PeerGroup:
         manager = self.manager
         if manager is None:
             return []
-        items = [
-            (aor, etag) for aor, pres in manager.presentities.items() for etag in pres.publications
-        ]
+        items = manager.publicationKeys()
         items.extend((removal.presentity, etag) for etag, removal in self.tombstones.items())
         return items
 
@@ -549,8 +549,7 @@ class PeerGroup:
             if removal is not None:
                 update: Optional[PublicationUpdate] = removal
             else:
-                pres = manager.presentities.get(aor) if manager is not None else None
-                pub = pres.publications.get(etag) if pres is not None else None
+                pub = manager.heldPublication(aor, etag) if manager is not None else None
                 update = None if pub is None else updateOf(pub, pub.origin or self.node)
             if update is not None:
                 if updates and size + update.weight() > self.pageBytes:
@@ -778,8 +777,8 @@ class PeerGroup:
         @return: a Deferred firing with how many were dropped.
         """
         manager = self.manager
-        held = set(manager.subscriptions)
-        finals = [i for i in manager.notifier.held if i not in manager.subscriptions]
+        held = manager.subscriptionIds()
+        finals = [i for i in manager.heldNotifies() if i not in held]
 
         def owned(records: List[Any]) -> Any:
             if self.manager is not manager:
@@ -800,7 +799,7 @@ class PeerGroup:
 
             def checked(rows: List[Any]) -> int:
                 taken = [r.id for r in rows if r is not None and r.owner != self.node]
-                manager.notifier.drop(taken)
+                manager.dropHeld(taken)
                 return count
 
             return gatherResults(reads, consumeErrors=True).addCallback(checked)
@@ -815,7 +814,7 @@ class PeerGroup:
         """
         self.counters["fenced"] += 1
         if self.manager is not None:
-            self.manager.notifier.fence()
+            self.manager.fence()
         self.log.warn("Lease of {node} {reason}: NOTIFYs held back", node=self.node, reason=reason)
 
     def leaseTaken(self, epoch: int) -> Deferred:
@@ -833,8 +832,7 @@ class PeerGroup:
         manager = self.manager
         if manager is None:
             return
-        held = len(manager.notifier.held)
-        manager.notifier.unfence()
+        held = manager.unfence()
         self.log.info(
             "Lease of {node} held (epoch {epoch}): notifying, {held} held NOTIFYs sent",
             node=self.node, epoch=self.lease.epoch if self.lease is not None else 0, held=held,
@@ -876,8 +874,7 @@ class PeerGroup:
                 return 0
             ours = [r for r in records if r is not None and r.owner == self.node]
             count = manager.adopt(ours, notify=False)
-            subs = manager.subscriptions
-            manager.notifier.pace(subs[i] for i in stale if i in subs)
+            manager.notifyPaced(stale)
             self.counters["takenOver"] += count
             self.log.info(
                 "Took over {count} subscriptions from {peer}, which drains", count=count, peer=former

@@ -43,19 +43,16 @@ brings before a watcher's turn are folded into its paced NOTIFY.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, Optional
+from typing import Any, Deque, Dict, Iterable, Optional
 
 from twisted.logger import Logger
 
+from presence.config import Config
+from presence.interfaces import INotifyHost
 from presence.latency import NOTIFY_BUCKETS, LatencyHistogram
 from presence.manager.state import CSEQ_BLOCK, Subscription
 from presence.sip.message import Request, Response
 from presence.sip.target import Target
-
-if TYPE_CHECKING:
-    from presence.manager.manager import SubscriptionManager
-
-PIDF = "application/pidf+xml"
 
 #: Seconds between two releases of paced NOTIFYs (at rates under
 #: 1 / PACE_TICK per second, one NOTIFY per release, further apart).
@@ -69,11 +66,20 @@ class Notifier:
 
     log = Logger()
 
-    def __init__(self, manager: SubscriptionManager) -> None:
-        self.manager = manager
-        self.clock = manager.clock
-        self.minInterval = manager.config.notifyMinInterval
-        self.keepOnTimeout = manager.config.keepOnTimeout
+    def __init__(self, core: Any, store: Any, clock: Any, config: Config, host: INotifyHost) -> None:
+        """
+        @param core: the L{presence.sip.core.SIPCore} NOTIFYs go through.
+        @param store: the L{presence.interfaces.IStore} keeping CSeq
+            ceilings.
+        @param host: the manager, for the bodies and for ending
+            subscriptions.
+        """
+        self.core = core
+        self.store = store
+        self.clock = clock
+        self.host = host
+        self.minInterval = config.notifyMinInterval
+        self.keepOnTimeout = config.keepOnTimeout
         self.counters = {"sent": 0, "failed": 0, "coalesced": 0, "held": 0, "paced": 0}
         #: Seconds from a PUBLISH's arrival (here, or its replicated update
         #: from a peer) to each NOTIFY carrying its change.
@@ -85,7 +91,7 @@ class Notifier:
         self.held: Dict[str, Subscription] = {}
         #: At most this many paced NOTIFYs per second (L{pace}), after an
         #: adoption or a start alike.
-        self.paceRate = manager.config.clusterAdoptNotifyRate
+        self.paceRate = config.clusterAdoptNotifyRate
         #: Subscription id to the subscription waiting for its paced turn.
         self.paced: Dict[str, Subscription] = {}
         # The paced subscriptions in order; entries of those that left
@@ -100,7 +106,7 @@ class Notifier:
         self._parked: Dict[str, Dict[str, Subscription]] = {}
         # Parked subscription id to the host it is parked under.
         self._parkedHost: Dict[str, str] = {}
-        manager.core.flows.addOpenListener(self._flowOpened)
+        core.flows.addOpenListener(self._flowOpened)
 
     def fence(self) -> None:
         """
@@ -272,7 +278,7 @@ class Notifier:
         """
         if target.transport == "UDP":
             return True
-        flow = self.manager.core.flows.get(target.flow) if target.flow else None
+        flow = self.core.flows.get(target.flow) if target.flow else None
         return flow is not None and flow.peer == (target.host, target.port)
 
     def _flowOpened(self, token: str) -> None:
@@ -283,7 +289,7 @@ class Notifier:
         """
         if not self._parked:
             return
-        flow = self.manager.core.flows.get(token)
+        flow = self.core.flows.get(token)
         subs = self._parked.pop(flow.peer[0], None) if flow is not None else None
         if not subs:
             return
@@ -352,7 +358,7 @@ class Notifier:
         self._paceQueue.clear()
         self._parked.clear()
         self._parkedHost.clear()
-        self.manager.core.flows.removeOpenListener(self._flowOpened)
+        self.core.flows.removeOpenListener(self._flowOpened)
 
     def _send(self, sub: Subscription) -> None:
         # Whatever sends it (or holds it back) serves its paced turn too.
@@ -365,13 +371,12 @@ class Notifier:
             self.held[sub.id] = sub
             sub.dirty = True
             return
-        manager = self.manager
         sub.dirty = False
         sub.cseq += 1
         if not sub.terminated and sub.cseq >= sub.cseqCeiling - CSEQ_BLOCK // 2:
             sub.cseqCeiling = sub.cseq + CSEQ_BLOCK
-            manager.store.updateSubscription(sub.id, localCSeq=sub.cseqCeiling).addErrback(
-                manager.storeFailed, "CSeq ceiling of " + sub.id
+            self.store.updateSubscription(sub.id, localCSeq=sub.cseqCeiling).addErrback(
+                self.host.storeFailed, "CSeq ceiling of " + sub.id
             )
         target = self.targetOf(sub)
         request = self.build(sub)
@@ -384,7 +389,7 @@ class Notifier:
             self.publishToNotify.observe(now - changedAt)
         final = sub.final
         sub.final = None
-        tx = manager.core.sendRequest(request, target)
+        tx = self.core.sendRequest(request, target)
         tx.deferred.addCallback(self._answered, sub, final)
 
     def targetOf(self, sub: Subscription) -> Target:
@@ -406,16 +411,15 @@ class Notifier:
         target = sub.target
         if target.flow is None:
             return target
+        flows = self.core.flows
         if not sub.routeSet:
-            registrations = getattr(self.manager, "registrations", None)
-            current = self.manager.core.flows.get(target.flow)
-            if registrations is not None and (current is None or current.peer != (target.host, target.port)):
-                flow = registrations.flowFor(sub.watcher, sub.remoteTarget)
+            current = flows.get(target.flow)
+            if current is None or current.peer != (target.host, target.port):
+                flow = self.host.flowFor(sub)
                 if flow is not None:
                     sub.target = flow
                     return flow
             return target
-        flows = self.manager.core.flows
         flow = flows.get(target.flow)
         if flow is not None and flow.peer == (target.host, target.port):
             return target
@@ -427,9 +431,9 @@ class Notifier:
 
     def build(self, sub: Subscription) -> Request:
         """
-        The NOTIFY for C{sub}'s current state (RFC 3856 §6.6).
+        The NOTIFY for C{sub}'s current state (RFC 6665 §4.2.2; RFC 3856
+        §6.6 for presence).
         """
-        manager = self.manager
         request = Request("NOTIFY", sub.remoteTarget)
         headers = request.headers
         if sub.routeSet:
@@ -439,8 +443,8 @@ class Notifier:
         headers["to"] = ["<%s>;tag=%s" % (sub.watcher, sub.remoteTag)]
         headers["call-id"] = [sub.callId]
         headers["cseq"] = ["%d NOTIFY" % (sub.cseq,)]
-        headers["contact"] = [manager.core.contactFor(sub.target)]
-        headers["event"] = ["presence;id=" + sub.eventId if sub.eventId else "presence"]
+        headers["contact"] = [self.core.contactFor(sub.target)]
+        headers["event"] = [sub.event + ";id=" + sub.eventId if sub.eventId else sub.event]
         final = sub.final
         if final is not None:
             headers["subscription-state"] = ["terminated;reason=" + final]
@@ -452,8 +456,8 @@ class Notifier:
             headers["subscription-state"] = ["%s;expires=%d" % (sub.state, remaining)]
             withState = sub.state == "active"
         if withState:
-            headers["content-type"] = [PIDF]
-            request.body = manager.documentOf(sub.presentity)
+            contentType, request.body = self.host.notifyBody(sub)
+            headers["content-type"] = [contentType]
         return request
 
     def _answered(self, response: Response, sub: Subscription, final: Optional[str]) -> None:
@@ -475,14 +479,14 @@ class Notifier:
                     # A timeout, or no way to send (synthesised 503).
                     sub.timeouts += 1
                     if not self.keepOnTimeout or sub.timeouts > 1:
-                        self.manager.terminate(sub, None)
+                        self.host.terminate(sub, None)
                     else:
                         # Kept: the watcher missed this state, send it again.
                         sub.dirty = True
                 else:
                     # RFC 6665 §4.2.2: an error response to a NOTIFY ends
                     # the subscription (481 and every other failure).
-                    self.manager.terminate(sub, None)
+                    self.host.terminate(sub, None)
         if sub.final is not None:
             self._send(sub)
         elif sub.dirty and not sub.terminated:

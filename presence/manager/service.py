@@ -91,7 +91,7 @@ class ManagerService(RuntimeService):
             # A manager of a cluster notifies only while it holds its
             # lease: the cluster service's group unfences it once the
             # lease is registered and what was adopted meanwhile dropped.
-            manager.notifier.fence()
+            manager.fence()
         registrar = Registrar(core, store, self.config, self.reactor, manager.gate)
         manager.followRegistrations(registrar)
         d = registrar.load()

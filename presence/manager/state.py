@@ -1,18 +1,20 @@
 """
-What a manager holds in memory: subscriptions (dialogs with a watcher),
-publications, and per presentity its live publications, its watchers and
-its composed document.
+What a manager holds in memory, object by object: subscriptions (dialogs
+with a watcher), publications, and per resource of an event package its
+live publications, its watchers and its composed document.
 
 Memory is the serving copy; the store holds the truth.  These objects are
 mutable (a NOTIFY bumps a CSeq, a refresh moves an expiry) and convert to
-and from the store's immutable records.
+and from the store's immutable records.  What a body means is the event
+package's business (L{presence.interfaces.IEventPackage}): here a
+published document is opaque, and composing asks the package.
 """
 
 from __future__ import annotations
 
-from typing import Collection, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Any, Collection, Dict, Iterator, List, Optional, Set, Tuple, Union
 
-from presence.pidf import PidfDocument, composePidf, openDocument
+from presence.sip.randomness import randomBytes
 from presence.sip.target import Target
 from presence.store.records import PublicationRecord, SubscriptionRecord
 
@@ -21,6 +23,14 @@ DialogKey = Tuple[str, str, str, str]
 (Call-ID, our tag, their tag, Event id): what identifies a subscription
 (RFC 6665 §4.1.2.1 and §8.2.1).
 """
+
+
+def newId() -> str:
+    """
+    A random identifier for subscriptions, tags and entity-tags.
+    """
+    return randomBytes(8).hex()
+
 
 class DialogIndex:
     """
@@ -97,13 +107,17 @@ class Subscription:
     @ivar changedAt: when the oldest publication change not yet sent to
         this watcher was published (clock seconds), or L{None}: its next
         NOTIFY measures the PUBLISH-to-NOTIFY latency.
+    @ivar event: the event package (C{"presence"}, ...).
+    @ivar packageState: what the event package keeps per subscription
+        (L{presence.interfaces.IEventPackage.render}), stored with it so
+        that it survives a restart and an adoption; C{""} for none.
     """
 
     __slots__ = (
         "id", "callId", "localTag", "remoteTag", "eventId", "watcher", "presentity",
         "remoteTarget", "routeSet", "target", "expiresAt", "state", "cseq", "cseqCeiling",
         "remoteCSeq", "createdAt", "lastNotify", "inFlight", "dirty", "timer", "timeouts",
-        "terminated", "final", "changedAt",
+        "terminated", "final", "changedAt", "event", "packageState",
     )
 
     def __init__(
@@ -124,6 +138,8 @@ class Subscription:
         state: str = "active",
         cseq: int = 0,
         cseqCeiling: int = CSEQ_BLOCK,
+        event: str = "presence",
+        packageState: str = "",
     ) -> None:
         self.id = id
         self.callId = callId
@@ -149,14 +165,19 @@ class Subscription:
         self.terminated = False
         self.final: Optional[str] = None
         self.changedAt: Optional[float] = None
+        self.event = event
+        self.packageState = packageState
 
     @property
     def dialogKey(self) -> DialogKey:
         return (self.callId, self.localTag, self.remoteTag, self.eventId)
 
-    def toRecord(self, owner: str) -> SubscriptionRecord:
+    def toRecord(self, owner: str, accept: str) -> SubscriptionRecord:
         """
         The store record; its C{localCSeq} is the CSeq ceiling.
+
+        @param accept: the content type of its NOTIFY bodies (its
+            package's).
         """
         return SubscriptionRecord(
             id=self.id,
@@ -165,8 +186,8 @@ class Subscription:
             remoteTag=self.remoteTag,
             watcher=self.watcher,
             presentity=self.presentity,
-            event="presence",
-            accept="application/pidf+xml",
+            event=self.event,
+            accept=accept,
             remoteTarget=self.remoteTarget,
             expiresAt=self.expiresAt,
             state=self.state,
@@ -180,6 +201,7 @@ class Subscription:
             localCSeq=self.cseqCeiling,
             remoteCSeq=self.remoteCSeq,
             flowToken=self.target.flow or "",
+            packageState=self.packageState,
         )
 
     @classmethod
@@ -205,30 +227,41 @@ class Subscription:
             state=record.state,
             cseq=record.localCSeq,
             cseqCeiling=record.localCSeq,
+            event=record.event,
+            packageState=record.packageState,
         )
 
 
 class Publication:
     """
-    One live publication (RFC 3903 event state) of a presentity.
+    One live publication (RFC 3903 event state) of a resource in one
+    event package.
 
+    @ivar document: the body as its package parsed it (opaque here).
+    @ivar event: the event package.
+    @ivar contentType: the body's content type.
     @ivar origin: in a cluster, the manager that accepted it when another
         one did (replicated to us, L{presence.cluster}); C{""} when this
         manager accepted it or loaded it from the store.
     """
 
-    __slots__ = ("etag", "presentity", "body", "document", "expiresAt", "modifiedAt", "version", "origin")
+    __slots__ = (
+        "etag", "presentity", "body", "document", "expiresAt", "modifiedAt", "version", "origin",
+        "event", "contentType",
+    )
 
     def __init__(
         self,
         etag: str,
         presentity: str,
         body: bytes,
-        document: PidfDocument,
+        document: Any,
         expiresAt: float,
         modifiedAt: float,
         version: int,
         origin: str = "",
+        event: str = "presence",
+        contentType: str = "application/pidf+xml",
     ) -> None:
         self.etag = etag
         self.presentity = presentity
@@ -238,12 +271,15 @@ class Publication:
         self.modifiedAt = modifiedAt
         self.version = version
         self.origin = origin
+        self.event = event
+        self.contentType = contentType
 
     def toRecord(self) -> PublicationRecord:
         return PublicationRecord(
             etag=self.etag,
             presentity=self.presentity,
-            contentType="application/pidf+xml",
+            event=self.event,
+            contentType=self.contentType,
             body=self.body,
             expiresAt=self.expiresAt,
             modifiedAt=self.modifiedAt,
@@ -253,12 +289,14 @@ class Publication:
 
 class Presentity:
     """
-    A presentity's live publications, its watchers, and the composed
-    document they see.
+    A resource's live publications in one event package, its watchers,
+    and the composed document they see (for the presence package: a
+    presentity).
 
     @ivar publications: entity-tag to publication.
-    @ivar document: the composed PIDF document, as sent in NOTIFYs, or
-        L{None} when it is the plain closed one or not composed yet.
+    @ivar document: the composed document, as sent in NOTIFYs, or L{None}
+        when it is the package's state of a resource with neither
+        publication nor registration, or not composed yet.
     @ivar version: bumped by every change of publications.
     @ivar registered: the contact of the presentity's preferred live
         registration binding, or L{None} when it has none: without a
@@ -279,33 +317,34 @@ class Presentity:
         self.version = 0
         self.registered: Optional[str] = None
 
-    def compose(self) -> bytes:
+    def compose(self, package: Any) -> bytes:
         """
-        Recompose from the live publications, newest first.  Ties on
-        C{modifiedAt} go to the later write (higher version), then to the
-        entity-tag, so the result never depends on dict order nor on the
-        random entity-tag a re-publication gets.
+        Recompose from the live publications, newest first, with
+        C{package} (the L{presence.interfaces.IEventPackage} of this
+        resource).  Ties on C{modifiedAt} go to the later write (higher
+        version), then to the entity-tag, so the result never depends on
+        dict order nor on the random entity-tag a re-publication gets.
 
-        Without a publication, a live registration binding makes the
-        presentity open (with the binding's contact), no binding closed.
+        Without a publication the package says what the resource's state
+        is (L{presence.interfaces.IEventPackage.withoutState}: for
+        presence, open while a registration binding lives, else closed).
 
         @return: the composed document, also kept in L{document} unless
-            it is the plain closed one.
+            the resource has neither publication nor registration.
         """
         if not self.publications:
-            if self.registered is not None:
-                self.document = openDocument(self.aor, contact=self.registered)
-                return self.document
-            # Closed with nothing published: a function of the AOR alone,
-            # composed again when asked rather than kept (in a large
-            # deployment most watched presentities are offline; keeping
-            # it cost a fifth of a subscription's memory).
-            self.document = None
-            return composePidf(self.aor, [])
+            document = package.withoutState(self.aor, self.registered)
+            # With nothing published nor registered the state is a
+            # function of the AOR alone, composed again when asked rather
+            # than kept (in a large deployment most watched presentities
+            # are offline; keeping it cost a fifth of a subscription's
+            # memory).
+            self.document = None if self.registered is None else document
+            return document
         live: List[Publication] = sorted(
             self.publications.values(), key=lambda p: (-p.modifiedAt, -p.version, p.etag)
         )
-        self.document = composePidf(self.aor, [p.document for p in live])
+        self.document = package.compose(self.aor, [p.document for p in live])
         return self.document
 
     @property

@@ -63,6 +63,9 @@ class SubscriptionRecord:
     @ivar remoteCSeq: the CSeq of the last SUBSCRIBE we accepted.
     @ivar flowToken: opaque token naming the connection-oriented flow
         (RFC 5626 style) the dispatcher should reuse; empty if none.
+    @ivar packageState: what the event package keeps per subscription
+        (L{presence.interfaces.IEventPackage.render}, e.g. the version
+        counter of the dialog package), opaque to the store; empty if none.
     """
 
     id: str
@@ -86,6 +89,7 @@ class SubscriptionRecord:
     localCSeq: int = 0
     remoteCSeq: int = 0
     flowToken: str = ""
+    packageState: str = ""
 
     def __post_init__(self) -> None:
         """
@@ -105,6 +109,7 @@ class PublicationRecord:
 
     @ivar etag: the entity-tag we assigned; unique.
     @ivar presentity: the address of record the state belongs to.
+    @ivar event: the event package the state is published in.
     @ivar contentType: the body's content type, e.g. C{application/pidf+xml}.
     @ivar body: the published document, as received (bytes).
     @ivar expiresAt: absolute expiry, epoch seconds.
@@ -121,6 +126,7 @@ class PublicationRecord:
     expiresAt: float
     modifiedAt: float
     version: int = 0
+    event: str = "presence"
 
     def __post_init__(self) -> None:
         """

@@ -64,6 +64,7 @@ subscriptions = sa.Table(
     sa.Column("local_cseq", sa.BigInteger, nullable=False),
     sa.Column("remote_cseq", sa.BigInteger, nullable=False),
     sa.Column("flow_token", sa.Text, nullable=False),
+    sa.Column("package_state", sa.Text, nullable=False),
     sa.Index("ix_subscriptions_presentity", "presentity"),
     sa.Index("ix_subscriptions_owner", "owner"),
     sa.Index("ix_subscriptions_expires_at", "expires_at"),
@@ -79,6 +80,7 @@ publications = sa.Table(
     sa.Column("expires_at", sa.Double, nullable=False),
     sa.Column("modified_at", sa.Double, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
     sa.Index("ix_publications_presentity", "presentity"),
     sa.Index("ix_publications_expires_at", "expires_at"),
 )
@@ -150,6 +152,7 @@ SUBSCRIPTION_COLUMNS = {
     "localCSeq": "local_cseq",
     "remoteCSeq": "remote_cseq",
     "flowToken": "flow_token",
+    "packageState": "package_state",
 }
 
 PUBLICATION_COLUMNS = {
@@ -160,6 +163,7 @@ PUBLICATION_COLUMNS = {
     "expiresAt": "expires_at",
     "modifiedAt": "modified_at",
     "version": "version",
+    "event": "event",
 }
 
 
@@ -373,6 +377,18 @@ def _createLeases(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _addEventPackages(conn: Connection) -> None:
+    """
+    Version 4 -> 5: event packages (L{presence.interfaces.IEventPackage}).
+    A publication names its package (every existing one is presence's),
+    and a subscription keeps its package's state (none so far).
+
+    Frozen: this is what version 5 added, whatever L{METADATA} says now.
+    """
+    conn.execute(sa.text("ALTER TABLE publications ADD COLUMN event TEXT NOT NULL DEFAULT 'presence'"))
+    conn.execute(sa.text("ALTER TABLE subscriptions ADD COLUMN package_state TEXT NOT NULL DEFAULT ''"))
+
+
 UpgradeStep = Callable[[Connection], None]
 
 #: C{UPGRADE_STEPS[n]} upgrades a version-C{n} database to version C{n+1}.
@@ -381,6 +397,7 @@ UPGRADE_STEPS: List[UpgradeStep] = [
     _createBilling,
     _createBindings,
     _createLeases,
+    _addEventPackages,
 ]
 
 #: The schema version this code writes and reads.
