@@ -338,11 +338,13 @@ class SilentStore:
 
 def _manager(draining: bool = False) -> SimpleNamespace:
     """
-    What the collectors read of a subscription manager.
+    What the collectors read of a subscription manager (its
+    L{presence.interfaces.ISubscriptionManager}).
     """
-    notifier = SimpleNamespace(counters={}, waiting=0, publishToNotify=LatencyHistogram())
-    return SimpleNamespace(subscriptions={}, publications={}, presentities={}, counters={},
-                           notifier=notifier, draining=draining)
+    sizes = {"subscriptions": 0, "dialogs": 0, "publications": 0, "presentities": 0, "pacedWaiting": 0}
+    return SimpleNamespace(sizes=lambda: sizes, counters={}, notifyCounters={},
+                           publishToNotify=LatencyHistogram(), overload=None, gate=None,
+                           authorizer=None, draining=draining)
 
 
 def _ready(root, clock=None):
