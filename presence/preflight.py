@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from presence.config import Config
 from presence.startup import describe, firstLine
@@ -200,23 +200,10 @@ def databaseProblem(url: str) -> Optional[str]:
         return "bad database URL: %s" % (firstLine(e),)
     if parsed.get_backend_name() == "sqlite":
         return _sqliteProblem(parsed.database or "")
-    from presence.store.sql import createEngine
-
     try:
-        engine = createEngine(url, poolSize=1)
-    except sa.exc.NoSuchModuleError:
-        return "unknown database driver %r (use sqlite, postgresql+psycopg or postgresql+pg8000)" % (
-            parsed.drivername,
-        )
-    except ImportError as e:
-        driver = parsed.get_driver_name()
-        if driver in _DRIVERS:
-            return "the database driver %s is not installed: %s" % (_DRIVERS[driver], _INSTALL)
-        return "the database driver %s is not installed (%s): use postgresql+psycopg or postgresql+pg8000, %s" % (
-            driver, firstLine(e), _INSTALL,
-        )
-    except Exception as e:
-        return "bad database URL: %s" % (firstLine(e),)
+        engine = createEngine(url)
+    except ValueError as e:
+        return str(e)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
@@ -225,6 +212,36 @@ def databaseProblem(url: str) -> Optional[str]:
     finally:
         engine.dispose()
     return None
+
+
+def createEngine(url: str) -> Any:
+    """
+    The store's engine for C{url} (one connection), for a check or a
+    C{presence-admin} command.
+
+    @raise ValueError: why it cannot be built, in one line: a bad URL, an
+        unknown driver, or a driver that is not installed (naming the
+        package to install, not "bad database URL").
+    """
+    import sqlalchemy as sa
+
+    from presence.store.sql import createEngine as storeEngine
+
+    try:
+        return storeEngine(url, poolSize=1)
+    except sa.exc.NoSuchModuleError:
+        drivername = sa.engine.make_url(url).drivername
+        raise ValueError("unknown database driver %r (use sqlite, postgresql+psycopg or postgresql+pg8000)" % (drivername,))
+    except ImportError as e:
+        driver = sa.engine.make_url(url).get_driver_name()
+        if driver in _DRIVERS:
+            raise ValueError("the database driver %s is not installed: %s" % (_DRIVERS[driver], _INSTALL))
+        raise ValueError(
+            "the database driver %s is not installed (%s): use postgresql+psycopg or postgresql+pg8000, %s"
+            % (driver, firstLine(e), _INSTALL)
+        )
+    except Exception as e:
+        raise ValueError("bad database URL: %s" % (firstLine(e),))
 
 
 def _sqliteProblem(path: str) -> Optional[str]:

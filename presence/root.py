@@ -91,7 +91,11 @@ class PresenceService(service.MultiService):
         """
         service.Service.startService(self)
         if self._reactor is None and hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, self._hangup)
+            try:
+                signal.signal(signal.SIGHUP, self._hangup)
+            except ValueError:
+                # Not the main thread (a test's reactor thread): no signals.
+                pass
         for child in self:
             try:
                 child.startService()

@@ -152,6 +152,12 @@ def test_missingDriverNamesThePackage(monkeypatch):
         "unknown database driver 'postgresql+nosuch' (use sqlite, postgresql+psycopg or postgresql+pg8000)"
     )
     assert databaseProblem("no url at all").startswith("bad database URL: ")
+    code, _, err = _admin("--database", "postgresql+pg8000://presence@127.0.0.1/presence", "initdb")
+    assert (code, err) == (
+        1,
+        "presence-admin: database 'postgresql+pg8000://presence@127.0.0.1/presence': the database driver pg8000 "
+        "is not installed: pip install 'presence[postgresql]' (psycopg on CPython, pg8000 on PyPy)\n",
+    )
 
 
 def _admin(*args: str):

@@ -119,14 +119,14 @@ class Options(usage.Options):
 
 
 def _engine(config: Config) -> Any:
-    from presence.store.sql import createEngine
+    from presence.preflight import createEngine
 
     try:
         # Configured as the server's (SQLite: WAL, busy timeout, real
         # transactions), so a command and a running server share the file.
-        return createEngine(config.database, poolSize=1)
-    except Exception as e:
-        raise AdminError("bad database URL %r: %s" % (config.database, _oneLine(e)))
+        return createEngine(config.database)
+    except ValueError as e:
+        raise AdminError("database %r: %s" % (config.database, e))
 
 
 def _oneLine(error: BaseException) -> str:
