@@ -746,3 +746,45 @@ def test_factoryNamesHTTP11ForALPN():
     factory = SIPWebSocketFactory(SIPCore(Clock(), Limits()), "WSS", Limits())
     assert IProtocolNegotiationFactory.providedBy(factory)
     assert factory.acceptableProtocols() == [b"http/1.1"]
+
+
+# Through a dispatcher (tests.test_dispatcher's node: managers over a
+# fake UDP network).
+
+
+def test_dispatcherRecordRoutesAWebSocketFlowAndNotifiesDownIt():
+    """
+    A SUBSCRIBE from a browser gets the dispatcher's signed Record-Route
+    naming its WebSocket flow (transport=ws); the manager's NOTIFY comes
+    back down that connection, and once it has closed is answered 430.
+    """
+    from tests.test_dispatcher import BOOT, ADDRESS, Node, answerFrom, forwardedOnce, notify, routeParams, subscribe
+
+    node = Node()
+    browser = Client(core=node.core).open()
+    request = subscribe(transport="WS")
+    request.setHeader("Contact", "<sip:q8w2@df7jal23ls0d.invalid;transport=ws>")
+    browser.send(TextMessage(data=request.toBytes().decode()))
+    forwarded, owner = forwardedOnce(node)
+    recordRoute = forwarded.header("record-route") or ""
+    assert routeParams(recordRoute)["transport"] == "ws"
+    assert recordRoute.startswith("<sip:192.0.2.1:8080;transport=ws;lr;")
+    info = node.dispatcher.routes.decode(routeParams(recordRoute))
+    assert (info.transport, info.boot, info.token) == ("WS", BOOT, browser.protocol.token)
+    answerFrom(node, owner, forwarded, 200)
+    (ok,) = browser.sip()
+    assert ok.code == 200
+
+    node.receive(notify([recordRoute], uri="sip:q8w2@df7jal23ls0d.invalid;transport=ws"), node.fromManager(owner))
+    (relayed,) = browser.sip()
+    assert relayed.method == "NOTIFY" and relayed.header("via").startswith("SIP/2.0/WS 192.0.2.1:8080;")
+    browser.send(TextMessage(data=Response.forRequest(relayed, 200).toBytes().decode()))
+    [(answered, host, port)] = node.takeNonPing()
+    assert answered.code == 200 and (host, port) == ADDRESS[owner]
+
+    browser.protocol.connectionLost(None)
+    node.receive(notify([recordRoute]), node.fromManager(owner))
+    [(failed, _, _)] = node.takeNonPing()
+    assert failed.code == 430
+    node.dispatcher.stop()
+    node.core.transactions.stop()
