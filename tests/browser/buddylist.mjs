@@ -1,6 +1,7 @@
 // The buddy list in a real browser: Debian's Chromium, driven by
 // playwright-core, loads the page of a running server as two users in two
-// separate browser contexts.  Both log in (REGISTER over SIP WebSocket),
+// separate browser contexts.  Both log in (REGISTER over SIP WebSocket; the
+// first after a wrong password, which the form must refuse),
 // each adds the other and an idle third user as contacts; the first
 // publishes away (with a note) then online, and the second's page must show
 // each within the limit.  Screenshots of both pages go to the artifacts
@@ -40,7 +41,7 @@ async function publishAndWatch(publisher, watcher, status, note) {
 }
 
 await run(async (browser) => {
-  const alicePage = await logIn(browser, alice);
+  const alicePage = await logIn(browser, alice, { wrongPasswordFirst: true });
   const pidf = await alicePage.evaluate(async ({ cases, entity }) => {
     const { STATUSES, buildPidf, parsePidf } = await import("./pidf.js");
     const parsed = Object.fromEntries(Object.entries(cases).map(([name, xml]) => [name, parsePidf(xml)]));

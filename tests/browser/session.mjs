@@ -36,8 +36,9 @@ export function row(aor, status) {
 }
 
 // Load the page in a fresh context and log in as `user` ({aor, password});
-// resolves once registered.
-export async function logIn(browser, user) {
+// resolves once registered.  With `wrongPasswordFirst`, a first attempt
+// with a wrong password must end on the form with its error.
+export async function logIn(browser, user, { wrongPasswordFirst = false } = {}) {
   const context = await browser.newContext({
     viewport: { width: 1040, height: 620 },
     deviceScaleFactor: 1,
@@ -59,6 +60,16 @@ export async function logIn(browser, user) {
     throw new Error(`the page offers ${offered}, not ${job.websocket}`);
   }
   await page.fill("#login-aor", user.aor);
+  if (wrongPasswordFirst) {
+    await page.fill("#login-password", `${user.password}-wrong`);
+    await page.click("#login-submit");
+    await page.waitForSelector("#login-error:not([hidden])", { timeout: 10000 });
+    const error = await page.textContent("#login-error");
+    if (error !== "Wrong SIP address or password.") {
+      throw new Error(`a wrong password shows ${JSON.stringify(error)}`);
+    }
+    step(`${user.aor}: a wrong password refused`);
+  }
   await page.fill("#login-password", user.password);
   await page.click("#login-submit");
   await page.waitForSelector('#connection[data-state="registered"]', { timeout: 10000 });
