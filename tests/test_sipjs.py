@@ -63,8 +63,9 @@ def node() -> str:
 @pytest.fixture
 def allInOne(tmp_path):
     """
-    An all-in-one server with alice, bob and carol (MD5 digest: SIP.js
-    answers nothing else), on WS and WSS.
+    An all-in-one server with alice, bob and carol, on WS and WSS, with
+    the default digest offer (SHA-256, then MD5: SIP.js answers the last
+    challenge, and MD5 only).
     """
     workdir = str(tmp_path)
     keyPath, certPath, _ = selfSigned(tmp_path)
@@ -75,7 +76,7 @@ def allInOne(tmp_path):
                       "--password-file", "-", password=PASSWORD)
     configPath = os.path.join(workdir, "presence.ini")
     with open(configPath, "w") as f:
-        f.write("[manager]\nnotify_min_interval = 0\n[billing]\nalgorithms = MD5\n")
+        f.write("[manager]\nnotify_min_interval = 0\n")
     server = ServerProcess(
         workdir,
         [
