@@ -120,7 +120,7 @@ class UA:
         401 and the final answer.
         """
         self.client.send(request)
-        challenge = self.client.receive()
+        challenge = self._response()
         assert challenge.code == 401, challenge
         offered = challenge.headerValues("www-authenticate")
         chosen = [v for v in offered if parseChallenge(v).algorithm == self.algorithm][0]
@@ -131,23 +131,43 @@ class UA:
                               password if password is not None else self.password),
         )
         self.client.send(retry)
-        return challenge, self.client.receive()
+        return challenge, self._response()
+
+    def _response(self) -> Response:
+        """
+        The next response; retransmissions of NOTIFYs already seen before
+        it are answered again and skipped.
+        """
+        message = self.client.receiveMessage()
+        while isinstance(message, Request) and self._retransmitted(message):
+            message = self.client.receiveMessage()
+        assert isinstance(message, Response), message
+        return message
+
+    def _retransmitted(self, message: Request) -> bool:
+        """
+        Answer the NOTIFY C{message}; whether it was seen before (the test
+        was busy running presence-admin while Timer E ran).
+        """
+        assert message.method == "NOTIFY", message
+        self.client.send(answer(message))
+        seen = getattr(self, "_seen", set())
+        self._seen = seen
+        key = (message.callId, message.cseq().number)
+        if key in seen:
+            return True
+        seen.add(key)
+        return False
 
     def notify(self) -> Request:
         """
         The next new NOTIFY, answered; retransmissions of NOTIFYs already
-        seen (the test was busy running presence-admin while Timer E ran)
-        are answered again and skipped.
+        seen are answered again and skipped.
         """
-        seen = getattr(self, "_seen", set())
-        self._seen = seen
         while True:
             message = self.client.receiveMessage()
-            assert isinstance(message, Request) and message.method == "NOTIFY", message
-            self.client.send(answer(message))
-            key = (message.callId, message.cseq().number)
-            if key not in seen:
-                seen.add(key)
+            assert isinstance(message, Request), message
+            if not self._retransmitted(message):
                 return message
 
 
