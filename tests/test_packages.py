@@ -15,10 +15,13 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 import pytest
+from twisted.spread import jelly, pb
 from zope.interface import implementer
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
+from presence.cluster.group import LocalPeer, PeerGroup
+from presence.cluster.messages import PublicationUpdate
 from presence.interfaces import (
     IClusterMember,
     IEventPackage,
@@ -31,6 +34,7 @@ from presence.packages import PackageRegistry, acceptable, defaultPackages
 from presence.packages.presence import PresencePackage
 from presence.pidf import parsePidf
 from presence.sip.message import Request
+from presence.store import MemoryStore
 from tests.harness import PUBLISHER, Harness, publish, refresh, subscribe
 
 BOB = "sip:bob@example.test"
@@ -330,3 +334,75 @@ def test_presencePackage():
     with pytest.raises(ValueError):
         package.parse(b"<!DOCTYPE x [<!ENTITY a 'b'>]><presence/>", BOB)
     assert package.render(object(), body) is body
+
+
+# Replication of every package's publications.
+
+
+def test_packageUpdateCrossesJelly():
+    """
+    An update of another package carries its package and content type;
+    one of presence has the state managers before event packages send
+    and expect.
+    """
+    presence = PublicationUpdate(BOB, "e1", b"<presence/>", 10.0, 5.0, 1, "a")
+    assert sorted(presence.getStateToCopy()) == [
+        "body", "etag", "expiresAt", "modifiedAt", "origin", "presentity", "removed", "replaces", "version",
+    ]
+    counted = PublicationUpdate(BOB, "e2", b"count=1", 10.0, 5.0, 1, "a", event="x-count", contentType=COUNT)
+    copied = jelly.unjelly(jelly.jelly([presence, counted]), taster=pb.globalSecurity)
+    assert copied == [presence, counted]
+    assert (copied[1].event, copied[1].contentType) == ("x-count", COUNT)
+    assert (copied[0].event, copied[0].contentType) == ("presence", "application/pidf+xml")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"event": ""}, {"event": 7}, {"contentType": "x" * 5000}, {"event": "x-count", "contentType": None}],
+)
+def test_packageUpdateRefusesBadState(change):
+    state = PublicationUpdate(BOB, "e2", b"count=1", 10.0, 5.0, 1, "a", event="x-count", contentType=COUNT)
+    state = state.getStateToCopy()
+    state.update(change)
+    with pytest.raises(ValueError):
+        PublicationUpdate().setCopyableState(state)
+    del state["contentType"]
+    with pytest.raises(ValueError):
+        PublicationUpdate().setCopyableState(state)
+
+
+def test_packagePublicationReplicated():
+    """
+    A publication of another package accepted on one manager reaches the
+    watchers of another, parsed by that package; its removal too.
+    """
+    a, b = PackageHarness(store=MemoryStore(), node="a"), PackageHarness(store=MemoryStore(), node="b")
+    groups = {}
+    for harness in (a, b):
+        group = groups[harness.config.node] = PeerGroup(harness.config.node, ["a", "b"], harness.clock)
+        group.attach(harness.manager)
+    groups["a"].peerUp("b", LocalPeer(groups["b"], "a"))
+    groups["b"].peerUp("a", LocalPeer(groups["a"], "b"))
+    try:
+        b.receive(countSubscribe())
+        (ok,), (first,) = b.split()
+        b.answer(first)
+        a.receive(countPublish(b"count=4"), PUBLISHER)
+        (published,) = a.responses()
+        etag = published.header("sip-etag")
+        a.clock.advance(0)
+        (notify,) = [m for m in b.take() if isinstance(m, Request)]
+        assert (notify.header("event"), notify.body) == ("x-count", b"#1 4")
+        held = b.manager.publication(etag)
+        assert (held.event, held.contentType, held.origin, held.document) == ("x-count", COUNT, "a", 4)
+        b.answer(notify)
+        a.receive(countPublish(b"", SIP_If_Match=etag, Expires="0"), PUBLISHER)
+        assert [r.code for r in a.responses()] == [200]
+        a.clock.advance(0)
+        (notify,) = [m for m in b.take() if isinstance(m, Request)]
+        assert notify.body == b"#2 none" and b.manager.publication(etag) is None
+        b.answer(notify)
+    finally:
+        for name, harness in (("a", a), ("b", b)):
+            groups[name].stop()
+            harness.stop()

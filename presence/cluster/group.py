@@ -150,10 +150,6 @@ from presence.manager.state import Publication
 from presence.sip.headers import HeaderError
 from presence.sip.uri import URIError, normaliseAOR
 
-#: The event package of every replicated publication: the updates carry
-#: no package yet.
-PRESENCE = "presence"
-
 #: Seconds a tombstone outlives its publication's expiry: room for clock
 #: differences between the nodes.
 TOMBSTONE_SLACK = 60.0
@@ -175,7 +171,7 @@ def updateOf(pub: Publication, origin: str, replaces: str = "") -> PublicationUp
     """
     return PublicationUpdate(
         pub.presentity, pub.etag, pub.body, pub.expiresAt, pub.modifiedAt, pub.version,
-        origin, False, replaces,
+        origin, False, replaces, pub.event, pub.contentType,
     )
 
 
@@ -344,7 +340,7 @@ class PeerGroup:
             return
         update = PublicationUpdate(
             record.presentity, record.etag, record.body, record.expiresAt, record.modifiedAt,
-            record.version, "", False, "",
+            record.version, "", False, "", record.event, record.contentType,
         )
         self.receive([update], "store")
 
@@ -459,7 +455,7 @@ class PeerGroup:
                 self.counters["ignored"] += 1
                 continue
             try:
-                document = manager.parsePublication(PRESENCE, update.body, update.presentity)
+                document = manager.parsePublication(update.event, update.body, update.presentity)
             except ValueError as e:
                 self.counters["refused"] += 1
                 self.log.warn(
@@ -477,7 +473,7 @@ class PeerGroup:
             origin = "" if update.origin == self.node else (update.origin or sender)
             puts[etag] = Publication(
                 etag, update.presentity, update.body, document, update.expiresAt,
-                update.modifiedAt, update.version, origin, PRESENCE,
+                update.modifiedAt, update.version, origin, update.event, update.contentType,
             )
         applied = manager.applyRemote(list(puts.values()), removes)
         self.counters["applied"] += applied

@@ -35,6 +35,10 @@ MAX_BODY = 600 * 1024
 
 _MAX_TEXT = 2048
 
+#: What an update without package fields is: a presence publication.
+PRESENCE = "presence"
+PIDF = "application/pidf+xml"
+
 
 class PublicationUpdate(pb.Copyable, pb.RemoteCopy):
     """
@@ -48,7 +52,7 @@ class PublicationUpdate(pb.Copyable, pb.RemoteCopy):
 
     @ivar presentity: the AOR.
     @ivar etag: the entity-tag.
-    @ivar body: the PIDF document as published (empty for a removal).
+    @ivar body: the body as published (empty for a removal).
     @ivar expiresAt: the publication's expiry, epoch seconds (for a
         removal: the removed publication's, which bounds how long the
         removal must be remembered).
@@ -58,6 +62,12 @@ class PublicationUpdate(pb.Copyable, pb.RemoteCopy):
     @ivar origin: the node that accepted the PUBLISH.
     @ivar removed: whether this is a removal.
     @ivar replaces: the entity-tag this publication supersedes, or C{""}.
+    @ivar event: the event package it was published in.
+    @ivar contentType: its body's content type.
+
+    A presence publication's state leaves out the last two, as managers
+    from before event packages send it and expect it: a cluster upgraded
+    one manager at a time goes on replicating presence.
     """
 
     def __init__(
@@ -71,6 +81,8 @@ class PublicationUpdate(pb.Copyable, pb.RemoteCopy):
         origin: str = "",
         removed: bool = False,
         replaces: str = "",
+        event: str = PRESENCE,
+        contentType: str = PIDF,
     ) -> None:
         self.presentity = presentity
         self.etag = etag
@@ -81,12 +93,14 @@ class PublicationUpdate(pb.Copyable, pb.RemoteCopy):
         self.origin = origin
         self.removed = removed
         self.replaces = replaces
+        self.event = event
+        self.contentType = contentType
 
     def getStateToCopy(self) -> Dict[str, Any]:
         """
         The fields, and nothing else, as PB sends them.
         """
-        return {
+        state = {
             "presentity": self.presentity,
             "etag": self.etag,
             "body": self.body,
@@ -97,6 +111,10 @@ class PublicationUpdate(pb.Copyable, pb.RemoteCopy):
             "removed": bool(self.removed),
             "replaces": self.replaces,
         }
+        if self.event != PRESENCE or self.contentType != PIDF:
+            state["event"] = self.event
+            state["contentType"] = self.contentType
+        return state
 
     def setCopyableState(self, state: Any) -> None:
         """
@@ -106,14 +124,14 @@ class PublicationUpdate(pb.Copyable, pb.RemoteCopy):
         @raise ValueError: anything else (PB then fails the peer's call;
             the connection and this process carry on).
         """
-        if not isinstance(state, dict) or set(state) != _FIELDS:
+        if not isinstance(state, dict) or set(state) not in (_FIELDS, _PACKAGE_FIELDS):
             raise ValueError("malformed PublicationUpdate")
-        for name in ("presentity", "etag", "origin", "replaces"):
-            value = state[name]
+        for name in ("presentity", "etag", "origin", "replaces", "event", "contentType"):
+            value = state.get(name, "")
             if not isinstance(value, str) or len(value) > _MAX_TEXT:
                 raise ValueError("PublicationUpdate.%s must be a short string" % (name,))
-        if not state["etag"] or not state["presentity"]:
-            raise ValueError("PublicationUpdate needs an etag and a presentity")
+        if not state["etag"] or not state["presentity"] or state.get("event") == "":
+            raise ValueError("PublicationUpdate needs an etag, a presentity and an event package")
         body = state["body"]
         if not isinstance(body, bytes) or len(body) > MAX_BODY:
             raise ValueError("PublicationUpdate.body must be bytes of at most %d" % (MAX_BODY,))
@@ -151,6 +169,7 @@ class PublicationUpdate(pb.Copyable, pb.RemoteCopy):
 
 
 _FIELDS = frozenset(PublicationUpdate().getStateToCopy())
+_PACKAGE_FIELDS = _FIELDS | {"event", "contentType"}
 
 pb.setUnjellyableForClass(PublicationUpdate, PublicationUpdate)
 
