@@ -175,6 +175,8 @@ def test_systemdUnit():
     assert service["Type"] == ["simple"]
     assert service["User"] not in (["root"], ["0"]) and len(service["User"]) == 1
     assert service["Restart"] == ["on-failure"]
+    # systemctl reload: SIGHUP reopens the logs and reloads (presence.reload).
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     [command] = service["ExecStart"]
     argv = shlex.split(command)
     assert argv[0].startswith("/") and os.path.basename(argv[0]) == "twistd"
