@@ -214,12 +214,13 @@ def _database(tmp_path):
     return ["--database", "sqlite:///%s" % (tmp_path / "presence.sqlite",)]
 
 
-@pytest.mark.parametrize("listener", ["udp", "tcp", "metrics", "billing-node", "cluster"])
+@pytest.mark.parametrize("listener", ["udp", "tcp", "tls", "manhole", "metrics", "billing-node", "cluster"])
 def test_portInUseExits(tmp_path, listener):
     """
-    Whatever listener finds its port taken (SIP UDP or TCP, metrics, the
-    billing node's or the cluster's PB listener, this one once the
-    manager has loaded), the process says so in one line and exits 1.
+    Whatever listener finds its port taken (SIP UDP, TCP or TLS, the
+    manhole, metrics, the billing node's or the cluster's PB listener,
+    this one once the manager has loaded), the process says so in one line
+    and exits 1.
     """
     sock = _taken(socket.SOCK_DGRAM if listener == "udp" else socket.SOCK_STREAM)
     port = sock.getsockname()[1]
@@ -229,6 +230,19 @@ def test_portInUseExits(tmp_path, listener):
     ini = ""
     if listener in ("udp", "tcp"):
         args += ["--listen", "%s:%d:interface=127.0.0.1" % (listener, port)]
+    elif listener == "tls":
+        from tests.certs import selfSigned
+
+        key, cert, _ = selfSigned(tmp_path)
+        args += ["--listen", "tls:%d:interface=127.0.0.1:privateKey=%s:certKey=%s" % (port, key, cert)]
+    elif listener == "manhole":
+        keys = tmp_path / "authorized_keys"
+        keys.write_text("")
+        keys.chmod(0o600)
+        ini = "[manhole]\nenabled = yes\nlisten = tcp:%d:interface=127.0.0.1\nauthorized_keys = %s\nhost_key = %s\n" % (
+            port, keys, tmp_path / "host_key",
+        )
+        args += sip
     elif listener == "metrics":
         ini = "[metrics]\nenabled = yes\nlisten = tcp:%d:interface=127.0.0.1\n" % (port,)
         args += sip
