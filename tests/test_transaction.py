@@ -820,3 +820,32 @@ def test_clientTimersOfManyTransactions(layer: TransactionLayer, send: Recorder,
     advanceTo(clock, 40)
     assert len(layer) == 0
     assert clock.getDelayedCalls() == []
+
+
+def test_timerFOfATransactionStartedByATimeout(
+    layer: TransactionLayer, send: Recorder, clock: Clock
+) -> None:
+    """
+    A transaction started while another times out (a manager sends the
+    next NOTIFY when one times out) does not delay the timeout of one
+    already waiting behind it.
+    """
+    first = makeNotify()
+    waiting = makeNotify()
+    started: List[ClientTransaction] = []
+
+    def timedOut(response: Response) -> None:
+        started.append(layer.sendRequest(makeNotify(), UDP_PEER))
+
+    layer.sendRequest(first, UDP_PEER).deferred.addCallback(timedOut)
+    advanceTo(clock, 0.5)
+    waitingTx = layer.sendRequest(waiting, UDP_PEER)
+    runUntil(clock, 32.0)
+    assert len(started) == 1 and result(waitingTx) is None
+    runUntil(clock, 32.5)
+    response = result(waitingTx)
+    assert response is not None and response.code == 408
+    runUntil(clock, 64.0)
+    assert result(started[0]).code == 408
+    advanceTo(clock, 80)
+    assert len(layer) == 0 and clock.getDelayedCalls() == []

@@ -216,9 +216,17 @@ class _FifoTimers:
         queue = self._queue
         while queue and queue[0].deadline <= limit:
             self._due(queue.popleft())
-        if queue and self._call is None:
-            delay = max(queue[0].deadline - now, self._resolution)
+        if not queue:
+            return
+        delay = max(queue[0].deadline - now, self._resolution)
+        call = self._call
+        if call is None:
             self._call = self._reactor.callLater(delay, self._expire)
+        elif call.getTime() > now + delay:
+            # An entry pushed by a due one (a timed-out NOTIFY sends the
+            # next) scheduled the call a whole delay from now, past the
+            # head still waiting.
+            call.reset(delay)
 
     def stop(self) -> None:
         """
