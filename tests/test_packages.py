@@ -406,3 +406,19 @@ def test_packagePublicationReplicated():
         for name, harness in (("a", a), ("b", b)):
             groups[name].stop()
             harness.stop()
+
+
+def test_finalNotifyRendersWithoutStoreWrite(h):
+    """
+    The final NOTIFY of an expired subscription carries its state,
+    rendered, but its package state is not written: the row is gone.
+    """
+    h.receive(countSubscribe(Expires="60"))
+    (ok,), (first,) = h.split()
+    h.answer(first)
+    h.clock.advance(61)
+    final = [m for m in h.take() if isinstance(m, Request)][-1]
+    assert final.header("subscription-state") == "terminated;reason=timeout"
+    assert final.body == b"#1 none"
+    assert h.store.subscriptions == {}
+    assert h.manager.counters["storeErrors"] == 0

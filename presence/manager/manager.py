@@ -399,7 +399,8 @@ class SubscriptionManager:
         package = self.packages.get(sub.event)
         before = sub.packageState
         body = package.render(sub, self.model.documentOf(sub.presentity, sub.event))
-        if sub.packageState != before:
+        if sub.packageState != before and not sub.terminated:
+            # (A final NOTIFY's subscription is gone from the store.)
             self.store.updateSubscription(sub.id, packageState=sub.packageState).addErrback(
                 self.storeFailed, "package state of " + sub.id
             )
