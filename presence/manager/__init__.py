@@ -1,4 +1,6 @@
 """
-The subscription manager: SUBSCRIBE, PUBLISH, composition and NOTIFY for the
-presence event package (RFC 3856, RFC 3903, RFC 6665).
+The subscription manager: SUBSCRIBE, PUBLISH, composition and NOTIFY
+(RFC 6665, RFC 3903) for every event package it is given
+(L{presence.packages}); L{presence.manager.manager} says which module does
+what.
 """
