@@ -277,6 +277,16 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "max_reactor_lag": ("maxReactorLag", _seconds, 1.0),
         "overload_retry_after": ("overloadRetryAfter", _positiveInt, 5),
     },
+    # The dialog event package (presence.packages.dialog), busy lamp
+    # fields: one_dialog shows watchers only the most relevant dialog
+    # (early > confirmed > proceeding > trying > terminated), for phones
+    # that show only the first; idle_dialog shows a resource without calls
+    # as one terminated dummy dialog, for phones that keep a lamp lit on
+    # an empty document.
+    "dialog": {
+        "one_dialog": ("dialogOneDialog", _boolean, False),
+        "idle_dialog": ("dialogIdle", _boolean, False),
+    },
     # The registrar (presence.registrar): REGISTER at a manager, whose
     # bindings give presence to an AOR that publishes none.
     "registrar": {

@@ -532,6 +532,18 @@ class IEventPackage(Interface):
         @return: the body (bytes), deterministic as L{compose}.
         """
 
+    def initialState(params):
+        """
+        The C{packageState} of a new subscription, from the parameters of
+        its SUBSCRIBE's C{Event} header (the dialog package's C{call-id},
+        C{from-tag} and C{to-tag}, RFC 4235 section 3.2, which ask for one
+        dialog).
+
+        @param params: parameter name (lower case) to value (L{None} for a
+            parameter without value).
+        @return: a string, C{""} for nothing.
+        """
+
     def render(subscription, body):
         """
         Rewrite the composed C{body} for one NOTIFY of C{subscription} (the
@@ -547,6 +559,27 @@ class IEventPackage(Interface):
             (read C{id}, C{watcher}, C{presentity}, C{eventId},
             C{packageState}; change only C{packageState}).
         @return: the body to send.
+        """
+
+
+class IWatcherInfoPackage(IEventPackage):
+    """
+    An event package whose state is the manager's own: the watchers of
+    another package's resources (the C{.winfo} template package, RFC 3857:
+    C{presence.winfo}).  Nothing is published for it; the manager gives
+    it the subscriptions to a resource (L{bind}) and recomposes its
+    resources whenever a watcher of theirs comes, goes or changes state.
+    """
+
+    reports = Attribute("The event package whose watchers it lists (C{\"presence\"}).")
+
+    def bind(watchers):
+        """
+        Called once by the manager serving the package.
+
+        @param watchers: C{watchers(aor)} gives the live subscriptions
+            (L{presence.manager.state.Subscription}) to C{aor} in
+            L{reports}.
         """
 
 

@@ -65,6 +65,9 @@ class CountPackage:
     def withoutState(self, resource: str, registered: Optional[str]) -> bytes:
         return b"none" if registered is None else b"registered"
 
+    def initialState(self, params: Any) -> str:
+        return ""
+
     def render(self, subscription: Any, body: bytes) -> bytes:
         number = int(subscription.packageState or "-1") + 1
         subscription.packageState = str(number)
@@ -132,9 +135,10 @@ def test_managerProvidesItsInterfaces(h):
 def test_packagesProvideTheirInterfaces():
     registry = defaultPackages()
     assert verifyObject(IPackageRegistry, registry)
-    assert registry.names() == ["presence"]
-    assert verifyObject(IEventPackage, registry.get("presence"))
-    assert registry.get("dialog") is None
+    assert registry.names() == ["presence", "dialog", "message-summary", "presence.winfo"]
+    for package in registry:
+        assert verifyObject(IEventPackage, package)
+    assert registry.get("conference") is None
 
 
 def test_registryRefusesDuplicatesNothingAndNonPackages():

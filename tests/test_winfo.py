@@ -238,3 +238,21 @@ def test_partialsApplyToTheFullState(states: List[List[WatcherList]]) -> None:
         }
         live = {k: w.status for k, w in known.items() if w.status != "terminated"}
         assert live == {k: w.status for k, w in current.items() if w.status != "terminated"}
+
+
+def test_snapshotRestoresPartials() -> None:
+    """
+    A view rebuilt from its snapshot (stored with the subscription) goes
+    on with partial documents from what was told.
+    """
+    view = WatcherinfoView()
+    view.full(listOf(pending()))
+    again = WatcherinfoView(view.version)
+    again.restore(view.snapshot())  # type: ignore[arg-type]
+    assert again.update(listOf(pending())) is None
+    approved = pending()._replace(status="active", event="approved", durationSubscribed=None)
+    document = parseWatcherinfo(again.update(listOf(approved)))  # type: ignore[arg-type]
+    assert (document.version, document.state) == (1, "partial")
+    assert WatcherinfoView().snapshot() is None
+    with pytest.raises(ValueError):
+        WatcherinfoView().restore([["r", "presence", [["too", "short"]]]])

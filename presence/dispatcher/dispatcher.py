@@ -44,6 +44,7 @@ from presence.dispatcher.links import ManagerLink
 from presence.dispatcher.managers import ManagerSpec
 from presence.dispatcher.policy import POLICIES
 from presence.dispatcher.route import RouteCodec, RouteError, RouteInfo
+from presence.packages import defaultPackages
 from presence.sip.core import SIPCore
 from presence.sip.headers import HeaderError, NameAddr
 from presence.sip.message import Request, Response
@@ -53,7 +54,6 @@ from presence.sip.uri import SipURI, URIError, normaliseAOR, parseURI
 
 FORWARDED_METHODS = ("SUBSCRIBE", "PUBLISH", "NOTIFY", "REGISTER")
 
-PIDF = "application/pidf+xml"
 
 _WILDCARD = frozenset(["", "0.0.0.0", "::", "[::]"])
 
@@ -242,8 +242,10 @@ class Dispatcher:
         # Our Routes carry the dialog's manager and flow: _route reads
         # them, so the core must leave them in.
         self.core.removeOwnRoute = False
-        self.core.acceptTypes = [PIDF]
-        self.core.allowEvents = ["presence"]
+        # What the managers behind it serve (OPTIONS answers for them).
+        packages = defaultPackages()
+        self.core.acceptTypes = packages.bodyTypes()
+        self.core.allowEvents = packages.names()
 
     def start(self) -> None:
         """

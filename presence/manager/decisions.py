@@ -97,6 +97,7 @@ class Redecisions:
             manager.storeFailed, "state of " + sub.id
         )
         manager.notifier.notify(sub, immediate=True)
+        manager.watchersChanged(sub)
 
     def _failed(self, failure: Failure, sub: Subscription) -> None:
         self.manager.counters["billingErrors"] += 1

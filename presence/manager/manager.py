@@ -42,7 +42,7 @@ from zope.interface import implementer
 from presence.billing.gate import AuthGate, FailureLimiter
 from presence.billing.quirks import ChallengeQuirks
 from presence.config import Config
-from presence.interfaces import IClusterMember, INotifyHost, ISubscriptionManager
+from presence.interfaces import IClusterMember, INotifyHost, ISubscriptionManager, IWatcherInfoPackage
 from presence.manager.admission import Admission
 from presence.manager.decisions import Redecisions
 from presence.manager.model import ManagerState
@@ -117,8 +117,15 @@ class SubscriptionManager:
         self.clock = clock
         self.node = config.node
         self.domains = frozenset(config.domains)
-        self.packages = packages if packages is not None else defaultPackages()
+        self.packages = packages if packages is not None else defaultPackages(config)
         self.model = ManagerState(clock, self.packages, self._subscriptionsExpired, self._publicationsExpired)
+        # The watcher-information packages (presence.winfo) by the package
+        # they report on.
+        self.watcherInfo: Dict[str, List[Any]] = {}
+        for package in self.packages:
+            if IWatcherInfoPackage.providedBy(package):
+                self.watcherInfo.setdefault(package.reports, []).append(package)
+                package.bind(self._watchersFor(package.reports))
         self.subscriptions = self.model.subscriptions
         self.dialogs = self.model.dialogs
         self.publications = self.model.publications
@@ -265,6 +272,25 @@ class SubscriptionManager:
         """
         self.notifier.cancel(sub)
         self.model.forget(sub)
+        self.watchersChanged(sub)
+
+    def watchersChanged(self, sub: Subscription) -> None:
+        """
+        C{sub} came, went or changed state: the watcher information of its
+        resource (presence.winfo) changes with it.
+        """
+        for package in self.watcherInfo.get(sub.event, ()):
+            self.changed(self.model.resource(sub.presentity, package.event), package.event)
+
+    def _watchersFor(self, event: str) -> Any:
+        def watchers(aor: str) -> List[Subscription]:
+            pres = self.model.resources[event].get(aor)
+            if pres is None:
+                return []
+            subs = self.model.subscriptions
+            return [subs[sid] for sid in pres.watchers if sid in subs]
+
+        return watchers
 
     def terminate(self, sub: Subscription, reason: Optional[str]) -> Deferred:
         """

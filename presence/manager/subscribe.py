@@ -58,7 +58,7 @@ class Wanted:
 
     __slots__ = (
         "request", "tx", "package", "watcher", "presentity", "remoteTarget", "remoteTag",
-        "eventId", "expires", "cseq",
+        "eventId", "expires", "cseq", "packageState",
     )
 
     def __init__(
@@ -73,6 +73,7 @@ class Wanted:
         eventId: str,
         expires: int,
         cseq: int,
+        packageState: str = "",
     ) -> None:
         self.request = request
         self.tx = tx
@@ -84,6 +85,7 @@ class Wanted:
         self.eventId = eventId
         self.expires = expires
         self.cseq = cseq
+        self.packageState = packageState
 
 
 class SubscribeHandler:
@@ -161,7 +163,8 @@ class SubscribeHandler:
             core.respond(tx, 400, str(e) or "Bad Contact")
             return
         wanted = Wanted(
-            request, tx, package, watcher, presentity, remoteTarget, remoteTag, eventId, expires, cseq
+            request, tx, package, watcher, presentity, remoteTarget, remoteTag, eventId, expires, cseq,
+            package.initialState(params),
         )
         manager.admission.admit(request, tx, watcher, self._authorizeWatch, wanted)
 
@@ -268,6 +271,7 @@ class SubscribeHandler:
             remoteCSeq=wanted.cseq,
             state="active" if decision == ALLOW else "pending",
             event=package.event,
+            packageState=wanted.packageState,
         )
         if expires == 0:
             # A fetch (RFC 6665 §4.4.3): the state once, no subscription.
@@ -287,6 +291,7 @@ class SubscribeHandler:
         self.manager.model.keep(sub)
         self._accepted(tx, sub, expires)
         self.manager.notifier.notify(sub)
+        self.manager.watchersChanged(sub)
 
     def _subscribeFailed(self, failure: Failure, tx: ServerTransaction, sub: Subscription) -> None:
         manager = self.manager

@@ -7,7 +7,7 @@ touching the manager's router (see the interface for how).
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -58,11 +58,27 @@ class PackageRegistry:
         return list(types)
 
 
-def defaultPackages() -> PackageRegistry:
+def defaultPackages(config: Any = None) -> PackageRegistry:
     """
-    The packages a manager serves unless told otherwise.
+    The packages a manager serves unless told otherwise: presence, dialog
+    (with the options of C{config}'s [dialog] section), message-summary and
+    presence.winfo.
     """
-    return PackageRegistry([PresencePackage()])
+    from presence.packages.dialog import DialogPackage
+    from presence.packages.messagesummary import MessageSummaryPackage
+    from presence.packages.winfo import WatcherInfoPackage
+
+    return PackageRegistry(
+        [
+            PresencePackage(),
+            DialogPackage(
+                oneDialog=getattr(config, "dialogOneDialog", False),
+                idle=getattr(config, "dialogIdle", False),
+            ),
+            MessageSummaryPackage(),
+            WatcherInfoPackage(),
+        ]
+    )
 
 
 def acceptable(package: IEventPackage, accepts: List[str]) -> bool:

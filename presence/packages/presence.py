@@ -39,6 +39,9 @@ class PresencePackage:
             return openDocument(resource, contact=registered)
         return composePidf(resource, [])
 
+    def initialState(self, params: Any) -> str:
+        return ""
+
     def render(self, subscription: Any, body: bytes) -> bytes:
         """
         Every watcher of a presentity gets the same document.

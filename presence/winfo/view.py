@@ -13,7 +13,7 @@ Durations are not a change: they grow every second.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from presence.winfo.document import Watcher, WatcherList, renderWatcherinfo
 
@@ -79,6 +79,35 @@ class WatcherinfoView:
         self.version += 1
         self._remember(lists)
         return body
+
+    def snapshot(self) -> Optional[List[list]]:
+        """
+        What this view was told, as plain lists (JSON-ready) for
+        L{restore}; L{None} if nothing yet.
+        """
+        if self._told is None:
+            return None
+        return [
+            [key[0], key[1], [[w.id, w.uri, w.status, w.event, w.displayName] for w in watchers.values()]]
+            for key, watchers in self._told.items()
+        ]
+
+    def restore(self, snapshot: Sequence[Sequence[Any]]) -> None:
+        """
+        Take back what L{snapshot} gave (a stored subscription's).
+
+        @raise ValueError: for anything L{snapshot} does not give.
+        """
+        told: Dict[_Key, Dict[str, Watcher]] = {}
+        try:
+            for resource, package, watchers in snapshot:
+                told[(str(resource), str(package))] = {
+                    str(i): Watcher(str(uri), str(i), str(status), str(event), name)
+                    for i, uri, status, event, name in watchers
+                }
+        except (TypeError, ValueError) as e:
+            raise ValueError("not a watcherinfo snapshot: %s" % (e,)) from None
+        self._told = told
 
     def _remember(self, lists: Sequence[WatcherList]) -> None:
         self._told = {
