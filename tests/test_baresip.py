@@ -37,12 +37,12 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pytest
 
 from tests.conftest import requireTool
-from tests.serverprocess import REPO, ServerProcess
+from tests.serverprocess import REPO, ServerProcess, endProcess
 from tests.test_billing_integration import presenceAdmin
 
 READY = "Subscription manager"
@@ -87,7 +87,7 @@ class Baresip:
     """
 
     def __init__(self, executable: str, workdir: str, user: str, transport: str, serverPort: int,
-                 contacts: List[str], pubint: int = 60, extra: str = "") -> None:
+                 contacts: List[str], pubint: int = 60, extra: str = "", modules: Sequence[str] = ()) -> None:
         self.executable = executable
         self.user = user
         self.home = os.path.join(workdir, user)
@@ -103,7 +103,7 @@ class Baresip:
         self._buffer = b""
         lower = transport.lower()
         with open(os.path.join(self.home, "config"), "w") as f:
-            f.write(config(self.sipPort, self.ctrlPort))
+            f.write(config(self.sipPort, self.ctrlPort, modules))
         with open(os.path.join(self.home, "accounts"), "w") as f:
             f.write(accountLine(user, lower, serverPort, pubint, extra) + "\n")
         with open(os.path.join(self.home, "contacts"), "w") as f:
@@ -158,13 +158,7 @@ class Baresip:
             self._sock = None
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        endProcess(self.process, sig)
         self.process.stdout.close()  # type: ignore[union-attr]
         self.process = None
 
@@ -233,6 +227,23 @@ class Baresip:
                 for message in self._messages():
                     self.events.append(message)
 
+    def waitEvent(self, predicate: Callable[[Dict[str, Any]], bool], timeout: float = TIMEOUT) -> Dict[str, Any]:
+        """
+        Wait for a ctrl_tcp event (a UA event such as C{MWI_NOTIFY}, with
+        its C{param}) satisfying C{predicate}, among those received so far
+        or coming.
+        """
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for message in self.events[seen:]:
+                if predicate(message):
+                    return message
+            seen = len(self.events)
+            if not self._receive(deadline - time.monotonic()):
+                raise AssertionError("%s: no such event among %r\nlog:\n%s" % (self.user, self.events, self.log()))
+            self.events.extend(self._messages())
+
     def registered(self) -> str:
         """
         Wait until reginfo shows the account registered (OK).
@@ -255,11 +266,12 @@ class Baresip:
         self.waitUntil("contacts", lambda out: self.statusOf(out, name) == status)
 
 
-def config(sipPort: int, ctrlPort: int) -> str:
+def config(sipPort: int, ctrlPort: int, modules: Sequence[str] = ()) -> str:
     """
-    The tested baresip configuration: presence modules only.
+    The tested baresip configuration: presence modules only, and the
+    application modules named in C{modules} (C{"mwi"}).
     """
-    return (
+    return "".join("module_app\t\t%s.so\n" % (name,) for name in modules) + (
         "poll_method\t\tepoll\n"
         "sip_listen\t\t127.0.0.1:%d\n"
         "module_path\t\t/usr/lib/baresip/modules\n"

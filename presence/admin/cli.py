@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from twisted.python import usage
 
 from presence.admin import live as livecli
-from presence.admin import provisioning
+from presence.admin import mwi, provisioning
 from presence.config import Config, ConfigError, loadConfig
 from presence.tap import DEFAULT_CONFIG, ROLES
 from presence.tap import Options as ServerOptions
@@ -99,6 +99,7 @@ class Options(usage.Options):
         ["policy", None, provisioning.PolicyOptions, "Who may watch a presentity: allow, block, ask, clear, show."],
         ["watchers", None, provisioning.WatchersOptions, "Who watches an AOR, in which state."],
         ["live", None, livecli.LiveOptions, "The running servers: presentities, watchers, terminate, drain, status."],
+        ["mwi", None, mwi.MwiOptions, "Push a mailbox's message summary (RFC 3842) to its phones."],
     ]
 
     # The same line as twistd presence --version.
@@ -266,6 +267,7 @@ COMMANDS = {
     "policy": provisioning.policy,
     "watchers": provisioning.watchers,
     "live": live,
+    "mwi": mwi.mwi,
 }
 
 
