@@ -582,6 +582,16 @@ class IWatcherInfoPackage(IEventPackage):
             L{reports}.
         """
 
+    def changing(subscription, reason):
+        """
+        Called before the manager recomposes the resource of
+        C{subscription} (one in L{reports}) because it came, went or
+        changed state, while someone watches that resource's watchers.
+
+        @param reason: why it ended (an RFC 6665 C{reason}: C{rejected},
+            C{timeout}, ...), or L{None} if it did not end.
+        """
+
 
 class IPackageRegistry(Interface):
     """

@@ -293,6 +293,13 @@ def test_watcherInfoFullThenPartial(make: Any) -> None:
     h.receive(refresh(sub, ok, 2, Expires="0"))
     (notify,) = winfoNotifies(h)
     assert watchersIn(notify) == (2, "partial", ((ALICE, "terminated", "timeout"),))
+    h.answer(notify)
+    # The next change tells the new watcher only, alice is not told again.
+    _, _, (notify,) = subscribeWatcher(h, fromURI="sip:carol@example.test")
+    assert watchersIn(notify) == (3, "partial", (("sip:carol@example.test", "active", "approved"),))
+    assert [w.uri for w in parseWatcherinfo(h.manager.documentOf(BOB, "presence.winfo")).lists[0].watchers] == [
+        "sip:carol@example.test"
+    ]
 
 
 def test_watcherInfoShowsPolicy(make: Any) -> None:
@@ -313,7 +320,7 @@ def test_watcherInfoShowsPolicy(make: Any) -> None:
     h.answer(notify)
     h.billing(lambda conn: db.setRule(conn, BOB, ALICE, "block"))
     (notify,) = winfoNotifies(h)
-    assert watchersIn(notify)[1:] == ("partial", ((ALICE, "terminated", "timeout"),))
+    assert watchersIn(notify)[1:] == ("partial", ((ALICE, "terminated", "rejected"),))
 
 
 def test_onlyTheOwnerWatchesWatchers(make: Any) -> None:

@@ -266,21 +266,26 @@ class SubscriptionManager:
         for sub in self.model.changed(pres, event):
             notify(sub, since=published)
 
-    def forget(self, sub: Subscription) -> None:
+    def forget(self, sub: Subscription, reason: str = "timeout") -> None:
         """
         Drop C{sub} from memory: no more NOTIFYs but its final one.
+
+        @param reason: why it ended, for its owner's watcher information.
         """
         self.notifier.cancel(sub)
         self.model.forget(sub)
-        self.watchersChanged(sub)
+        self.watchersChanged(sub, reason)
 
-    def watchersChanged(self, sub: Subscription) -> None:
+    def watchersChanged(self, sub: Subscription, reason: Optional[str] = None) -> None:
         """
-        C{sub} came, went or changed state: the watcher information of its
-        resource (presence.winfo) changes with it.
+        C{sub} came, went (for C{reason}) or changed state: the watcher
+        information of its resource (presence.winfo) changes with it.
         """
         for package in self.watcherInfo.get(sub.event, ()):
-            self.changed(self.model.resource(sub.presentity, package.event), package.event)
+            pres = self.model.resources[package.event].get(sub.presentity)
+            if pres is not None and pres.watchers:
+                package.changing(sub, reason)
+                self.changed(pres, package.event)
 
     def _watchersFor(self, event: str) -> Any:
         def watchers(aor: str) -> List[Subscription]:
@@ -300,7 +305,7 @@ class SubscriptionManager:
         memory even if the store write fails; the store then drops it when
         it expires.
         """
-        self.forget(sub)
+        self.forget(sub, reason or "timeout")
 
         def removed(_: Any) -> None:
             if reason is not None:

@@ -21,13 +21,14 @@ told kept in C{packageState}, stored with the subscription.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from zope.interface import implementer
 
 from presence.interfaces import IWatcherInfoPackage
 from presence.winfo import (
     CONTENT_TYPE,
+    EVENTS,
     Watcher,
     WatcherinfoView,
     WatcherList,
@@ -53,9 +54,21 @@ class WatcherInfoPackage:
 
     def __init__(self) -> None:
         self._watchers: Callable[[str], Iterable[Any]] = lambda aor: ()
+        # Per resource, the watcher whose subscription ended last, listed
+        # as terminated with its reason until the resource's next change,
+        # so that every owner's subscription can be told why.
+        self._ended: Dict[str, Watcher] = {}
 
     def bind(self, watchers: Callable[[str], Iterable[Any]]) -> None:
         self._watchers = watchers
+
+    def changing(self, subscription: Any, reason: Optional[str]) -> None:
+        resource = subscription.presentity
+        if reason is None:
+            self._ended.pop(resource, None)
+            return
+        event = reason if reason in EVENTS else "timeout"
+        self._ended[resource] = Watcher(subscription.watcher, subscription.id, "terminated", event)
 
     def parse(self, body: bytes, resource: str) -> Any:
         raise ValueError("nobody publishes presence.winfo")
@@ -69,6 +82,9 @@ class WatcherInfoPackage:
             status = _STATUS.get(sub.state)
             if status is not None and not sub.terminated:
                 watchers.append(Watcher(sub.watcher, sub.id, status[0], status[1]))
+        ended = self._ended.get(resource)
+        if ended is not None:
+            watchers.append(ended)
         return renderWatcherinfo([WatcherList(resource, self.reports, tuple(watchers))], 0)
 
     def initialState(self, params: Any) -> str:
