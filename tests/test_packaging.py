@@ -257,6 +257,13 @@ def test_dockerfile():
             for source in sources:
                 assert os.path.exists(os.path.join(REPO, source)), "COPY names a missing file: " + source
             destinations.append((sources, destination))
+    copied = [source for sources, _ in destinations for source in sources]
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(os.path.join(REPO, "setup.cfg"))
+    needed = re.findall(r"file:\s*(\S+)", parser.get("metadata", "long_description"))
+    needed += [name.strip().split(".")[0] for name in parser.get("options", "packages").split()]
+    for name in needed + ["pyproject.toml", "setup.cfg", "LICENSE"]:
+        assert name in copied, "pip install . needs %s, which the Dockerfile does not copy" % (name,)
     installed = [dest for sources, dest in destinations if "setup.cfg" in sources]
     assert installed and any(rest.startswith("pip install") and installed[0].rstrip("/") in rest
                              for kind, rest in instructions if kind == "RUN")
