@@ -125,6 +125,44 @@ def test_mktapCannotWrite(tmp_path):
     assert err.startswith("presence-admin: cannot write %s: " % (tap,)) and err.count("\n") == 1
 
 
+def test_wheelHoldsTheWholeServer(tmp_path):
+    """
+    What the Dockerfile copies builds a wheel holding every module of the
+    server, its static files and the twistd plugin (and no
+    twisted/__init__.py): tests run from the source tree and would not
+    notice a package setup.cfg forgot, which pip install . then drops.
+    """
+    import zipfile
+
+    context = tmp_path / "context"
+    for source in ("pyproject.toml", "setup.cfg", "README.rst", "LICENSE", "presence", "twisted"):
+        origin = os.path.join(REPO, source)
+        if os.path.isdir(origin):
+            shutil.copytree(origin, context / source, ignore=shutil.ignore_patterns("__pycache__", "dropin.cache"))
+        else:
+            os.makedirs(context, exist_ok=True)
+            shutil.copy(origin, context / source)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "dist"), str(context)],
+        capture_output=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    [wheel] = os.listdir(tmp_path / "dist")
+    names = set(zipfile.ZipFile(tmp_path / "dist" / wheel).namelist())
+    expected = set()
+    for folder, _, files in os.walk(os.path.join(REPO, "presence")):
+        if "__pycache__" in folder:
+            continue
+        for name in files:
+            if not name.endswith((".pyc", ".pyo")):
+                expected.add(os.path.relpath(os.path.join(folder, name), REPO).replace(os.sep, "/"))
+    assert expected - names == set(), "missing from the wheel"
+    assert "twisted/plugins/presence_plugin.py" in names
+    assert not {"twisted/__init__.py", "twisted/plugins/__init__.py"} & names
+    assert wheel.startswith("presence-%s-" % (_setupVersion(),))
+
+
 # The systemd unit and its environment file.
 
 
