@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from typing import IO, Any, Dict, Optional
 
 from twisted.application import service
+from twisted.python.failure import Failure
 from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
@@ -93,12 +94,17 @@ def eventAsJSON(event: Dict[str, Any]) -> str:
         "logger": event.get("log_namespace"),
         "message": formatEvent(event),
     }
+    # twisted.python.log.msg events (Twisted's own, stdout and stderr);
+    # their log.err failures are not under log_failure, and their text
+    # holds the traceback.
+    legacy = "isError" in event and "message" in event
     failure = event.get("log_failure")
+    if failure is None and legacy and isinstance(event.get("failure"), Failure):
+        failure = event["failure"]
+        line["message"] = event.get("why") or "Unhandled Error"
     if failure is not None:
         line["error"] = describe(failure)
         line["traceback"] = failure.getTraceback()
-    # twisted.python.log.msg events (Twisted's own, stdout and stderr).
-    legacy = "isError" in event and "message" in event
     for key, value in event.items():
         if key.startswith("log_") or (legacy and key in _LEGACY_KEYS):
             continue
