@@ -13,7 +13,6 @@ import threading
 import time
 from typing import List
 
-import pytest
 from twisted.application import service
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent
