@@ -721,6 +721,8 @@ def test_dispatcherMetrics():
     assert value(samples, relayedTotal, direction="user_agent", method="NOTIFY") == 1
     assert value(samples, "presence_dispatcher_responses_relayed_total", **{"class": "2xx"}) == 3
     assert value(samples, "presence_dispatcher_failovers_total") == 1
+    # The PUBLISH's relayed 200 is its one final answer, after the failover.
+    assert histogram(samples, "presence_sip_request_duration_seconds", method="PUBLISH")[0] == 1
     assert value(samples, "presence_dispatcher_flow_failed_total") == 1
     assert value(samples, "presence_dispatcher_forged_routes_total") == 1
     inFlight = "presence_dispatcher_manager_in_flight"

@@ -225,6 +225,8 @@ def test_systemdUnit():
     assert config == "/etc/presence/presence.ini"
     assert service["EnvironmentFile"] == ["-/etc/presence/pypy-gc.env"]
     assert service["WorkingDirectory"] == ["/var/lib/presence"]
+    # ProtectSystem=strict: the working directory is writable as the state one.
+    assert service["ProtectSystem"] == ["strict"] and service["StateDirectory"] == ["presence"]
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
