@@ -317,6 +317,10 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         # the default receive buffer (about 208 KiB) is dropped datagrams.
         "udp_receive_buffer": ("udpReceiveBuffer", _byteSize, 4 * 1024 * 1024),
         "udp_send_buffer": ("udpSendBuffer", _byteSize, 0),
+        # Most seconds a new SUBSCRIBE or PUBLISH may wait in the UDP
+        # receive buffer and still be served (presence.sip.intake): older
+        # ones get 503 or are dropped.  0 serves them all.
+        "max_queue_delay": ("maxQueueDelay", _seconds, 0.2),
     },
     # The SSH manhole (presence.admin.manhole): off unless enabled, loopback
     # only unless listen says otherwise, key authentication only.

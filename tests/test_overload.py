@@ -2,18 +2,29 @@
 Overload shedding: L{presence.manager.overload.OverloadGuard} driven by a
 L{Clock}, and the manager answering new SUBSCRIBE and PUBLISH 503 with
 Retry-After while it is overloaded, still serving in-dialog requests and
-publication refreshes.
+publication refreshes; the UDP intake (L{presence.sip.intake}) ordering a
+turn's datagrams and shedding new requests by their wait in the kernel.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import socket
+import time
+from typing import Any, Dict
 
 import pytest
 from twisted.internet.task import Clock
 
 from presence.manager.overload import OverloadGuard
-from tests.harness import PUBLISHER, HeldStore, publish, refresh, subscribe
+from presence.sip.core import SIPCore
+from presence.sip.message import Request
+from presence.sip.intake import ACCEPT, DROP, REFUSE, Shedder, isNewWork
+from presence.sip.parser import DEFAULT_LIMITS, parseMessage
+from presence.sip.transport import SIPDatagramProtocol
+from tests.harness import PUBLISHER, FakeNetwork, HeldStore, publish, refresh, subscribe
+from tests.serverprocess import ServerProcess
+from tests.sipclient import UDPClient, answer, newRequest
 from tests.test_manager import make  # noqa: F401 (fixture)
 
 
@@ -112,3 +123,272 @@ def test_newRequestsShedInDialogServed(make: Any) -> None:
     h.receive(subscribe("sip:carol@example.test"))
     (accepted,), _ = h.split()
     assert accepted.code == 200
+
+
+# The UDP intake (presence.sip.intake): the wait in the kernel decides.
+
+
+def test_shedderByDelay() -> None:
+    """
+    A new request that waited at most maxDelay is served; one that waited
+    longer is refused while refusals cost at most rejectRatio of the
+    served ones (and a burst saved up), dropped beyond that.
+    """
+    clock = Clock()
+    clock.advance(100.0)
+    shedder = Shedder(clock, maxDelay=0.2, rejectRatio=0.5, burst=2)
+    assert shedder.decide(99.9) == ACCEPT and not shedder.shedding
+    assert [shedder.decide(99.0) for _ in range(3)] == [REFUSE, REFUSE, DROP]
+    assert shedder.shedding
+    # Two served requests earn one refusal.
+    assert shedder.decide(100.0) == ACCEPT and shedder.decide(99.85) == ACCEPT
+    assert [shedder.decide(99.5), shedder.decide(99.5)] == [REFUSE, DROP]
+    assert shedder.counters == {"accepted": 3, "refused": 3, "dropped": 2, "episodes": 2}
+
+
+def test_shedderOff() -> None:
+    clock = Clock()
+    clock.advance(100.0)
+    shedder = Shedder(clock, maxDelay=0)
+    assert shedder.decide(0.0) == ACCEPT
+
+
+@pytest.mark.parametrize(
+    "data, new",
+    [
+        (b"SUBSCRIBE sip:a@x SIP/2.0\r\nTo: <sip:a@x>\r\nFrom: <sip:b@x>;tag=1\r\n\r\n", True),
+        (b"PUBLISH sip:a@x SIP/2.0\r\nt: <sip:a@x>\r\n\r\n", True),
+        (b"SUBSCRIBE sip:a@x SIP/2.0\r\nTo: <sip:a@x>;tag=9\r\n\r\n", False),
+        (b"SUBSCRIBE sip:a@x SIP/2.0\r\nt:<sip:a@x> ; TAG=9\r\n\r\n", False),
+        (b"PUBLISH sip:a@x SIP/2.0\r\nTo: <sip:a@x>\r\nSIP-If-Match: e1\r\n\r\n", False),
+        # A tag in the body is no To tag.
+        (b"SUBSCRIBE sip:a@x SIP/2.0\r\nTo: <sip:a@x>\r\n\r\nTo: x;tag=1\r\n", True),
+        (b"NOTIFY sip:a@x SIP/2.0\r\nTo: <sip:a@x>\r\n\r\n", False),
+        (b"SIP/2.0 200 OK\r\nCSeq: 1 SUBSCRIBE\r\n\r\n", False),
+    ],
+)
+def test_isNewWork(data: bytes, new: bool) -> None:
+    assert isNewWork(data) is new
+
+
+def _subscribe(n: int, toTag: str = "") -> bytes:
+    return (
+        "SUBSCRIBE sip:p%d@example.test SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-%d\r\n"
+        "Max-Forwards: 70\r\nTo: <sip:p%d@example.test>%s\r\n"
+        "From: <sip:w@example.test>;tag=f%d\r\nCall-ID: c%d\r\nCSeq: 1 SUBSCRIBE\r\n"
+        "Event: presence\r\nContact: <sip:w@192.0.2.10>\r\nContent-Length: 0\r\n\r\n"
+        % (n, n, n, ";tag=t%d" % (n,) if toTag else "", n, n)
+    ).encode()
+
+
+class Served:
+    """
+    A SUBSCRIBE handler that records what reached it and answers 200.
+    """
+
+    def __init__(self, core: SIPCore) -> None:
+        self.core = core
+        self.seen: list = []
+
+    def __call__(self, request: Any, tx: Any) -> None:
+        self.seen.append(request.header("call-id"))
+        self.core.respond(tx, 200)
+
+
+def _intake(burst: int = 100) -> Any:
+    clock = Clock()
+    clock.advance(1000.0)
+    core = SIPCore(clock)
+    network = FakeNetwork()
+    core.udp = network  # type: ignore[assignment]
+    core.retryAfter = 9
+    served = Served(core)
+    core.addHandler("SUBSCRIBE", served)
+    protocol = SIPDatagramProtocol(core, DEFAULT_LIMITS, Shedder(clock, 0.2, 0.5, burst))
+    return clock, core, network, served, protocol
+
+
+def test_intakeTurnPrecedence() -> None:
+    """
+    In one turn an in-dialog request is served before the new ones read
+    with it, whatever their order; a new request that waited too long
+    gets 503 with Retry-After, a fresh one is served.
+    """
+    clock, core, network, served, protocol = _intake()
+    source = ("192.0.2.10", 5060)
+    now = clock.seconds()
+    protocol.datagramsReceived([
+        (_subscribe(1), source, now - 1.0),
+        (_subscribe(2), source, now),
+        (_subscribe(3, toTag="t"), source, now - 1.0),
+    ])
+    assert served.seen == ["c3", "c2"]
+    answers = {m.header("call-id"): m for m, _, _ in network.sent}
+    assert (answers["c1"].code, answers["c1"].header("retry-after"), answers["c3"].code) == (503, "9", 200)
+
+
+def test_intakeRetransmissionNotRefused() -> None:
+    """
+    The retransmission of a request already served, read after a long
+    wait, is answered by its transaction (the same 200), not refused.
+    """
+    clock, core, network, served, protocol = _intake()
+    source = ("192.0.2.10", 5060)
+    protocol.datagramsReceived([(_subscribe(1), source, clock.seconds())])
+    protocol.datagramsReceived([(_subscribe(1), source, clock.seconds() - 2.0)])
+    assert [m.code for m, _, _ in network.sent] == [200, 200]
+    assert served.seen == ["c1"] and core.counters["retransmissions"] == 1
+
+
+def test_intakeDropsUnparsedPastTheRefusals() -> None:
+    """
+    Once refusals would cost more than the work served, the waiting new
+    requests are dropped before parsing: no answer, no request counted.
+    """
+    clock, core, network, served, protocol = _intake(burst=1)
+    source = ("192.0.2.10", 5060)
+    old = clock.seconds() - 1.0
+    protocol.datagramsReceived([(_subscribe(n), source, old) for n in range(5)])
+    assert [m.code for m, _, _ in network.sent] == [503]
+    assert core.counters["requests"] == 1
+    assert protocol.shedder is not None and protocol.shedder.counters["dropped"] == 4
+
+
+def test_intakeWithoutShedderServesAll() -> None:
+    clock, core, network, served, protocol = _intake()
+    protocol.shedder = None
+    protocol.datagramsReceived([(_subscribe(n), ("192.0.2.10", 5060), 0.0) for n in range(3)])
+    assert served.seen == ["c0", "c1", "c2"]
+
+
+# A real server under a burst of several times its capacity.
+
+BURST = 12000
+# Seconds within which, after the burst, a refresh of every existing
+# subscription and a new SUBSCRIBE must be answered.  Without shedding,
+# the burst's requests queued in the 4 MiB receive buffer are each served
+# in full (with a NOTIFY that is never answered) before them.
+SERVED_WITHIN = 3.0
+
+
+def _burst(port: int, count: int) -> None:
+    """
+    Send C{count} new SUBSCRIBEs as fast as one socket can, from a socket
+    that never reads (its watchers answer no NOTIFY): several times what
+    the server can serve in the time.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    local = sock.getsockname()[1]
+    template = (
+        "SUBSCRIBE sip:b%%d@example.test SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKburst%%d;rport\r\n"
+        "Max-Forwards: 70\r\nTo: <sip:b%%d@example.test>\r\n"
+        "From: <sip:bw%%d@example.test>;tag=b%%d\r\nCall-ID: burst%%d@127.0.0.1\r\n"
+        "CSeq: 1 SUBSCRIBE\r\nEvent: presence\r\nExpires: 600\r\n"
+        "Contact: <sip:bw@127.0.0.1:%d>\r\nContent-Length: 0\r\n\r\n" % (local, local)
+    )
+    try:
+        for n in range(count):
+            data = (template % (n, n, n, n, n, n)).encode()
+            while True:
+                try:
+                    sock.sendto(data, ("127.0.0.1", port))
+                    break
+                except BlockingIOError:
+                    continue
+    finally:
+        sock.close()
+
+
+def _until(client: UDPClient, pending: Dict[str, Any], deadline: float) -> Dict[str, Any]:
+    """
+    Read what the server sends until every request of C{pending} (by
+    Call-ID) has its final response or C{deadline} passes, answering each
+    NOTIFY 200 as a watcher does.
+    """
+    answers: Dict[str, Any] = {}
+    while len(answers) < len(pending) and time.monotonic() < deadline:
+        client.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            data = client.sock.recvfrom(65535)[0]
+        except socket.timeout:
+            break
+        message = parseMessage(data)
+        if isinstance(message, Request):
+            client.send(answer(message))
+        elif message.code >= 200 and message.header("call-id") in pending:
+            answers[message.header("call-id")] = message
+    return answers
+
+
+def _answered(client: UDPClient, pending: Dict[str, Any], deadline: float) -> Dict[str, int]:
+    """
+    Send each request of C{pending} and retransmit it every T1 (0.5 s),
+    as a user agent does, until all are answered or C{deadline}: their
+    final status codes by Call-ID.
+    """
+    answers: Dict[str, Any] = {}
+    while len(answers) < len(pending) and time.monotonic() < deadline:
+        for callId, request in pending.items():
+            if callId not in answers:
+                client.send(request)
+        waiting = {k: v for k, v in pending.items() if k not in answers}
+        answers.update(_until(client, waiting, min(deadline, time.monotonic() + 0.5)))
+    return {k: r.code for k, r in answers.items()}
+
+
+def _inDialog(client: UDPClient, initial: Request, ok: Any, cseq: int, expires: str) -> Request:
+    request = newRequest("SUBSCRIBE", initial.uri, client.port, Event="presence", Expires=expires)
+    request.setHeader("From", initial.header("from"))
+    request.setHeader("To", ok.header("to"))
+    request.setHeader("Call-ID", initial.header("call-id"))
+    request.setHeader("CSeq", "%d SUBSCRIBE" % (cseq,))
+    return request
+
+
+def test_burstServedAfterwardsNoSubscriptionLost(tmp_path: Any) -> None:
+    """
+    After a burst of new SUBSCRIBEs at several times the capacity, a
+    refresh of every subscription acknowledged before it and a new
+    SUBSCRIBE are answered 200 within seconds, and every un-SUBSCRIBE
+    afterwards finds its subscription.
+    """
+    workdir = str(tmp_path)
+    config = os.path.join(workdir, "presence.ini")
+    with open(config, "w") as f:
+        f.write("[billing]\nno_auth_domains = example.test\n")
+    server = ServerProcess(
+        workdir,
+        ["--config", config, "--listen", "udp:0:interface=127.0.0.1", "--domain", "example.test",
+         "--database", "sqlite:///" + os.path.join(workdir, "presence.sqlite")],
+    ).start("Subscription manager")
+    client = UDPClient(server.ports["UDP"])
+    try:
+        dialogs = []
+        for n in range(5):
+            initial = newRequest("SUBSCRIBE", "sip:kept%d@example.test" % (n,), client.port,
+                                 Event="presence", Expires="600")
+            client.send(initial)
+            ok = _until(client, {initial.header("call-id"): initial}, time.monotonic() + 10)
+            assert [r.code for r in ok.values()] == [200], server.log()
+            dialogs.append((initial, list(ok.values())[0]))
+
+        _burst(server.ports["UDP"], BURST)
+        ended = time.monotonic()
+        pending = {}
+        for initial, ok in dialogs:
+            pending[initial.header("call-id")] = _inDialog(client, initial, ok, 2, "600")
+        assert _answered(client, pending, ended + SERVED_WITHIN) == {k: 200 for k in pending}
+        # The queue is drained: the next new SUBSCRIBE is served too.
+        fresh = newRequest("SUBSCRIBE", "sip:after@example.test", client.port, Event="presence", Expires="600")
+        pending = {fresh.header("call-id"): fresh}
+        assert _answered(client, pending, time.monotonic() + SERVED_WITHIN) == {k: 200 for k in pending}
+
+        # No acknowledged subscription was lost: each un-SUBSCRIBE finds it.
+        pending = {i.header("call-id"): _inDialog(client, i, ok, 3, "0") for i, ok in dialogs}
+        assert _answered(client, pending, time.monotonic() + 30) == {k: 200 for k in pending}
+    finally:
+        client.close()
+        server.stopCleanly()

@@ -90,6 +90,10 @@ class SIPCore:
         self.ports: Dict[str, int] = {}
         self.advertisedHost = advertisedHost
         self.logRequests = False
+        # The Retry-After of a 503 for a request the UDP intake sheds, and
+        # its L{presence.sip.intake.Shedder} (counters), if any.
+        self.retryAfter = 5
+        self.intake: Optional[object] = None
         self.removeOwnRoute = True
         self.localNames: Set[str] = set()
         self._localHosts: Dict[str, str] = {}
@@ -154,9 +158,13 @@ class SIPCore:
         self._addTag(response)
         self.sendQuietly(response, source)
 
-    def messageReceived(self, message: Message, source: Target) -> None:
+    def messageReceived(self, message: Message, source: Target, refuse: bool = False) -> None:
         """
         Take a parsed message from a transport.  Never raises.
+
+        @param refuse: answer a new request 503 with Retry-After (the
+            intake sheds it, L{presence.sip.intake}); a retransmission is
+            still answered by its transaction.
         """
         try:
             if isinstance(message, Request):
@@ -164,7 +172,7 @@ class SIPCore:
                 method = message.method if message.method in KNOWN_METHODS else "other"
                 byMethod = self.requestsByMethod
                 byMethod[method] = byMethod.get(method, 0) + 1
-                self._requestReceived(message, source)
+                self._requestReceived(message, source, refuse)
             else:
                 self.counters["responses"] += 1
                 byClass = self.responsesReceived
@@ -174,7 +182,7 @@ class SIPCore:
         except Exception:
             self.log.failure("Error handling a message from {source}", source=source)
 
-    def _requestReceived(self, request: Request, source: Target) -> None:
+    def _requestReceived(self, request: Request, source: Target, refuse: bool = False) -> None:
         if not self._stampRequest(request, source):
             return
         method = request.method
@@ -190,6 +198,9 @@ class SIPCore:
             return
         if tx is None:
             self.counters["retransmissions"] += 1
+            return
+        if refuse:
+            self.respond(tx, 503, "Overloaded", [("Retry-After", str(self.retryAfter))])
             return
         refusal = self._refusal(request)
         if refusal is not None:
@@ -329,7 +340,10 @@ class SIPCore:
         if body:
             response.body = body
         tx.respond(response)
-        if code >= 200 and (self.logRequests or code >= 500 or code == 403):
+        # A 503 is a refusal whose cause (overload, draining, start-up) is
+        # logged once per episode: one line per request would add the cost
+        # of logging to every request refused under overload.
+        if code >= 200 and (self.logRequests or (code >= 500 and code != 503) or code == 403):
             self._logOutcome(tx, code)
         return response
 

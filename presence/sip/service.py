@@ -20,6 +20,7 @@ from presence.config import Config
 from presence.runtime import RuntimeService
 from presence.sip.core import SIPCore
 from presence.sip.listen import SAME_PORT_AS_UDP, ListenSpec
+from presence.sip.intake import Shedder, listenDatagrams
 from presence.sip.sockbuf import SYSCTL, setBuffer
 from presence.sip.transaction import TimerSettings
 from presence.sip.transport import SIPDatagramProtocol, SIPStreamFactory
@@ -64,6 +65,9 @@ class SIPService(RuntimeService):
             config.advertise or None,
         )
         self.core.logRequests = config.logRequests
+        self.core.retryAfter = config.overloadRetryAfter
+        self.shedder = Shedder(self.reactor, config.maxQueueDelay)
+        self.core.intake = self.shedder
         self._listenAll(limits)
         service.Service.startService(self)
         database = ""
@@ -107,11 +111,9 @@ class SIPService(RuntimeService):
         assert core is not None
         port = spec.port
         if spec.transport == "UDP":
-            protocol = SIPDatagramProtocol(core, limits)
+            protocol = SIPDatagramProtocol(core, limits, self.shedder)
             # Twisted reads 8 KiB datagrams by default; SIP allows 64 KiB.
-            listening = self.reactor.listenUDP(
-                port, protocol, interface=spec.interface, maxPacketSize=65535
-            )
+            listening = listenDatagrams(self.reactor, port, protocol, spec.interface, 65535)
             core.udp = protocol
         else:
             if port == 0 and spec.transport in SAME_PORT_AS_UDP:

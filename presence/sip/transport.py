@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
+from presence.sip.intake import DROP, REFUSE, Datagram, Shedder, isNewWork
 from presence.sip.parser import PING, FramingError, Limits, ParseError, StreamFramer, parseMessage
 from presence.sip.randomness import randomBytes
 from presence.sip.stun import bindingResponse
@@ -28,7 +29,9 @@ if TYPE_CHECKING:
 _log = Logger()
 
 
-def deliver(core: SIPCore, data: bytes, limits: Limits, source: Target, stream: bool = False) -> None:
+def deliver(
+    core: SIPCore, data: bytes, limits: Limits, source: Target, stream: bool = False, refuse: bool = False
+) -> None:
     """
     Parse one framed message (a datagram, a message cut from a stream, a
     WebSocket message) and hand it to C{core}, or tell the core it was
@@ -37,6 +40,7 @@ def deliver(core: SIPCore, data: bytes, limits: Limits, source: Target, stream: 
     @param stream: C{True} when Content-Length framed C{data} (TCP, TLS),
         where a body without it is an error; C{False} when the transport's
         own framing did (UDP, WebSocket).
+    @param refuse: answer a new request 503 (overload, L{presence.sip.intake}).
     """
     try:
         message = parseMessage(data, limits, stream)
@@ -46,7 +50,7 @@ def deliver(core: SIPCore, data: bytes, limits: Limits, source: Target, stream: 
     except Exception:
         _log.failure("Unexpected error parsing a message from {source}", source=source)
         return
-    core.messageReceived(message, source)
+    core.messageReceived(message, source, refuse)
 
 
 class SIPDatagramProtocol(DatagramProtocol):
@@ -60,9 +64,14 @@ class SIPDatagramProtocol(DatagramProtocol):
     log = Logger()
     noisy = False
 
-    def __init__(self, core: SIPCore, limits: Limits) -> None:
+    def __init__(self, core: SIPCore, limits: Limits, shedder: Optional[Shedder] = None) -> None:
+        """
+        @param shedder: decides which new requests a turn serves (see
+            L{presence.sip.intake}); without one, all are.
+        """
         self.core = core
         self.limits = limits
+        self.shedder = shedder
 
     def datagramReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
         if data[:1] in (b"\x00", b"\x01"):
@@ -70,6 +79,29 @@ class SIPDatagramProtocol(DatagramProtocol):
             self._stunReceived(data, addr)
             return
         deliver(self.core, data, self.limits, Target("UDP", addr[0], addr[1]))
+
+    def datagramsReceived(self, batch: List[Datagram]) -> None:
+        """
+        The datagrams of one reactor turn (an L{IntakePort}'s): all but new
+        SUBSCRIBEs and PUBLISHes first, in order; then those, each served,
+        refused 503 or dropped unparsed as the shedder decides by how long
+        it waited.
+        """
+        shedder = self.shedder
+        if shedder is None:
+            for data, addr, _ in batch:
+                self.datagramReceived(data, addr)
+            return
+        later: List[Datagram] = []
+        for item in batch:
+            if isNewWork(item[0]):
+                later.append(item)
+            else:
+                self.datagramReceived(item[0], item[1])
+        for data, addr, arrival in later:
+            decision = shedder.decide(arrival)
+            if decision is not DROP:
+                deliver(self.core, data, self.limits, Target("UDP", addr[0], addr[1]), refuse=decision is REFUSE)
 
     def _stunReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
         """
