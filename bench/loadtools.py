@@ -84,6 +84,51 @@ def freeUDPPort(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def udpSocketsBound(port: int) -> List[str]:
+    """
+    The inodes of the UDP sockets bound to C{port} on any address now
+    (C{/proc/net/udp} and C{udp6}): empty when the port is free.
+    """
+    inodes = []
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.append(fields[9])
+        except OSError:
+            continue
+    return inodes
+
+
+def holdsUDPPort(pid: int, port: int) -> bool:
+    """
+    Whether process C{pid} has a socket bound to UDP C{port} open: that the
+    process measured is the one serving the port, not a stray one.
+    """
+    wanted = {"socket:[%s]" % (inode,) for inode in udpSocketsBound(port)}
+    fds = "/proc/%d/fd" % (pid,)
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(os.path.join(fds, fd)) in wanted:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def udpDrops() -> Dict[str, int]:
+    """
+    The kernel's UDP counters (C{/proc/net/snmp}), machine-wide:
+    C{RcvbufErrors} counts datagrams dropped on a full receive buffer.
+    """
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:])}
+
+
 def cpuSeconds(pid: int) -> float:
     """
     User plus system CPU seconds used so far by process C{pid}, all its

@@ -67,7 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -278,42 +278,20 @@ class Bench:
 
     def watchersRun(self, kind: str) -> List[Dict[str, Any]]:
         options = self.options
-        n, perPresentity = options.presentities, options.watchers
-        total = n * perPresentity
         tag = "watchers-%s" % (kind,)
         database = Database(kind, self.root, options.pg_url)
         server = self.newServer("watchers", database, tag)
         workdir = os.path.join(self.root, tag)
-        presentities = ["wp%d" % (i,) for i in range(n)]
-        watchersFile = writeInjection(
-            os.path.join(workdir, "watchers.csv"),
-            [(presentities[i % n], "wa%d" % (i,)) for i in range(total)],
-        )
-        publishFile = writeInjection(os.path.join(workdir, "presentities.csv"), [(p,) for p in presentities])
         results: List[Dict[str, Any]] = []
         watchers: Optional[SippRun] = None
         try:
             server.start()
             rates = self.rates("watchers")
             budget = 60 + len(rates) * (options.duration * 2 + 30)
-            watchers = SippRun(
-                "watcher.xml", (HOST, server.port), options.setup_rate, total, timeout=budget,
-                injection=watchersFile, limit=total, recvTimeoutMs=None, rtt=False, counts=True,
+            watchers, publishFile = startWatchers(
+                server, workdir, options.presentities, options.watchers, options.setup_rate, budget
             )
             self.commands.setdefault("watchers-setup", watchers.command)
-            watchers.start()
-            setupBegan = time.monotonic()
-            while True:
-                answered = _lastCount(watchers, "3_200_Sent")
-                if answered >= total:
-                    break
-                if time.monotonic() - setupBegan > 60 + total / options.setup_rate * 3:
-                    raise RuntimeError("only %d of %d watchers subscribed" % (answered, total))
-                if watchers.process is not None and watchers.process.poll() is not None:
-                    raise RuntimeError("watcher sipp exited: %s" % (watchers.process.returncode,))
-                time.sleep(0.5)
-            log("watchers: %d subscriptions in %.1f s" % (total, time.monotonic() - setupBegan))
-            time.sleep(1.5)
             for rate in rates:
                 result = self.watchersStep(kind, rate, server, watchers, publishFile, tag)
                 results.append(result)
@@ -329,14 +307,19 @@ class Bench:
         return results
 
     def watchersStep(
-        self, kind: str, rate: float, server: Server, watchers: SippRun, publishFile: str, tag: str
+        self, kind: str, rate: float, server: Server, watchers: SippRun, publishFile: str, tag: str,
+        scenario: str = "publish_watched.xml", publishes: int = 2,
     ) -> Dict[str, Any]:
+        """
+        One step of publisher calls (C{scenario}, C{publishes} PUBLISHes a
+        call) at C{rate} against the watchers of L{startWatchers}.
+        """
         options = self.options
         duration = options.duration
         calls = int(rate * duration)
         stepTag = "%s-%d" % (tag, rate)
         publisher = SippRun(
-            "publish_watched.xml", (HOST, server.port), rate, calls, timeout=duration * 2 + 20,
+            scenario, (HOST, server.port), rate, calls, timeout=duration * 2 + 20,
             injection=publishFile, limit=max(100, int(rate * 3)),
         )
         self.commands.setdefault("watchers-publish", publisher.command)
@@ -364,10 +347,10 @@ class Bench:
                 profiler.wait()
             publisher.cleanup()
         result = self._result("watchers", kind, rate, summary, cpu, load)
-        offered = 2 * summary["successful"] * options.watchers
+        offered = publishes * summary["successful"] * options.watchers
         failures = server.count("NOTIFY to", mark)
         result.update(
-            publishPerSecond=round(2 * summary["successful"] / max(elapsed, 1e-3), 1),
+            publishPerSecond=round(publishes * summary["successful"] / max(elapsed, 1e-3), 1),
             notifiesDelivered=notified,
             notifiesPerSecond=round(notified / max(elapsed, 1e-3), 1),
             notifiesOffered=offered,
@@ -452,6 +435,49 @@ class Bench:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def startWatchers(
+    server: Server, workdir: str, presentities: int, perPresentity: int, setupRate: float, timeout: float
+) -> Tuple[SippRun, str]:
+    """
+    Subscribe C{perPresentity} watchers to each of C{presentities}
+    presentities (C{watcher.xml}, one sipp whose calls then answer every
+    NOTIFY 200, for C{timeout} seconds at most) and wait until all are
+    subscribed.
+
+    @return: the watchers' sipp and the injection file naming the
+        presentities, for the publisher's scenario.
+    """
+    total = presentities * perPresentity
+    names = ["wp%d" % (i,) for i in range(presentities)]
+    watchersFile = writeInjection(
+        os.path.join(workdir, "watchers.csv"), [(names[i % presentities], "wa%d" % (i,)) for i in range(total)]
+    )
+    publishFile = writeInjection(os.path.join(workdir, "presentities.csv"), [(p,) for p in names])
+    watchers = SippRun(
+        "watcher.xml", (HOST, server.port), setupRate, total, timeout=timeout,
+        injection=watchersFile, limit=total, recvTimeoutMs=None, rtt=False, counts=True,
+    )
+    watchers.start()
+    try:
+        began = time.monotonic()
+        while True:
+            answered = _lastCount(watchers, "3_200_Sent")
+            if answered >= total:
+                break
+            if time.monotonic() - began > 60 + total / setupRate * 3:
+                raise RuntimeError("only %d of %d watchers subscribed" % (answered, total))
+            if watchers.process is not None and watchers.process.poll() is not None:
+                raise RuntimeError("watcher sipp exited: %s" % (watchers.process.returncode,))
+            time.sleep(0.5)
+    except BaseException:
+        watchers.stop()
+        watchers.cleanup()
+        raise
+    log("watchers: %d subscriptions in %.1f s" % (total, time.monotonic() - began))
+    time.sleep(1.5)
+    return watchers, publishFile
 
 
 def _lastCount(run: SippRun, column: str) -> int:
