@@ -1,6 +1,6 @@
 """
-The subscription manager: the router in front of the SUBSCRIBE and PUBLISH
-handlers of every event package it serves, and what they share.
+The subscription manager: the SUBSCRIBE and PUBLISH handlers of every
+event package it serves, composed, and what they share.
 
 Memory serves, the store keeps: every change is written through the store,
 and the request is answered only once the write is committed, so a 200 is a
@@ -19,12 +19,11 @@ The parts, one module each:
     billing changes;
   - L{presence.manager.ownership}: load at start, adoption, hand-over, and
     publications replicated by the cluster;
+  - L{presence.manager.router}: each request to its package, by its
+    C{Event} header, and to the handler of its method;
   - L{presence.packages}: what each event package's bodies mean.
 
-This class composes them: a request is routed by its C{Event} header to
-the package of that name and handed to the handler of its method, as
-C{twisted.names.server.DNSServerFactory.messageReceived} hands each
-message to the handler of its kind.  The cluster sees the manager as an
+This class composes them.  The cluster sees the manager as an
 L{IClusterMember}, the admin side as an L{ISubscriptionManager}, the
 notifier as an L{INotifyHost}.
 """
@@ -50,12 +49,12 @@ from presence.manager.notifier import Notifier
 from presence.manager.overload import OverloadGuard
 from presence.manager.ownership import Ownership
 from presence.manager.publish import PublishHandler
+from presence.manager.router import EventRouter
 from presence.manager.state import DialogKey, Presentity, Publication, Subscription, newId
 from presence.manager.subscribe import SubscribeHandler
 from presence.packages import PackageRegistry, defaultPackages
 from presence.sip.core import SIPCore
 from presence.sip.digest import DigestAuthenticator
-from presence.sip.headers import HeaderError, parseValueParams
 from presence.sip.message import Request
 from presence.sip.target import Target
 from presence.sip.transaction import ServerTransaction
@@ -165,6 +164,7 @@ class SubscriptionManager:
         self.ownership = Ownership(self)
         self.subscribeHandler = SubscribeHandler(self)
         self.publishHandler = PublishHandler(self)
+        self.router = EventRouter(core, self.packages, self.admission)
 
     @property
     def registrations(self) -> Any:
@@ -172,49 +172,11 @@ class SubscriptionManager:
 
     def install(self) -> None:
         """
-        Register with the SIP core.
+        Register with the SIP core (L{EventRouter}).
         """
-        self.core.addHandler("SUBSCRIBE", self._routed(self.subscribeHandler.received, False))
-        self.core.addHandler("PUBLISH", self._routed(self.publishHandler.received, True))
-        self.core.acceptTypes = self.packages.bodyTypes()
-        self.core.allowEvents = self.packages.names()
+        self.router.install(self.subscribeHandler.received, self.publishHandler.received)
         if self.authorizer is not None:
             self.authorizer.addChangeListener(self.decisions.billingChanged)
-
-    # The router.
-
-    def _routed(self, handler: Any, publishing: bool) -> Any:
-        """
-        The core's handler of one method: route each request by its
-        C{Event} header to C{handler} with the package it names.  An
-        unexpected error answers 500 instead of leaving the server
-        transaction unanswered forever (the core would only log it):
-        nothing a peer sends may wedge a request.
-
-        @param publishing: the method is PUBLISH, which a package that takes
-            no publications refuses as an unknown one (489).
-        """
-
-        def serve(request: Request, tx: ServerTransaction) -> None:
-            self.admission.proceed(tx, self._route, handler, publishing, request, tx)
-
-        return serve
-
-    def _route(self, handler: Any, publishing: bool, request: Request, tx: ServerTransaction) -> None:
-        package = None
-        params: Dict[str, Optional[str]] = {}
-        event = request.header("event")
-        if event is not None:
-            try:
-                name, params = parseValueParams(event)
-            except HeaderError:
-                pass
-            else:
-                package = self.packages.get(name)
-        if package is None or (publishing and not package.publishTypes):
-            self.core.respond(tx, 489, None, [("Allow-Events", ", ".join(self.packages.names()))])
-            return
-        handler(request, tx, package, params)
 
     def whenIdle(self, timeout: float = 10.0) -> Deferred:
         """
