@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import shutil
 import uuid
 from typing import Iterator, Optional
@@ -17,8 +18,11 @@ from typing import Iterator, Optional
 import pytest
 
 REQUIRE_ALL = os.environ.get("PRESENCE_REQUIRE_ALL") == "1"
+# The PostgreSQL driver of the deployment: psycopg on CPython, pg8000 on
+# PyPy, where psycopg does not load (README, "Running on PyPy").
+_PG_DRIVER = "pg8000" if platform.python_implementation() == "PyPy" else "psycopg"
 POSTGRES_URL = os.environ.get(
-    "PRESENCE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    "PRESENCE_TEST_PG_URL", "postgresql+%s://postgres@127.0.0.1:5432/test" % (_PG_DRIVER,)
 )
 
 
