@@ -356,6 +356,40 @@ def test_sippAuthentication(provisioned, tmp_path):
         process.stopCleanly()
 
 
+def test_sipsakRegisters(tmp_path):
+    """
+    sipsak 0.9.8 registers with digest against the shipped
+    etc/presence.ini unchanged: it reads only the first challenge and
+    stops on SHA-256, and its User-Agent is offered MD5 alone.  A wrong
+    password fails.  sipsak resolves the domain of its target even with
+    an outbound proxy, so the account is alice@localhost.
+    """
+    sipsak = requireTool("sipsak")
+    database = "sqlite:///%s" % (tmp_path / "presence.sqlite",)
+    presenceAdmin(database, "initdb")
+    presenceAdmin(database, "account", "add", "alice@localhost", "--customer", "acme", "--password-file", "-",
+                  password="alice-pw")
+    process = ServerProcess(
+        str(tmp_path),
+        ["--config", os.path.join(REPO, "etc", "presence.ini"), "--database", database,
+         "--listen", "udp:0:interface=127.0.0.1", "--domain", "localhost"],
+    ).start(READY)
+    try:
+        def register(password: str) -> "subprocess.CompletedProcess[bytes]":
+            return subprocess.run(
+                [sipsak, "-U", "-s", "sip:alice@localhost", "-p", "127.0.0.1:%d" % (process.ports["UDP"],),
+                 "-u", "alice", "-a", password, "-x", "600", "-H", "127.0.0.1", "-i", "-vv"],
+                capture_output=True, timeout=60, cwd=str(tmp_path),
+            )
+
+        result = register("alice-pw")
+        assert result.returncode == 0, result.stdout.decode("utf-8", "replace")[-3000:]
+        assert register("guess").returncode != 0
+        process.waitFor("Authentication failed for sip:alice@localhost")
+    finally:
+        process.stopCleanly()
+
+
 def _freePort() -> int:
     import socket
 

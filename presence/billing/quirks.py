@@ -65,9 +65,9 @@ class Quirk:
 
 
 #: The clients tested against this server that cannot take the default
-#: offer (README, "Softphones").  Linphone 5.1 and sipsak 0.9.8 answer
-#: SHA-256 when it comes first; our own client (presence.sip.digest) takes
-#: the strongest it knows.
+#: offer (README, "Softphones").  Linphone 5.1 answers SHA-256 when it
+#: comes first; our own client (presence.sip.digest) takes the strongest
+#: it knows.
 KNOWN_QUIRKS: Tuple[Quirk, ...] = (
     Quirk(
         "baresip",
@@ -84,6 +84,13 @@ KNOWN_QUIRKS: Tuple[Quirk, ...] = (
         "SIPp 3.6 computes MD5 only and answers the first challenge it reads; "
         "it sends no User-Agent of its own: a scenario names itself with "
         "'User-Agent: sipp'",
+    ),
+    Quirk(
+        "sipsak",
+        (),
+        (MD5,),
+        "sipsak 0.9.8 (Debian 12) reads the first challenge and stops with "
+        "'unsupported authentication algorithm' on SHA-256",
     ),
 )
 
