@@ -54,6 +54,7 @@ class SIPService(RuntimeService):
         self.addresses: List[tuple] = []
         self._datagramPorts: List[Any] = []
         self._streamPorts: List[Any] = []
+        self.shedder: Any = None
 
     def startService(self) -> None:
         config = self.config
