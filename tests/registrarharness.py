@@ -31,13 +31,20 @@ class RegistrarHarness(Harness):
     A manager and a registrar under test.
     """
 
-    def __init__(self, store: Optional[Any] = None, **settings: Any) -> None:
+    def __init__(self, store: Optional[Any] = None, noticeSecret: bytes = b"", **settings: Any) -> None:
+        """
+        @param noticeSecret: the cluster secret that signs the
+            dispatchers' notices of closed connections.
+        """
+        self.noticeSecret = noticeSecret
         Harness.__init__(self, store, **settings)
         self.registrar = self._newRegistrar()
         self.registrar.install()
 
     def _newRegistrar(self) -> Registrar:
-        registrar = Registrar(self.core, self.store, self.config, self.clock, self.manager.gate)
+        registrar = Registrar(
+            self.core, self.store, self.config, self.clock, self.manager.gate, noticeSecret=self.noticeSecret
+        )
         self.manager.followRegistrations(registrar)
         return registrar
 

@@ -15,6 +15,12 @@ dispatcher decides which way it goes:
    names, or is answered 430 (Flow Failed, RFC 5626 §11.5) at once when
    that TCP or TLS connection has closed.
 
+A REGISTER from a user agent's TCP, TLS or WebSocket connection gets our
+Path (RFC 3327), the same signed URI as a Record-Route: the manager keeps
+the flow it names with the bindings, and when that connection closes the
+managers that got its REGISTERs are told (L{ClosedFlowNotifier}), so its
+registration-derived presence ends at once.
+
 Each forwarded request is a new client transaction (the core adds our
 Via); its responses come back through the server transaction with our
 Via removed.  Max-Forwards is decremented, and a request that arrives with
@@ -39,6 +45,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from presence.dispatcher.closing import ClosedFlowNotifier
 from presence.dispatcher.health import HealthChecker, ManagerState
 from presence.dispatcher.links import ManagerLink
 from presence.dispatcher.managers import ManagerSpec
@@ -156,6 +163,7 @@ class Dispatcher:
         for spec in managers:
             self._addManager(spec)
         self.health = HealthChecker(core, reactor, self.managers, pingInterval, deadAfter, self._changed)
+        self.closing = ClosedFlowNotifier(core, reactor, secret, self.routes.boot, self._byName.get)
         self.counters: Dict[str, int] = {
             "flowFailed": 0,
             "forged": 0,
@@ -256,10 +264,12 @@ class Dispatcher:
             if manager.link is not None:
                 manager.link.start()
         self.health.start()
+        self.closing.start()
 
     def stop(self) -> None:
         self._started = False
         self.health.stop()
+        self.closing.stop()
         for manager in self.managers:
             if manager.link is not None:
                 manager.link.stop()
@@ -437,8 +447,12 @@ class Dispatcher:
             request.headers["route"] = list(routes)
         else:
             request.headers.pop("route", None)
+        source = relay.server.source
         if relay.creating:
-            request.insertHeader("Record-Route", self.recordRoute(manager.name, relay.server.source))
+            request.insertHeader("Record-Route", self.recordRoute(manager.name, source))
+        if request.method == "REGISTER" and source.transport != "UDP" and source.flow is not None:
+            request.insertHeader("Path", self.recordRoute(manager.name, source))
+            self.closing.registered(source.flow, manager.name)
         self._countRequest("manager", request.method)
         client = self.core.sendRequest(request, target)
         relay.client = client

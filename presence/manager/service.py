@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from presence.config import Config
+from presence.dispatcher.service import routeSecret
 from presence.manager.manager import SubscriptionManager
 from presence.registrar import Registrar
 from presence.runtime import RuntimeService
@@ -92,7 +93,9 @@ class ManagerService(RuntimeService):
             # lease: the cluster service's group unfences it once the
             # lease is registered and what was adopted meanwhile dropped.
             manager.fence()
-        registrar = Registrar(core, store, self.config, self.reactor, manager.gate)
+        registrar = Registrar(
+            core, store, self.config, self.reactor, manager.gate, noticeSecret=self._noticeSecret()
+        )
         manager.followRegistrations(registrar)
         d = registrar.load()
         d.addCallback(lambda _: manager.load())
@@ -110,6 +113,19 @@ class ManagerService(RuntimeService):
             self.log.info("Subscription manager {node} ready", node=self.config.node)
 
         return d.addCallback(loaded)
+
+    def _noticeSecret(self) -> bytes:
+        """
+        The cluster's C{[dispatcher] secret}, which signs the dispatchers'
+        notices of closed connections; empty (every notice refused, and
+        bindings registered through a dispatcher last until they expire)
+        when it is not set or cannot be read.
+        """
+        try:
+            return routeSecret(self.config)
+        except ValueError as e:
+            self.log.error("Notices of closed dispatcher connections are refused: {error}", error=str(e))
+            return b""
 
     def _failed(self, failure: Failure) -> None:
         failStartup(self, "the subscription manager", failure)

@@ -15,6 +15,13 @@ out only once they are committed, and a restarted registrar reloads its
 bindings.  Bindings tied to a connection of the previous run are dropped
 on reload: that connection died with the process.
 
+Behind a dispatcher, a binding's flow is the dispatcher's connection,
+named by the Path it puts on the REGISTER; the dispatcher tells the
+registrar when that connection closes with a signed notice
+(L{presence.registrar.flownotice}), and the bindings go as they do when a
+connection of our own closes.  They outlive a restart of the registrar,
+as the dispatcher's connections do.
+
 Authentication is the manager's L{AuthGate}: the same digest nonces serve
 REGISTER, SUBSCRIBE and PUBLISH, so a user agent may send credentials
 pre-emptively with the nonce of an earlier challenge.
@@ -38,6 +45,8 @@ from presence.registrar.binding import (
     formatContact,
     parseContacts,
 )
+from presence.registrar.flownotice import METHOD as NOTICE_METHOD
+from presence.registrar.flownotice import NoticeError, NoticeSigner, isRelayedFlow, pathFlow
 from presence.sip.headers import HeaderError, Via
 from presence.sip.message import Request
 from presence.sip.target import Target
@@ -46,6 +55,14 @@ from presence.sip.uri import URIError, normaliseAOR
 from presence.store.records import BindingRecord
 
 Listener = Callable[[str], None]
+
+#: How long a dispatcher's closed connection is remembered: a REGISTER
+#: relayed over it before it closed may commit after the notice (its
+#: write was in flight, or its UDP retransmission came late), and must
+#: not leave a binding behind.  Timer F's 32 s, twice over.
+CLOSED_MEMORY = 64.0
+#: At most this many are remembered (a mass disconnect): the oldest go.
+CLOSED_MEMORY_MAX = 8192
 
 
 class Registrar:
@@ -67,6 +84,7 @@ class Registrar:
         config: Config,
         clock: Any,
         gate: Any = None,
+        noticeSecret: bytes = b"",
     ) -> None:
         """
         @param core: the L{presence.sip.core.SIPCore}.
@@ -74,6 +92,9 @@ class Registrar:
         @param gate: the L{presence.billing.gate.AuthGate} of the manager
             (sharing its nonces), or L{None} to register anyone (tests and
             tools only).
+        @param noticeSecret: the cluster's C{[dispatcher] secret}, which
+            signs the dispatchers' notices of closed connections; without
+            it none is accepted.
         """
         self.core = core
         self.store = store
@@ -85,6 +106,8 @@ class Registrar:
         self.bindings: Dict[str, Dict[str, BindingRecord]] = {}
         self._byId: Dict[str, BindingRecord] = {}
         self._byFlow: Dict[str, Set[str]] = {}
+        self._signer = NoticeSigner(noticeSecret) if noticeSecret else None
+        self._closedRelayed: Dict[str, float] = {}
         self._listeners: List[Listener] = []
         self.expiry = ExpiryWheel(clock, self._expired, expiresAtIn(self._byId))
         self.counters = {
@@ -94,6 +117,8 @@ class Registrar:
             "removed": 0,
             "expired": 0,
             "flowClosed": 0,
+            "flowNotices": 0,
+            "badFlowNotices": 0,
             "storeErrors": 0,
             "billingErrors": 0,
         }
@@ -107,6 +132,7 @@ class Registrar:
         Serve REGISTER on the core, and follow its connections closing.
         """
         self.core.addHandler("REGISTER", self._guarded)
+        self.core.addHandler(NOTICE_METHOD, self.noticeReceived)
         self.core.flows.addCloseListener(self.flowClosed)
         # A Route naming one of our domains names us (RFC 3261 §16.4).
         self.core.localNames.update(self.domains)
@@ -307,20 +333,22 @@ class Registrar:
         """
         Where the registering UA is: the flow the REGISTER came on when it
         came straight from the UA (one Via), else (relayed by a dispatcher)
-        the UA's address from its own Via, with no flow of ours to follow.
+        the UA's address from its own Via, and the dispatcher connection
+        its Path names (L{pathFlow}), if any.
         """
         source = tx.source
         vias = request.headerValues("via")
         if len(vias) <= 1:
             return source.transport, source.host, source.port, source.flow or ""
+        relayed = pathFlow(request)
         try:
             via = Via.fromString(vias[-1])
         except HeaderError:
-            return source.transport, source.host, source.port, ""
+            return source.transport, source.host, source.port, relayed
         host = via.params.get("received") or via.host
         rport = via.params.get("rport")
         port = int(rport) if rport and rport.isdigit() else (via.port or 5060)
-        return via.transport.upper(), host, port, ""
+        return via.transport.upper(), host, port, relayed
 
     def _written(
         self,
@@ -356,7 +384,7 @@ class Registrar:
             if self._forget(binding.id) is not None:
                 self.counters["removed"] += 1
         for binding in puts:
-            if binding.flowToken and self.core.flows.get(binding.flowToken) is None:
+            if binding.flowToken and self._flowGone(binding.flowToken):
                 # Its connection closed while the write was committing: the
                 # binding is as dead as if it had closed just after.
                 self._forget(binding.id)
@@ -455,9 +483,10 @@ class Registrar:
 
     def flowClosed(self, token: str) -> None:
         """
-        A TCP or TLS connection closed: the bindings registered over it
-        are gone (their UA can no longer be reached there), and watchers
-        learn it at once.
+        A TCP, TLS or WebSocket connection closed (ours, or a dispatcher's
+        of which it sent notice): the bindings registered over it are gone
+        (their UA can no longer be reached there), and watchers learn it at
+        once.
         """
         idents = self._byFlow.get(token)
         if not idents:
@@ -472,6 +501,49 @@ class Registrar:
             aors=", ".join(sorted(aors)),
         )
         self._tell(aors)
+
+    def _flowGone(self, token: str) -> bool:
+        """
+        Whether the flow of a binding has closed: a connection of ours, or
+        a dispatcher's whose notice came.
+        """
+        if isRelayedFlow(token):
+            return token in self._closedRelayed
+        return self.core.flows.get(token) is None
+
+    def noticeReceived(self, request: Request, tx: ServerTransaction) -> None:
+        """
+        The core's handler for a dispatcher's notice of closed connections:
+        if its signature is good, their bindings go now.
+        """
+        if self._signer is None:
+            self.counters["badFlowNotices"] += 1
+            self.core.respond(tx, 403, "No [dispatcher] secret")
+            return
+        try:
+            flows = self._signer.read(request)
+        except NoticeError as e:
+            self.counters["badFlowNotices"] += 1
+            self.log.warn(
+                "Refused a flow-closed notice from {source}: {error}", source=tx.source, error=str(e)
+            )
+            self.core.respond(tx, e.code, str(e))
+            return
+        self.counters["flowNotices"] += 1
+        self.core.respond(tx, 200)
+        now = self.clock.seconds()
+        closed = self._closedRelayed
+        for flow in flows:
+            closed.pop(flow, None)
+            closed[flow] = now
+        # Oldest first (insertion order): forget what is old or too many.
+        while closed:
+            oldest = next(iter(closed))
+            if len(closed) <= CLOSED_MEMORY_MAX and closed[oldest] > now - CLOSED_MEMORY:
+                break
+            del closed[oldest]
+        for flow in flows:
+            self.flowClosed(flow)
 
     def _storeFailed(self, failure: Failure, what: str) -> None:
         self.counters["storeErrors"] += 1
@@ -500,7 +572,7 @@ class Registrar:
         now = self.clock.seconds()
         stale = 0
         for record in records:
-            if record.expiresAt <= now or record.flowToken:
+            if record.expiresAt <= now or (record.flowToken and not isRelayedFlow(record.flowToken)):
                 stale += 1
                 self.store.removeBinding(record.id).addErrback(self._storeFailed, "stale binding")
                 continue

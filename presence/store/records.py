@@ -159,8 +159,10 @@ class BindingRecord:
     @ivar transport: the transport the REGISTER came over (C{"UDP"}, ...).
     @ivar peerHost: the address the REGISTER came from (C{received}).
     @ivar peerPort: the port it came from (C{rport}).
-    @ivar flowToken: the TCP or TLS connection it came over, whose closing
-        ends the binding; empty for UDP or a REGISTER relayed by a proxy.
+    @ivar flowToken: the TCP, TLS or WebSocket connection it came over,
+        whose closing ends the binding: a token of this process, or
+        C{boot.token} naming a dispatcher's connection (from its Path);
+        empty for UDP or a REGISTER relayed by another proxy.
     """
 
     id: str
