@@ -151,11 +151,22 @@ class WSClient:
     spoken with wsproto in client mode.
     """
 
-    def __init__(self, port: int, timeout: float = 5.0, context: Optional[object] = None, serverName: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        timeout: float = 5.0,
+        context: Optional[object] = None,
+        serverName: str = "127.0.0.1",
+        host: str = "127.0.0.1",
+    ) -> None:
+        """
+        @param host: the server's address (the client connects from
+            127.0.0.1).
+        """
         from wsproto import ConnectionType, WSConnection
         from wsproto.events import AcceptConnection, Request as Upgrade
 
-        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout, source_address=("127.0.0.1", 0))
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname=serverName)  # type: ignore[attr-defined]
         self.sock = sock

@@ -198,6 +198,12 @@ class Cluster:
         with open(self.secretFile, "w") as f:
             f.write(SECRETS)
         os.chmod(self.secretFile, 0o600)
+        # The dispatcher's secret: it signs its routes, and its notices of
+        # closed connections, which the managers check.
+        self.routeSecret = os.path.join(workdir, "route-secret")
+        with open(self.routeSecret, "w") as f:
+            f.write("cluster integration route secret\n")
+        os.chmod(self.routeSecret, 0o600)
 
     def startManager(self, name: str) -> ServerProcess:
         host = MANAGERS[name]
@@ -217,7 +223,8 @@ class Cluster:
                 "[cluster]\nlisten = tcp:%d:interface=%s\npeers = %s\nsecret_file = %s\n"
                 "adopt_after = 2\nping_interval = 0.5\nretry_delay = 0.2\n"
                 "lease_time = 3\nlease_interval = 0.5\n[control]\nsocket = %s\n"
-                % (name, self.pbPorts[name], host, peers, self.secretFile, self.controlSocket(name))
+                "[dispatcher]\nsecret_file = %s\n"
+                % (name, self.pbPorts[name], host, peers, self.secretFile, self.controlSocket(name), self.routeSecret)
             )
         port = self.sipPorts.get(name, 0)
         listen = ["--listen", "udp:%d:interface=%s" % (port, host)]
@@ -248,15 +255,11 @@ class Cluster:
         managers = " ".join(
             "%s=%s:%s:%d" % (n, self.transport, MANAGERS[n], self.sipPorts[n]) for n in NAMES
         )
-        secret = os.path.join(self.workdir, "route-secret")
-        with open(secret, "w") as f:
-            f.write("cluster integration route secret\n")
-        os.chmod(secret, 0o600)
         with open(config, "w") as f:
             f.write(
                 "[dispatcher]\nmanagers = %s\npolicy = %s\nping_interval = 0.5\n"
                 "dead_after = 1.5\nsecret_file = %s\n[control]\nsocket = %s\n"
-                % (managers, policy, secret, self.controlSocket("dispatcher"))
+                % (managers, policy, self.routeSecret, self.controlSocket("dispatcher"))
             )
         process = ServerProcess(
             self.workdir,
