@@ -168,7 +168,8 @@ def test_hangupReopensLogsAndReloads(tmp_path):
             "[log]\njson_file = %s\nlevel = debug\nrequests = yes\n[manager]\nmin_expires = 120\n" % (jsonFile,)
         )
         process.send_signal(signal.SIGHUP)
-        content = _waitForFile(logFile, "SIGHUP: applied", process)
+        # The restart warning is logged after the applied line: wait for it.
+        content = _waitForFile(logFile, "need a restart", process)
         assert "SIGHUP: applied [log] requests False -> True; [log] level info -> debug" in content
         assert "need a restart and are not applied: [manager] min_expires 60 -> 120" in content
         _waitForFile(jsonFile, "SIGHUP: applied", process)
