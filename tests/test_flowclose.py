@@ -345,3 +345,40 @@ def test_closedFlowMemoryIsBounded(make, monkeypatch) -> None:
     for i in range(5):
         assert sendNotice(h, notice([BOOT + ".f%d" % (i,)])).code == 200
     assert list(h.registrar._closedRelayed) == [BOOT + ".f%d" % (i,) for i in (2, 3, 4)]
+
+
+def test_stoppingDispatcherTellsTheManagersAtOnce():
+    """
+    A dispatcher that stops closes every connection: the managers hear of
+    those that registered before it lets go of its links.
+    """
+    node = Node(managers="m1=udp:10.0.0.1:5060")
+    peer = StreamPeer(node.core)
+    registerOver(node, peer)
+    flow = BOOT + "." + peer.protocol.token
+    node.dispatcher.stop()
+    [(request, name)] = notices(node)
+    assert (NoticeSigner(SECRET).read(request), name) == ([flow], "m1")
+    peer.close()
+    node.clock.advance(0)
+    assert notices(node) == []
+
+
+@pytest.mark.parametrize("transport", ["TLS", "WS", "WSS"])
+def test_everyConnectionTransportGetsAPathAndANotice(transport):
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from presence.sip.transport import SIPStreamProtocol
+
+    node = Node(managers="m1=udp:10.0.0.1:5060")
+    protocol = SIPStreamProtocol(node.core, transport, node.core.limits)
+    protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.9", 41000)))
+    protocol.dataReceived(subscribe(method="REGISTER", transport=transport, callId="reg-" + transport).toBytes())
+    forwarded, _ = forwardedOnce(node)
+    assert routeParams(forwarded.header("path") or "")["t"] == transport.lower()
+    assert pathFlow(forwarded) == BOOT + "." + protocol.token
+    protocol.connectionLost(None)
+    node.clock.advance(0)
+    [(request, _)] = notices(node)
+    assert NoticeSigner(SECRET).read(request) == [pathFlow(forwarded)]

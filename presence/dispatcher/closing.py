@@ -9,7 +9,7 @@ offline at once rather than when the binding expires.
 Only the managers that got a REGISTER of the connection are told (a
 manager holds only the bindings it registered; they are not adopted),
 and the notices of the connections that close in one reactor turn (a
-network drop) are sent together, one request per manager for up to
+network drop, or the dispatcher stopping) are sent together, one request per manager for up to
 L{MAX_FLOWS} of them.  A manager that is unreachable then, or does not
 answer 200, keeps those bindings until they expire: the loss is logged
 and counted.
@@ -70,11 +70,17 @@ class ClosedFlowNotifier:
         self.core.flows.addCloseListener(self.flowClosed)
 
     def stop(self) -> None:
+        """
+        Stop following the connections.  Stopping the dispatcher closes
+        every one of them: their managers are told now, while the links to
+        them are still open, and not when the bindings expire.
+        """
         self.core.flows.removeCloseListener(self.flowClosed)
+        for token in list(self._registered):
+            self.flowClosed(token)
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
-        self._flush = None
-        self._pending.clear()
+        self._send()
 
     def registered(self, token: str, manager: str) -> None:
         """
