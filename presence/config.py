@@ -319,8 +319,9 @@ SCHEMA: Dict[str, Dict[str, Tuple[str, Callable[[str], Any], Any]]] = {
         "udp_send_buffer": ("udpSendBuffer", _byteSize, 0),
         # Most seconds a new SUBSCRIBE or PUBLISH may wait in the UDP
         # receive buffer and still be served (presence.sip.intake): older
-        # ones get 503 or are dropped.  0 serves them all.
-        "max_queue_delay": ("maxQueueDelay", _seconds, 0.2),
+        # ones get 503 or are dropped.  0.5 s is T1: an older request has
+        # a retransmission queued behind it.  0 serves them all.
+        "max_queue_delay": ("maxQueueDelay", _seconds, 0.5),
     },
     # The SSH manhole (presence.admin.manhole): off unless enabled, loopback
     # only unless listen says otherwise, key authentication only.

@@ -130,20 +130,52 @@ def test_newRequestsShedInDialogServed(make: Any) -> None:
 
 def test_shedderByDelay() -> None:
     """
-    A new request that waited at most maxDelay is served; one that waited
-    longer is refused while refusals cost at most rejectRatio of the
-    served ones (and a burst saved up), dropped beyond that.
+    Once new requests have waited more than maxDelay for a whole
+    interval, those that waited too long are refused while refusals cost
+    at most rejectRatio of the served ones (and a burst saved up), and
+    dropped beyond that; one that waited less is served and ends it.
     """
     clock = Clock()
     clock.advance(100.0)
-    shedder = Shedder(clock, maxDelay=0.2, rejectRatio=0.5, burst=2)
+    shedder = Shedder(clock, maxDelay=0.2, rejectRatio=0.5, burst=2, interval=1.0, memory=10.0)
     assert shedder.decide(99.9) == ACCEPT and not shedder.shedding
-    assert [shedder.decide(99.0) for _ in range(3)] == [REFUSE, REFUSE, DROP]
+    # Above maxDelay, but not yet for an interval: a burst draining.
+    assert shedder.decide(99.0) == ACCEPT
+    clock.advance(0.9)
+    assert shedder.decide(99.5) == ACCEPT and not shedder.shedding
+    clock.advance(0.1)
+    assert [shedder.decide(99.5) for _ in range(3)] == [REFUSE, REFUSE, DROP]
     assert shedder.shedding
-    # Two served requests earn one refusal.
-    assert shedder.decide(100.0) == ACCEPT and shedder.decide(99.85) == ACCEPT
-    assert [shedder.decide(99.5), shedder.decide(99.5)] == [REFUSE, DROP]
-    assert shedder.counters == {"accepted": 3, "refused": 3, "dropped": 2, "episodes": 2}
+    # A request that waited little is served and stops the shedding; two
+    # served requests earn one refusal.  Within the memory of the episode
+    # a long wait sheds again at once.
+    assert shedder.decide(101.0) == ACCEPT and not shedder.shedding
+    assert shedder.decide(100.9) == ACCEPT
+    assert [shedder.decide(100.0), shedder.decide(100.0)] == [REFUSE, DROP]
+    # Past the memory of the last shedding, the episode is over, and
+    # shedding waits for a whole interval again.
+    clock.advance(10.0)
+    assert shedder.decide(111.0) == ACCEPT
+    clock.advance(10.0)
+    assert shedder.decide(121.0) == ACCEPT and shedder.decide(100.0) == ACCEPT
+    clock.advance(1.0)
+    assert shedder.decide(100.0) == REFUSE and shedder.shedding
+    assert shedder.counters == {"accepted": 8, "refused": 4, "dropped": 2, "episodes": 2}
+
+
+def test_shedderBurstDrainingNotShed() -> None:
+    """
+    Waits above maxDelay broken by one below it never start shedding.
+    """
+    clock = Clock()
+    clock.advance(100.0)
+    shedder = Shedder(clock, maxDelay=0.2, interval=1.0)
+    for _ in range(10):
+        clock.advance(0.6)
+        now = clock.seconds()
+        assert shedder.decide(now - 0.5) == ACCEPT
+        assert shedder.decide(now) == ACCEPT
+    assert shedder.counters["episodes"] == 0
 
 
 def test_shedderOff() -> None:
@@ -205,7 +237,11 @@ def _intake(burst: int = 100) -> Any:
     core.retryAfter = 9
     served = Served(core)
     core.addHandler("SUBSCRIBE", served)
-    protocol = SIPDatagramProtocol(core, DEFAULT_LIMITS, Shedder(clock, 0.2, 0.5, burst))
+    shedder = Shedder(clock, 0.2, 0.5, burst)
+    # Waits have been above maxDelay for an interval: shedding.
+    shedder.decide(clock.seconds() - 1.0)
+    clock.advance(1.0)
+    protocol = SIPDatagramProtocol(core, DEFAULT_LIMITS, shedder)
     return clock, core, network, served, protocol
 
 

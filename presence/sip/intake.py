@@ -13,8 +13,10 @@ manager's reactor-lag signal (L{presence.manager.overload}) never sees
 this queue: each turn is short, the waiting happens in the kernel.
 
 So the intake measures the wait itself, CoDel-fashion: the kernel stamps
-each datagram on arrival (C{SO_TIMESTAMP}), and a new SUBSCRIBE or an
-initial PUBLISH that waited more than C{maxDelay} is not served.  It gets
+each datagram on arrival (C{SO_TIMESTAMP}), and once the waits have stayed
+above C{maxDelay} for a second (a standing queue, not a burst draining), a
+new SUBSCRIBE or an initial PUBLISH that waited more than C{maxDelay} is
+not served.  It gets
 503 with Retry-After (its transaction answers the retransmissions too),
 as long as refusals cost at most C{rejectRatio} of the new requests
 served; beyond that it is dropped before parsing, which costs nothing but
@@ -36,7 +38,7 @@ import re
 import socket
 import struct
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import udp
 from twisted.internet.posixbase import PosixReactorBase
@@ -81,30 +83,60 @@ class Shedder:
     Decides, for each new request, whether to serve, refuse or drop it by
     how long it waited.
 
+    A wait above C{maxDelay} alone is no overload: the store's group
+    commit answers a thousand requests in one turn, a collector pauses,
+    and the queue behind drains again within the next second.  As in
+    CoDel (RFC 8289), shedding starts only when new requests have waited
+    more than C{maxDelay} without a break for C{interval} seconds: a
+    standing queue, which only grows while every request is served.  It
+    ends with the first new request that waited less; within C{memory}
+    seconds of that, a wait above C{maxDelay} starts it again at once (as
+    CoDel resumes dropping): the overload that built the queue is still
+    on, and the queue is held at C{maxDelay} instead of refilling for an
+    interval each time.
+
     @ivar counters: C{accepted}, C{refused} (503), C{dropped} (unparsed)
         new requests, and C{episodes}: times shedding started.
-    @ivar shedding: whether the last new request was shed.
+    @ivar shedding: whether new requests that waited too long are shed
+        now.
     """
 
     log = Logger()
 
-    def __init__(self, clock: Any, maxDelay: float, rejectRatio: float = 0.5, burst: int = 100) -> None:
+    def __init__(
+        self,
+        clock: Any,
+        maxDelay: float,
+        rejectRatio: float = 0.5,
+        burst: int = 100,
+        interval: float = 1.0,
+        memory: float = 10.0,
+    ) -> None:
         """
         @param clock: provides C{seconds}, on the same base as the
             arrival stamps (the real reactor's is C{time.time}).
         @param maxDelay: most seconds a new request may have waited to be
-            served; 0 serves every one.
+            served under a standing queue; 0 serves every one.
         @param rejectRatio: 503s allowed per new request served: a 503
             costs a parse and a response, which must not starve the work
             that is served.
         @param burst: most 503s saved up for the start of an overload.
+        @param interval: seconds the wait must stay above C{maxDelay}
+            before shedding starts.
+        @param memory: seconds after an episode during which shedding
+            starts again without waiting for C{interval}.
         """
         self.clock = clock
         self.maxDelay = maxDelay
         self.rejectRatio = rejectRatio
         self.burst = burst
+        self.interval = interval
+        self.memory = memory
+        self._endedAt = float("-inf")
+        self._episode = False
         self.tokens = float(burst)
         self.shedding = False
+        self._aboveSince: Optional[float] = None
         self.counters: Dict[str, int] = {"accepted": 0, "refused": 0, "dropped": 0, "episodes": 0}
 
     def decide(self, arrival: float) -> str:
@@ -113,30 +145,45 @@ class Shedder:
         new request that arrived at C{arrival}.
         """
         counters = self.counters
-        if not self.maxDelay or self.clock.seconds() - arrival <= self.maxDelay:
-            counters["accepted"] += 1
-            self.tokens = min(float(self.burst), self.tokens + self.rejectRatio)
+        now = self.clock.seconds()
+        if not self.maxDelay or now - arrival <= self.maxDelay:
+            self._aboveSince = None
             if self.shedding:
                 self.shedding = False
+                self._endedAt = now
+            elif self._episode and now - self._endedAt >= self.memory:
+                self._episode = False
                 self.log.info(
                     "Overload over: new requests served again ({refused} refused, {dropped} dropped so far)",
                     refused=counters["refused"], dropped=counters["dropped"],
                 )
-            return ACCEPT
+            return self._accept()
         if not self.shedding:
+            if self._aboveSince is None:
+                self._aboveSince = now
+            if now - self._endedAt >= self.memory:
+                if now - self._aboveSince < self.interval:
+                    return self._accept()
+                if not self._episode:
+                    self._episode = True
+                    counters["episodes"] += 1
+                    self.log.warn(
+                        "Overloaded: new SUBSCRIBEs and PUBLISHes waited over {max} s for {interval} s "
+                        "(now {delay:.2f} s); refusing them 503 or dropping them",
+                        max=self.maxDelay, interval=self.interval, delay=now - arrival,
+                    )
             self.shedding = True
-            counters["episodes"] += 1
-            self.log.warn(
-                "Overloaded: new SUBSCRIBEs and PUBLISHes waited {delay:.2f} s (> {max} s); "
-                "refusing them 503 or dropping them",
-                delay=self.clock.seconds() - arrival, max=self.maxDelay,
-            )
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             counters["refused"] += 1
             return REFUSE
         counters["dropped"] += 1
         return DROP
+
+    def _accept(self) -> str:
+        self.counters["accepted"] += 1
+        self.tokens = min(float(self.burst), self.tokens + self.rejectRatio)
+        return ACCEPT
 
 
 class IntakePort(udp.Port):
