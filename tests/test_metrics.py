@@ -750,6 +750,83 @@ def test_dispatcherMetrics():
     node.dispatcher.stop()
 
 
+def test_dispatcherFlowCloseMetrics():
+    """
+    A dispatcher's notices of closed connections: one sent when a
+    connection that carried a REGISTER closes, and its flow counted lost
+    when the manager refuses it.
+    """
+    from tests.test_dispatcher import Node, StreamPeer, answerFrom
+    from tests.test_flowclose import notices, registerOver
+
+    node = Node(managers="m1=udp:10.0.0.1:5060")
+    root = _tree(sip={"core": node.core}, dispatcher={"dispatcher": node.dispatcher})
+    names = ("notices_sent", "flows_notified", "flows_lost")
+
+    def closing() -> List[float]:
+        samples = scrape(root)
+        return [value(samples, "presence_dispatcher_flow_close_%s_total" % (name,)) for name in names]
+
+    assert closing() == [0, 0, 0]
+    peer = StreamPeer(node.core)
+    registerOver(node, peer)
+    peer.close()
+    node.clock.advance(0)
+    [(request, name)] = notices(node)
+    assert closing() == [1, 1, 0]
+    answerFrom(node, name, request, 403)
+    assert closing() == [1, 1, 1]
+    node.dispatcher.stop()
+
+
+def test_registrarMetrics():
+    """
+    A registrar's scrape: live bindings and AORs, and its counters moving
+    with REGISTERs, a dispatcher's notice of a closed connection (a good
+    one and a forged one), an un-REGISTER and expiry.
+    """
+    from tests.registrarharness import RegistrarHarness, register
+    from tests.test_dispatcher import BOOT, SECRET
+    from tests.test_flowclose import notice, relayed, sendNotice
+
+    h = RegistrarHarness(noticeSecret=SECRET)
+    root = _tree(sip={"core": h.core}, manager={"manager": h.manager, "registrar": h.registrar})
+
+    def registrar() -> Dict[str, float]:
+        return {
+            key[0][len("presence_registrar_"):]: v for key, v in scrape(root).items()
+            if key[0].startswith("presence_registrar_")
+        }
+
+    zero = dict.fromkeys(
+        ["registers_total", "bindings_added_total", "bindings_refreshed_total", "bindings_removed_total",
+         "bindings_expired_total", "bindings_flow_closed_total", "flow_notices_accepted_total",
+         "flow_notices_refused_total", "store_errors_total", "billing_errors_total"],
+        0.0,
+    )
+    assert registrar() == dict(zero, bindings=0, aors=0)
+    h.registered(relayed(token="f1a"))
+    carol = "sip:carol@example.test"
+    h.registered(register(carol, contacts=["<sip:carol@192.0.2.20>"], Expires="60"))
+    h.registered(register(carol, contacts=["<sip:carol@192.0.2.20>"], cseq=2, Expires="60"))
+    h.registered(register(carol, contacts=["<sip:carol@192.0.2.21>"], cseq=3, callId="carol-2"))
+    assert registrar() == dict(
+        zero, bindings=3, aors=2, registers_total=4, bindings_added_total=3, bindings_refreshed_total=1
+    )
+    assert sendNotice(h, notice([BOOT + ".f1a"])).code == 200
+    forged = notice([BOOT + ".f2b"])
+    forged.setHeader("Closed-Flow-Auth", "0" * 24)
+    assert sendNotice(h, forged).code == 403
+    h.registered(register(carol, contacts=["<sip:carol@192.0.2.21>"], cseq=4, callId="carol-2", Expires="0"))
+    h.clock.advance(61)
+    assert registrar() == dict(
+        zero, bindings=0, aors=0, registers_total=5, bindings_added_total=3, bindings_refreshed_total=1,
+        bindings_removed_total=1, bindings_expired_total=1, bindings_flow_closed_total=1,
+        flow_notices_accepted_total=1, flow_notices_refused_total=1,
+    )
+    h.stop()
+
+
 def test_clusterMetrics():
     """
     A cluster manager's scrape: peers connected and each peer's link,

@@ -4,8 +4,8 @@ that reads the live objects of the service tree at each scrape.
 
 Why a collector and not instruments updated as things happen: the numbers
 already exist (counters on the SIP core, the manager, the notifier, the
-store, the dispatcher and the cluster group; latency histograms in
-L{presence.latency}), so reading them at scrape time costs nothing between
+registrar, the store, the dispatcher and the cluster group; latency
+histograms in L{presence.latency}), so reading them at scrape time costs nothing between
 scrapes and nothing on the hot path, and mirrors nothing.  The collector
 is called by the metrics endpoint's request handler, on the reactor
 thread, so it reads the same state the server changes, with no locking;
@@ -412,6 +412,28 @@ _DISPATCHER_COUNTERS = (
 )
 
 
+# (metric, help, key in ClosedFlowNotifier.counters): counters.
+_CLOSING_COUNTERS = (
+    (
+        "presence_dispatcher_flow_close_notices_sent_total",
+        "Notices sent to managers that user agents' connections carrying REGISTERs closed "
+        "(one request names up to 32 connections).",
+        "notices",
+    ),
+    (
+        "presence_dispatcher_flow_close_flows_notified_total",
+        "Closed connections named in the notices sent (one per connection and manager).",
+        "flows",
+    ),
+    (
+        "presence_dispatcher_flow_close_flows_lost_total",
+        "Closed connections whose manager could not be told (unreachable, or no 200): "
+        "their bindings last until they expire.",
+        "lost",
+    ),
+)
+
+
 def _dispatcherMetrics(out: Families, dispatcher: Any) -> None:
     """
     The dispatching node: what it relayed which way, its refusals, and
@@ -441,6 +463,10 @@ def _dispatcherMetrics(out: Families, dispatcher: Any) -> None:
     counters = dispatcher.counters
     for name, help, key in _DISPATCHER_COUNTERS:
         out.single(name, "counter", help, counters.get(key))
+    closing = getattr(dispatcher, "closing", None)
+    if closing is not None:
+        for name, help, key in _CLOSING_COUNTERS:
+            out.single(name, "counter", help, closing.counters.get(key))
     managers = list(dispatcher.managers)
     out.single(
         "presence_dispatcher_managers_up", "gauge",
@@ -600,6 +626,58 @@ def _clusterMetrics(out: Families, group: Any) -> None:
     )
 
 
+# (metric, help, key in Registrar.counters): counters.
+_REGISTRAR_COUNTERS = (
+    (
+        "presence_registrar_registers_total",
+        "REGISTER requests received (retransmissions absorbed); their answers are in "
+        'presence_sip_responses_sent_total{method="REGISTER"}.',
+        "registers",
+    ),
+    ("presence_registrar_bindings_added_total", "Bindings created by a REGISTER.", "added"),
+    ("presence_registrar_bindings_refreshed_total", "Bindings a REGISTER renewed or changed.", "refreshed"),
+    ("presence_registrar_bindings_removed_total", "Bindings a REGISTER removed (expires 0 or *).", "removed"),
+    ("presence_registrar_bindings_expired_total", "Bindings that expired unrefreshed.", "expired"),
+    (
+        "presence_registrar_bindings_flow_closed_total",
+        "Bindings dropped because the TCP, TLS or WebSocket connection they were registered "
+        "over closed (this process's, or a dispatcher's it gave notice of).",
+        "flowClosed",
+    ),
+    (
+        "presence_registrar_flow_notices_accepted_total",
+        "Dispatchers' notices of closed connections accepted (signed with the cluster secret).",
+        "flowNotices",
+    ),
+    (
+        "presence_registrar_flow_notices_refused_total",
+        "Notices of closed connections refused: malformed (400), badly signed or without "
+        "a [dispatcher] secret here (403).",
+        "badFlowNotices",
+    ),
+    ("presence_registrar_store_errors_total", "Store writes of the registrar that failed.", "storeErrors"),
+    (
+        "presence_registrar_billing_errors_total",
+        "REGISTERs answered 500 because billing could not be reached.",
+        "billingErrors",
+    ),
+)
+
+
+def _registrarMetrics(out: Families, registrar: Any) -> None:
+    """
+    The registrar beside a manager: its bindings now, and what REGISTERs,
+    expiry and closed connections did to them.
+    """
+    out.single("presence_registrar_bindings", "gauge", "Live registration bindings.", registrar.bindingCount)
+    out.single(
+        "presence_registrar_aors", "gauge", "Addresses of record with live bindings.", len(registrar.bindings)
+    )
+    counters = registrar.counters
+    for name, help, key in _REGISTRAR_COUNTERS:
+        out.single(name, "counter", help, counters.get(key))
+
+
 # (metric, type, help, store attribute)
 _STORE_METRICS = (
     ("presence_store_batches_total", "counter", "Write batches run by the store.", "batchCount"),
@@ -661,6 +739,9 @@ def collect(live: LiveObjects) -> List[Metric]:
             reading = readManager(manager)
             _managerMetrics(out, reading)
             _billingMetrics(out, reading)
+    registrar = getattr(live.service("manager"), "registrar", None)
+    if registrar is not None:
+        _registrarMetrics(out, registrar)
     dispatcher = getattr(live.service("dispatcher"), "dispatcher", None)
     if dispatcher is not None:
         _dispatcherMetrics(out, dispatcher)

@@ -160,6 +160,14 @@ class Registrar:
 
     # What others ask.
 
+    @property
+    def bindingCount(self) -> int:
+        """
+        The live bindings of every AOR, counted without a walk (metrics
+        read it at each scrape).
+        """
+        return len(self._byId)
+
     def bindingsOf(self, aor: str) -> List[BindingRecord]:
         """
         The live bindings of C{aor}, preferred first: highest q (no q
