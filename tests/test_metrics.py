@@ -624,6 +624,9 @@ def test_scrapeAfterTraffic(tmp_path):
         assert value(samples, "presence_notify_failed_total") == 0
         assert value(samples, "presence_manager_store_errors_total") == 0
         assert value(samples, "presence_overload_shed_total") == 0
+        # The manager service's registrar reports too (nothing registered).
+        assert value(samples, "presence_registrar_bindings") == 0
+        assert value(samples, "presence_registrar_registers_total") == 0
         assert value(samples, "presence_store_pending_writes") == 0
         assert 0 <= value(samples, "presence_reactor_lag_seconds") < 1
         assert value(samples, "presence_store_commits_total") >= 2
