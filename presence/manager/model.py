@@ -13,10 +13,14 @@ only asks it to compose.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Dict, Hashable, List, Optional
 
 from presence.manager.expiry import ExpiryWheel, expiresAtIn
 from presence.manager.state import DialogIndex, Presentity, Publication, Subscription
+from presence.sip.target import Target
+
+TARGETS_REBUILD_MIN = 1024
 
 
 class ManagerState:
@@ -61,6 +65,13 @@ class ManagerState:
         self.expiry = ExpiryWheel(clock, subscriptionsExpired, expiresAtIn(self.subscriptions))
         self.publicationExpiry = ExpiryWheel(clock, publicationsExpired, expiresAtIn(self.publications))
         self.registrations: Any = None
+        # Equal targets shared by the subscriptions that have them (a
+        # phone's every dialog comes from one address): a L{Target} and its
+        # host string each cost an eighth of a subscription's memory.
+        # Rebuilt from the live subscriptions when it has doubled, so the
+        # targets of ended ones do not stay.
+        self._targets: Dict[Target, Target] = {}
+        self._targetsRebuildAt = TARGETS_REBUILD_MIN
 
     # Resources.
 
@@ -140,7 +151,15 @@ class ManagerState:
         sub.terminated = False
         self.subscriptions[sub.id] = sub
         self.dialogs.add(sub)
-        self.resource(sub.presentity, sub.event).addWatcher(sub.id)
+        pres = self.resource(sub.presentity, sub.event)
+        pres.addWatcher(sub.id)
+        # One copy of each AOR however many dialogs name it: the
+        # resource's own for the presentity, the interned one for the
+        # watcher (a phone watches many, a presentity has many watchers;
+        # a copy each cost a tenth of a subscription's memory).
+        sub.presentity = pres.aor
+        sub.watcher = sys.intern(sub.watcher)
+        sub.target = self.sharedTarget(sub.target)
         self.expiry.set(sub.id, sub.expiresAt)
 
     def forget(self, sub: Subscription) -> None:
@@ -155,6 +174,20 @@ class ManagerState:
         if pres is not None:
             pres.removeWatcher(sub.id)
             self.release(pres, sub.event)
+
+    def sharedTarget(self, target: Target) -> Target:
+        """
+        The target equal to C{target} that subscriptions already share, or
+        C{target} itself, shared from now on.
+        """
+        targets = self._targets
+        shared = targets.get(target)
+        if shared is not None:
+            return shared
+        if len(targets) >= self._targetsRebuildAt:
+            targets = self._targets = {s.target: s.target for s in self.subscriptions.values()}
+            self._targetsRebuildAt = max(TARGETS_REBUILD_MIN, 2 * len(targets))
+        return targets.setdefault(target, target)
 
     def moveExpiry(self, sub: Subscription, expiresAt: float) -> None:
         self.expiry.discard(sub.id, sub.expiresAt)

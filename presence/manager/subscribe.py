@@ -374,7 +374,7 @@ class SubscribeHandler:
             return
         manager.model.moveExpiry(sub, expiresAt)
         sub.remoteTarget = remoteTarget
-        sub.target = target
+        sub.target = manager.model.sharedTarget(target)
         self._accepted(tx, sub, expires)
         # RFC 6665 §4.2 (RFC 3265 §3.1.6.2): a refresh is answered with a
         # NOTIFY at once, whatever the rate control.
