@@ -123,14 +123,15 @@ def test_subscriptionHasNoDict():
 def test_keptSubscriptionsShareStrings():
     """
     Kept subscriptions share one copy of each presentity AOR (their
-    resource's), of each watcher AOR and of each target, however many
-    dialogs name them.
+    resource's), of each watcher AOR, of each Contact and of each
+    target, however many dialogs name them.
     """
     model, subs = keptSubscriptions(30, 3)
     first, again = subs[0], subs[3]
     assert first.presentity == again.presentity == "sip:p0@example.test"
     assert first.presentity is again.presentity is model.resources["presence"][first.presentity].aor
     assert first.watcher is again.watcher
+    assert first.remoteTarget is again.remoteTarget
     assert first.target is again.target == Target("UDP", "192.0.2.0", 5060)
     assert subs[1].target is not first.target
 
@@ -154,8 +155,8 @@ def test_subscriptionMemoryBound():
     """
     10,000 kept subscriptions (ten dialogs a pair) cost under 900 bytes
     each of Python objects, dialog index, resources and expiry wheel
-    included (measured 770 on CPython 3.11; 1,030 before the AORs and
-    targets were shared).
+    included (measured 710 on CPython 3.11; 1,030 before the AORs,
+    Contacts and targets were shared).
     """
     import tracemalloc
 

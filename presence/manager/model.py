@@ -156,9 +156,11 @@ class ManagerState:
         # One copy of each AOR however many dialogs name it: the
         # resource's own for the presentity, the interned one for the
         # watcher (a phone watches many, a presentity has many watchers;
-        # a copy each cost a tenth of a subscription's memory).
+        # a copy each cost a tenth of a subscription's memory), and of the
+        # phone's Contact, the same in all its dialogs.
         sub.presentity = pres.aor
         sub.watcher = sys.intern(sub.watcher)
+        sub.remoteTarget = sys.intern(sub.remoteTarget)
         sub.target = self.sharedTarget(sub.target)
         self.expiry.set(sub.id, sub.expiresAt)
 

@@ -14,6 +14,7 @@ only then.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.python.failure import Failure
@@ -373,7 +374,7 @@ class SubscribeHandler:
             manager.core.respond(tx, 481)
             return
         manager.model.moveExpiry(sub, expiresAt)
-        sub.remoteTarget = remoteTarget
+        sub.remoteTarget = sys.intern(remoteTarget)
         sub.target = manager.model.sharedTarget(target)
         self._accepted(tx, sub, expires)
         # RFC 6665 §4.2 (RFC 3265 §3.1.6.2): a refresh is answered with a
