@@ -15,11 +15,12 @@ from typing import Any, Dict
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import FakeDatagramTransport
 
 from presence.manager.overload import OverloadGuard
 from presence.sip.core import SIPCore
 from presence.sip.message import Request
-from presence.sip.intake import ACCEPT, DROP, REFUSE, Shedder, isNewWork
+from presence.sip.intake import ACCEPT, DROP, REFUSE, Shedder, isNewWork, refusal
 from presence.sip.parser import DEFAULT_LIMITS, parseMessage
 from presence.sip.transport import SIPDatagramProtocol
 from tests.harness import PUBLISHER, FakeNetwork, HeldStore, publish, refresh, subscribe
@@ -242,7 +243,25 @@ def _intake(burst: int = 100) -> Any:
     shedder.decide(clock.seconds() - 1.0)
     clock.advance(1.0)
     protocol = SIPDatagramProtocol(core, DEFAULT_LIMITS, shedder)
-    return clock, core, network, served, protocol
+    transport = FakeDatagramTransport()
+    protocol.makeConnection(transport)
+    return clock, core, Sent(network, transport), served, protocol
+
+
+class Sent:
+    """
+    What the core sent (through its network) and what the intake sent
+    itself (unparsed 503s, through the protocol's transport), parsed.
+    """
+
+    def __init__(self, network: FakeNetwork, transport: FakeDatagramTransport) -> None:
+        self.network = network
+        self.transport = transport
+
+    @property
+    def sent(self) -> list:
+        raw = [(parseMessage(data), addr[0], addr[1]) for data, addr in self.transport.written]
+        return self.network.sent + raw
 
 
 def test_intakeTurnPrecedence() -> None:
@@ -279,16 +298,49 @@ def test_intakeRetransmissionNotRefused() -> None:
 
 def test_intakeDropsUnparsedPastTheRefusals() -> None:
     """
-    Once refusals would cost more than the work served, the waiting new
-    requests are dropped before parsing: no answer, no request counted.
+    Refusals are answered without parsing, and once there are more of
+    them than the shedder allows per request served, the waiting new
+    requests are dropped: no answer, no request parsed either way.
     """
     clock, core, network, served, protocol = _intake(burst=1)
     source = ("192.0.2.10", 5060)
     old = clock.seconds() - 1.0
     protocol.datagramsReceived([(_subscribe(n), source, old) for n in range(5)])
     assert [m.code for m, _, _ in network.sent] == [503]
-    assert core.counters["requests"] == 1
+    assert core.counters["requests"] == 0 and core.counters["overloadRefused"] == 1
     assert protocol.shedder is not None and protocol.shedder.counters["dropped"] == 4
+
+
+def test_refusalUnparsed() -> None:
+    """
+    The 503 built from the raw request answers it as a parsed one would:
+    Via stamped with received and rport and sent to the source port,
+    From, Call-ID and CSeq copied, a To tag added, Retry-After.
+    """
+    data = _subscribe(7).replace(b"branch=", b"rport;branch=")
+    key, response, where = refusal(data, "198.51.100.1", 40000, 9, "totag")
+    assert key == ("z9hG4bK-7", "192.0.2.10", 5060, "SUBSCRIBE") and where == ("198.51.100.1", 40000)
+    message = parseMessage(response)
+    via = message.topVia()
+    assert (message.code, via.params["rport"], via.params["received"], via.branch) == (
+        503, "40000", "198.51.100.1", "z9hG4bK-7")
+    assert message.toAddr().tag == "totag" and message.header("retry-after") == "9"
+    assert message.header("call-id") == "c7" and message.header("cseq") == "1 SUBSCRIBE"
+    # Without rport: to the Via's sent-by port.
+    assert refusal(_subscribe(7), "198.51.100.1", 40000, 9, "t")[2] == ("198.51.100.1", 5060)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (b"branch=z9hG4bK-7", b"branch=2543"),
+        (b"192.0.2.10:5060", b"[2001:db8::1]:5060"),
+        (b"branch=z9hG4bK-7", b"branch=z9hG4bK-7, SIP/2.0/UDP 192.0.2.11"),
+        (b"\r\n\r\n", b"\r\n"),
+    ],
+)
+def test_refusalLeavesTheUnusualToTheParser(old: bytes, new: bytes) -> None:
+    assert refusal(_subscribe(7).replace(old, new), "198.51.100.1", 40000, 9, "t") is None
 
 
 def test_intakeWithoutShedderServesAll() -> None:

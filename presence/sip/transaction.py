@@ -688,6 +688,14 @@ class TransactionLayer:
             entry._requestRetransmitted()
         return None
 
+    def hasServer(self, branch: str, host: str, port: int, method: str) -> bool:
+        """
+        Whether a server transaction (live or lingering) matches a request
+        with this RFC 3261 top Via branch, sent-by and method: what
+        L{serverKey} would say, for a caller that has not parsed it.
+        """
+        return _SEP.join((branch, host.lower(), str(port), method)) in self._servers
+
     def responseReceived(self, response: Response, source: Target) -> bool:
         """
         Match a response from the network to a client transaction by its

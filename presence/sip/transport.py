@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
-from presence.sip.intake import DROP, REFUSE, Datagram, Shedder, isNewWork
+from presence.sip.intake import DROP, REFUSE, Datagram, Shedder, isNewWork, refusal
 from presence.sip.parser import PING, FramingError, Limits, ParseError, StreamFramer, parseMessage
 from presence.sip.randomness import randomBytes
 from presence.sip.stun import bindingResponse
@@ -100,8 +100,34 @@ class SIPDatagramProtocol(DatagramProtocol):
                 self.datagramReceived(item[0], item[1])
         for data, addr, arrival in later:
             decision = shedder.decide(arrival)
-            if decision is not DROP:
-                deliver(self.core, data, self.limits, Target("UDP", addr[0], addr[1]), refuse=decision is REFUSE)
+            if decision is REFUSE:
+                self._refuse(data, addr)
+            elif decision is not DROP:
+                deliver(self.core, data, self.limits, Target("UDP", addr[0], addr[1]))
+
+    def _refuse(self, data: bytes, addr: Tuple[str, int]) -> None:
+        """
+        Answer a shed request 503 without parsing it, unless it is the
+        retransmission of a request whose transaction exists (its answer
+        is that transaction's) or too unusual to answer unparsed.
+        """
+        core = self.core
+        try:
+            quick = refusal(data, addr[0], addr[1], core.retryAfter, randomBytes(6).hex())
+        except Exception:
+            self.log.failure("Unexpected error refusing a request from {addr}", addr=addr)
+            return
+        if quick is None or core.transactions.hasServer(*quick[0]):
+            deliver(core, data, self.limits, Target("UDP", addr[0], addr[1]), refuse=True)
+            return
+        counters = core.counters
+        counters["overloadRefused"] = counters.get("overloadRefused", 0) + 1
+        if self.transport is not None:
+            try:
+                self.transport.write(quick[1], quick[2])
+            except Exception as e:
+                counters["sendErrors"] += 1
+                self.log.info("503 to {addr} failed: {error}", addr=quick[2], error=str(e))
 
     def _stunReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
         """
