@@ -16,20 +16,21 @@ So the intake measures the wait itself, CoDel-fashion: the kernel stamps
 each datagram on arrival (C{SO_TIMESTAMP}), and once the waits have stayed
 above C{maxDelay} for a second (a standing queue, not a burst draining), a
 new SUBSCRIBE or an initial PUBLISH that waited more than C{maxDelay} is
-not served.  It gets
-503 with Retry-After (its transaction answers the retransmissions too),
-built from its raw header lines without parsing (L{refusal}), as long as
-there are at most C{rejectRatio} refusals per new request served; beyond
-that it is dropped before parsing, which costs nothing but the read.  Shedding drains the queue, the wait falls under C{maxDelay},
-and new work is served again at the full rate: the server stays at its
-capacity instead of collapsing.
+not served.  It gets 503 with Retry-After built from its raw header lines
+(L{refusal}: a tenth of the cost of a parsed answer, and its sender stops
+retransmitting), as long as there are at most C{rejectRatio} refusals per
+new request served; beyond that it is dropped before parsing, which costs
+nothing but the read.  Shedding drains the queue, the wait falls under
+C{maxDelay}, and new work is served again at the full rate: the server
+stays at its capacity instead of collapsing.
 
 Within a turn, responses (to our NOTIFYs), in-dialog requests (refreshes,
 un-SUBSCRIBEs), publication refreshes and everything else go first, the
 new SUBSCRIBEs and PUBLISHes last: existing dialogs keep being served
-whatever the load, and a retransmission of an accepted request, parsed
-because its delay made it a candidate for a 503, is still absorbed by its
-transaction rather than refused.
+whatever the load.  A retransmission of a request already served, which
+its delay made a candidate for a 503, is matched to its transaction
+(L{presence.sip.transaction.TransactionLayer.hasServer}) and gets that
+transaction's answer instead.
 """
 
 from __future__ import annotations
