@@ -138,6 +138,7 @@ def test_collectWhatIsRunning():
         counters={"requests": 4, "responses": 6, "retransmissions": 2, "malformed": 7, "sendErrors": 0},
         transactions=transactions,
         flows=[],
+        intake=SimpleNamespace(counters={"accepted": 10, "refused": 3, "dropped": 2, "episodes": 1}),
     )
     commits = LatencyHistogram()
     commits.observe(0.0125)
@@ -154,6 +155,9 @@ def test_collectWhatIsRunning():
     assert value(samples, "presence_sip_responses_received_total", **{"class": "2xx"}) == 5
     assert value(samples, "presence_sip_malformed_total") == 7
     assert value(samples, "presence_sip_retransmissions_total") == 2
+    assert value(samples, "presence_sip_intake_total", outcome="served") == 10
+    assert value(samples, "presence_sip_intake_total", outcome="dropped") == 2
+    assert value(samples, "presence_sip_intake_episodes_total") == 1
     assert value(samples, "presence_sip_transactions") == 0
     count, total, buckets = histogram(samples, "presence_sip_request_duration_seconds", method="SUBSCRIBE")
     assert (count, buckets["0.005"], buckets["0.25"]) == (2, 1, 2) and total == pytest.approx(0.203)

@@ -149,6 +149,19 @@ def _sipMetrics(out: Families, core: Any) -> None:
         len(core.transactions),
     )
     out.single("presence_sip_flows", "gauge", "Open TCP and TLS connections.", len(core.flows))
+    intake = getattr(core, "intake", None)
+    if intake is not None:
+        out.family(
+            "presence_sip_intake_total", "counter",
+            "New SUBSCRIBEs and PUBLISHes over UDP by what the intake did with them: served, "
+            "refused 503 or dropped unparsed after waiting too long in the receive buffer.",
+            [((("outcome", outcome),), intake.counters.get(key)) for outcome, key in
+             (("served", "accepted"), ("refused", "refused"), ("dropped", "dropped"))],
+        )
+        out.single(
+            "presence_sip_intake_episodes_total", "counter",
+            "Times the UDP intake started shedding new requests.", intake.counters.get("episodes"),
+        )
     out.histograms(
         "presence_sip_request_duration_seconds",
         "Seconds from a request's arrival to its final response, by method "
