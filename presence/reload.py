@@ -36,6 +36,7 @@ LIVE = frozenset(
         ("sip", "max_line_length"),
         ("sip", "max_uri_length"),
         ("sip", "max_body_size"),
+        ("sip", "max_queue_delay"),
         ("manager", "max_pending_writes"),
         ("manager", "max_reactor_lag"),
         ("manager", "overload_retry_after"),

@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent
 
 from presence.config import Config
-from presence.reload import applyLive, changes, summary
+from presence.reload import LIVE, applyLive, changes, summary
 from presence.root import PresenceService
 from presence.sip.listen import ListenSpec
 from presence.sip.service import SIPService
@@ -215,3 +215,17 @@ def test_managerTakesNewOverloadThresholds():
     managerService.reconfigure(Config(maxReactorLag=0.5))
     assert len(clock.getDelayedCalls()) == 1
     guard.stop()
+
+
+def test_sipTakesNewIntakeThresholds():
+    """
+    The UDP intake's queue delay and the Retry-After of its 503s reach the
+    running SIP service, and C{[sip] max_queue_delay} is a live key.
+    """
+    sip = SIPService(Config(listen=(ListenSpec("TCP", 5070, "127.0.0.1"),)), MemoryReactorClock())
+    sip.startService()
+    assert (sip.shedder.maxDelay, sip.core.retryAfter) == (0.5, Config().overloadRetryAfter)
+    sip.reconfigure(Config(maxQueueDelay=0.2, overloadRetryAfter=7))
+    assert (sip.shedder.maxDelay, sip.core.retryAfter) == (0.2, 7)
+    assert ("sip", "max_queue_delay") in LIVE
+    sip.stopService()

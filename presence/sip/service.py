@@ -193,7 +193,8 @@ class SIPService(RuntimeService):
 
     def reconfigure(self, config: Config) -> None:
         """
-        Apply new C{[log] requests} and message limits (SIGHUP,
+        Apply new C{[log] requests}, message limits, the intake's
+        C{max_queue_delay} and the Retry-After of its 503s (SIGHUP,
         L{presence.reload}).  Every transport and parser reads the one
         L{Limits} the core holds, so changing it in place reaches the open
         connections too.
@@ -202,6 +203,8 @@ class SIPService(RuntimeService):
         if self.core is None:
             return
         self.core.logRequests = config.logRequests
+        self.core.retryAfter = config.overloadRetryAfter
+        self.shedder.maxDelay = config.maxQueueDelay
         fresh = config.limits()
         for name in type(fresh).__slots__:
             setattr(self.core.limits, name, getattr(fresh, name))
